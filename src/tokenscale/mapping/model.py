@@ -1,0 +1,105 @@
+"""The records the mapping produces: usage events, cumulative points awaiting their increment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "TOKEN_FIELDS",
+    "CumulativePoint",
+    "MappingResult",
+    "Signal",
+    "UsageEvent",
+]
+
+Signal = Literal["metrics", "traces", "logs"]
+
+#: The disjoint token columns. ``input_tokens`` excludes cache reads and writes; ``output_tokens``
+#: includes reasoning and ``reasoning_tokens`` is the part of it that was reasoning.
+TOKEN_FIELDS: tuple[str, ...] = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One AI request (or, from a metric carrier, one increment of usage) as stored in ``usage_events``.
+
+    ``carrier`` names the signal and rule the row came from; ``rank`` orders carriers within one
+    ``stream`` (one client session): only rows of the stream's best (lowest) rank are counted, so a
+    request that a client reports as a metric, an event and a span is counted exactly once.
+    """
+
+    time_ns: int
+    tenant: str
+    carrier: str
+    rank: int
+    tool: str
+    stream: str
+    service_name: str
+    dedupe_key: bytes
+    user_email: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    conversation_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    operation: str | None = None
+    request_id: str | None = None
+    requests: int = 0
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
+    cost_source: str | None = None
+    duration_ms: float | None = None
+    error_type: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CumulativePoint:
+    """A point of a CUMULATIVE sum or histogram; the writer turns it into an increment.
+
+    The increment needs the series' previous point, which lives in the database
+    (``tokenscale.metric_series``) so that restarts and several receivers stay exact.
+    ``value`` is the running total that goes into ``field`` of ``event``; ``count`` (histograms)
+    is the running number of measurements that goes into ``event.requests`` when ``counts_requests``.
+    """
+
+    series_key: bytes
+    start_ns: int
+    time_ns: int
+    value: float
+    field: str
+    event: UsageEvent
+    count: int = 0
+    counts_requests: bool = False
+
+
+@dataclass(slots=True)
+class MappingResult:
+    """What one export request maps to, plus what had to be rejected and why."""
+
+    events: list[UsageEvent] = field(default_factory=list)
+    cumulative: list[CumulativePoint] = field(default_factory=list)
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def reject(self, message: str, count: int = 1) -> None:
+        """Count ``count`` items as rejected, keeping the first few messages."""
+        self.rejected += count
+        if len(self.errors) < 10:
+            self.errors.append(message)
+
+    @property
+    def error_message(self) -> str:
+        """The partial-success message: the distinct reasons, joined."""
+        return "; ".join(dict.fromkeys(self.errors))
