@@ -70,15 +70,16 @@ class CumulativePoint:
 
     The increment needs the series' previous point, which lives in the database
     (``tokenscale.metric_series``) so that restarts and several receivers stay exact.
-    ``value`` is the running total that goes into ``field`` of ``event``; ``count`` (histograms)
-    is the running number of measurements that goes into ``event.requests`` when ``counts_requests``.
+    ``value`` is the running total whose increment is applied to ``event`` through
+    ``contributions`` (see :mod:`tokenscale.mapping.rules`); ``count`` (histograms) is the running
+    number of measurements whose increment goes into ``event.requests`` when ``counts_requests``.
     """
 
     series_key: bytes
     start_ns: int
     time_ns: int
     value: float
-    field: str
+    contributions: tuple[tuple[str, int], ...]
     event: UsageEvent
     count: int = 0
     counts_requests: bool = False

@@ -1,0 +1,345 @@
+"""The per-source rules: which carrier of which client yields usage, with what token semantics.
+
+This table is the single description of every source tokenscale understands (docs/mapping.md
+renders it in prose). A *carrier* is one way a client reports usage: a metric, a log event or a
+span. Within one client *stream* (a session, a conversation, or a service instance) only the
+carrier with the lowest ``rank`` is counted; the others are stored but not added, so a request that
+arrives as a metric, an event and a span is counted exactly once whatever the arrival order.
+
+Token semantics are normalised to tokenscale's disjoint columns: ``input_tokens`` excludes cache
+reads and writes, ``output_tokens`` includes reasoning, ``reasoning_tokens`` is the reasoning part.
+Each source field contributes ``(column, sign)`` pairs; e.g. Gemini's cached count is a subset of its
+input count, so it adds to ``cache_read_tokens`` and subtracts from ``input_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = [
+    "CLAUDE_SPAN",
+    "LOG_RULES",
+    "METRIC_RULES",
+    "NON_USAGE_OPERATIONS",
+    "SEMCONV_EVENT",
+    "SEMCONV_SPAN",
+    "SENSITIVE_KEYS",
+    "Contribution",
+    "FieldRule",
+    "LogRule",
+    "MetricRule",
+    "SpanRule",
+    "canonical_tool",
+]
+
+#: ``(column, sign)``: a source number adds ``sign * value`` to ``column``. Columns are the token
+#: columns, ``requests`` and ``cost_usd``.
+Contribution = tuple[str, int]
+
+_IN: Final = (("input_tokens", 1),)
+_OUT: Final = (("output_tokens", 1),)
+_CACHE_READ_SUBSET: Final = (("input_tokens", -1), ("cache_read_tokens", 1))
+_CACHE_WRITE_SUBSET: Final = (("input_tokens", -1), ("cache_write_tokens", 1))
+_CACHE_READ_ADDITIVE: Final = (("cache_read_tokens", 1),)
+_CACHE_WRITE_ADDITIVE: Final = (("cache_write_tokens", 1),)
+_REASONING_SUBSET: Final = (("reasoning_tokens", 1),)
+_REASONING_ADDITIVE: Final = (("output_tokens", 1), ("reasoning_tokens", 1))
+_COST: Final = (("cost_usd", 1),)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """The first of ``keys`` present on a record contributes ``contributions`` per unit."""
+
+    keys: tuple[str, ...]
+    contributions: tuple[Contribution, ...]
+
+
+# --- per-request carriers ------------------------------------------------------------------------
+
+#: GenAI semantic conventions (spans and the inference details event): input INCLUDES cache reads
+#: and writes, output INCLUDES reasoning. Older names (1.26 and OpenLLMetry) are alternatives.
+SEMCONV_FIELDS: Final = (
+    FieldRule(("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens"), _IN),
+    FieldRule(
+        ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"),
+        _OUT,
+    ),
+    FieldRule(
+        ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"), _CACHE_READ_SUBSET
+    ),
+    FieldRule(
+        (
+            "gen_ai.usage.cache_write.input_tokens",
+            "gen_ai.usage.cache_creation.input_tokens",
+            "gen_ai.usage.cache_creation_input_tokens",
+        ),
+        _CACHE_WRITE_SUBSET,
+    ),
+    FieldRule(("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"), _REASONING_SUBSET),
+    FieldRule(("gen_ai.usage.cost",), _COST),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRule:
+    """A log event that carries one request's usage."""
+
+    carrier: str
+    rank: int
+    fields: tuple[FieldRule, ...]
+    model_keys: tuple[str, ...] = ("model", "gen_ai.response.model", "gen_ai.request.model")
+    provider: str | None = None
+    request_id_keys: tuple[str, ...] = ("request_id", "gen_ai.response.id", "response_id")
+    duration_ms_key: str | None = "duration_ms"
+    #: An attribute that must have this value for the record to count (e.g. Codex's event.kind).
+    require: tuple[str, str] | None = None
+    #: A record with none of the token fields is not a usage record (Gemini emits the semconv
+    #: details event twice per call, once before usage is known).
+    needs_usage: bool = True
+
+
+CLAUDE_API_REQUEST: Final = LogRule(
+    carrier="claude_code.api_request",
+    rank=1,
+    provider="anthropic",
+    fields=(
+        FieldRule(("input_tokens",), _IN),
+        FieldRule(("cache_read_tokens",), _CACHE_READ_ADDITIVE),
+        FieldRule(("cache_creation_tokens",), _CACHE_WRITE_ADDITIVE),
+        FieldRule(("output_tokens",), _OUT),
+        FieldRule(("cost_usd",), _COST),
+    ),
+)
+CLAUDE_API_ERROR: Final = LogRule(
+    carrier="claude_code.api_error", rank=1, provider="anthropic", fields=(), needs_usage=False
+)
+GEMINI_API_RESPONSE: Final = LogRule(
+    carrier="gemini_cli.api_response",
+    rank=1,
+    provider="gcp.gemini",
+    fields=(
+        FieldRule(("input_token_count",), _IN),  # promptTokenCount: cache included
+        FieldRule(("cached_content_token_count",), _CACHE_READ_SUBSET),
+        FieldRule(("output_token_count",), _OUT),  # candidatesTokenCount: thoughts excluded
+        FieldRule(("thoughts_token_count",), _REASONING_ADDITIVE),
+        FieldRule(("tool_token_count",), _IN),  # toolUsePromptTokenCount: outside promptTokenCount
+    ),
+    request_id_keys=("response_id", "prompt_id"),
+)
+GEMINI_API_ERROR: Final = LogRule(
+    carrier="gemini_cli.api_error", rank=1, provider="gcp.gemini", fields=(), needs_usage=False
+)
+CODEX_RESPONSE_COMPLETED: Final = LogRule(
+    carrier="codex.sse_event",
+    rank=1,
+    provider="openai",
+    require=("event.kind", "response.completed"),
+    fields=(
+        FieldRule(("input_token_count",), _IN),  # includes cached
+        FieldRule(("cached_token_count",), _CACHE_READ_SUBSET),
+        FieldRule(("cache_write_token_count",), _CACHE_WRITE_SUBSET),
+        FieldRule(("output_token_count",), _OUT),  # includes reasoning
+        FieldRule(("reasoning_token_count",), _REASONING_SUBSET),
+    ),
+)
+SEMCONV_EVENT: Final = LogRule(
+    carrier="gen_ai.client.inference.operation.details", rank=2, fields=SEMCONV_FIELDS
+)
+
+#: Log rules by event name (``LogRecord.event_name``, else the ``event.name`` attribute, else the
+#: body for Claude Code's ``claude_code.<name>`` bodies).
+LOG_RULES: Final[dict[str, LogRule]] = {
+    "api_request": CLAUDE_API_REQUEST,
+    "claude_code.api_request": CLAUDE_API_REQUEST,
+    "api_error": CLAUDE_API_ERROR,
+    "claude_code.api_error": CLAUDE_API_ERROR,
+    "gemini_cli.api_response": GEMINI_API_RESPONSE,
+    "gemini_cli.api_error": GEMINI_API_ERROR,
+    "codex.sse_event": CODEX_RESPONSE_COMPLETED,
+    "gen_ai.client.inference.operation.details": SEMCONV_EVENT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRule:
+    """A span that carries one request's usage."""
+
+    carrier: str
+    rank: int
+    fields: tuple[FieldRule, ...]
+    provider: str | None = None
+
+
+CLAUDE_SPAN: Final = SpanRule(
+    carrier="claude_code.llm_request",
+    rank=2,
+    provider="anthropic",
+    fields=(
+        FieldRule(("input_tokens",), _IN),
+        FieldRule(("cache_read_tokens",), _CACHE_READ_ADDITIVE),
+        FieldRule(("cache_creation_tokens",), _CACHE_WRITE_ADDITIVE),
+        FieldRule(("output_tokens",), _OUT),
+    ),
+)
+SEMCONV_SPAN: Final = SpanRule(carrier="gen_ai.span", rank=3, fields=SEMCONV_FIELDS)
+
+#: Spans of these operations aggregate their children's usage; counting them would double count.
+NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
+
+
+# --- metric carriers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRule:
+    """A metric whose points carry usage. ``by_type`` maps the value of ``type_key`` to what a
+    point contributes; with no ``type_key`` every point contributes ``contributions``."""
+
+    carrier: str
+    rank: int
+    type_key: str | None = None
+    by_type: Mapping[str, tuple[Contribution, ...]] = field(default_factory=dict)
+    contributions: tuple[Contribution, ...] = ()
+    #: For histograms: the ``type_key`` value whose point count is the number of requests.
+    count_requests_for: str | None = None
+    provider: str | None = None
+    model_keys: tuple[str, ...] = ("model", "gen_ai.response.model", "gen_ai.request.model")
+
+
+_SEMCONV_TOKEN_TYPES: Final = {"input": _IN, "output": _OUT}
+
+METRIC_RULES: Final[dict[str, MetricRule]] = {
+    "claude_code.token.usage": MetricRule(
+        carrier="claude_code.metrics",
+        rank=10,
+        provider="anthropic",
+        type_key="type",
+        by_type={
+            "input": _IN,  # uncached input only (Anthropic's additive fields)
+            "output": _OUT,
+            "cacheRead": _CACHE_READ_ADDITIVE,
+            "cacheCreation": _CACHE_WRITE_ADDITIVE,
+        },
+    ),
+    "claude_code.cost.usage": MetricRule(
+        carrier="claude_code.metrics", rank=10, provider="anthropic", contributions=_COST
+    ),
+    "gemini_cli.token.usage": MetricRule(
+        carrier="gemini_cli.metrics",
+        rank=10,
+        provider="gcp.gemini",
+        type_key="type",
+        by_type={
+            "input": _IN,  # includes cached
+            "cache": _CACHE_READ_SUBSET,
+            "output": _OUT,  # excludes thoughts
+            "thought": _REASONING_ADDITIVE,
+            "tool": _IN,
+        },
+    ),
+    "gemini_cli.api.request.count": MetricRule(
+        carrier="gemini_cli.metrics", rank=10, provider="gcp.gemini", contributions=(("requests", 1),)
+    ),
+    "codex.turn.token_usage": MetricRule(
+        carrier="codex.metrics",
+        rank=10,
+        provider="openai",
+        type_key="token_type",
+        by_type={
+            "input": _IN,  # includes cached
+            "cached_input": _CACHE_READ_SUBSET,
+            "cache_write_input": _CACHE_WRITE_SUBSET,
+            "output": _OUT,  # includes reasoning
+            "reasoning_output": _REASONING_SUBSET,
+            # "total" is the sum of the others: never counted.
+        },
+    ),
+    # Unreleased GenAI counters (Copilot CLI): input includes cache reads and writes.
+    "gen_ai.client.inference.usage.input_tokens": MetricRule(
+        carrier="gen_ai.inference.usage", rank=11, contributions=_IN
+    ),
+    "gen_ai.client.inference.usage.output_tokens": MetricRule(
+        carrier="gen_ai.inference.usage", rank=11, contributions=_OUT
+    ),
+    "gen_ai.client.inference.usage.cache_read.input_tokens": MetricRule(
+        carrier="gen_ai.inference.usage", rank=11, contributions=_CACHE_READ_SUBSET
+    ),
+    "gen_ai.client.inference.usage.cache_write.input_tokens": MetricRule(
+        carrier="gen_ai.inference.usage", rank=11, contributions=_CACHE_WRITE_SUBSET
+    ),
+    "gen_ai.client.inference.usage.reasoning.output_tokens": MetricRule(
+        carrier="gen_ai.inference.usage", rank=11, contributions=_REASONING_SUBSET
+    ),
+    # Released histogram: input and output only (no cache or reasoning split).
+    "gen_ai.client.token.usage": MetricRule(
+        carrier="gen_ai.client.token.usage",
+        rank=12,
+        type_key="gen_ai.token.type",
+        by_type=_SEMCONV_TOKEN_TYPES,
+        count_requests_for="input",
+    ),
+    "gen_ai.client.inference.operation.input_tokens": MetricRule(
+        carrier="gen_ai.inference.operation", rank=13, contributions=_IN, count_requests_for=""
+    ),
+    "gen_ai.client.inference.operation.output_tokens": MetricRule(
+        carrier="gen_ai.inference.operation", rank=13, contributions=_OUT
+    ),
+}
+
+# --- identity, tools, privacy --------------------------------------------------------------------
+
+_TOOLS: Final = {
+    "claude-code": "claude_code",
+    "gemini-cli": "gemini_cli",
+    "codex": "codex",
+    "codex_cli_rs": "codex",
+    "codex-cli": "codex",
+    "codex_exec": "codex",
+    "github-copilot": "copilot",
+    "copilot-cli": "copilot",
+    "github-copilot-cli": "copilot",
+    "copilot": "copilot",
+}
+
+
+def canonical_tool(service_name: str) -> str:
+    """The canonical tool id of a client (``claude_code``, ``gemini_cli``, ``codex``, ``copilot``),
+    else its ``service.name``."""
+    tool = _TOOLS.get(service_name)
+    if tool is not None:
+        return tool
+    lowered = service_name.lower()
+    if "copilot" in lowered:
+        return "copilot"
+    if lowered.startswith("codex"):
+        return "codex"
+    return service_name or "unknown"
+
+
+#: Attribute keys holding content (prompts, responses, command lines); dropped unless the operator
+#: turns content capture on.
+SENSITIVE_KEYS: Final = frozenset(
+    {
+        "prompt",
+        "response",
+        "user_prompt",
+        "tool_input",
+        "tool_parameters",
+        "tool_result",
+        "function_args",
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "gen_ai.tool.definitions",
+        "process.command_args",
+        "process.command_line",
+        "process.command",
+    }
+)

@@ -1,0 +1,103 @@
+"""Versioned SQL migrations, applied once, safely when several processes start at once."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from tokenscale.store.backend import Backend, detect_backend, ensure_extension, recorded_backend
+
+__all__ = ["Migration", "MigrationReport", "available_migrations", "migrate"]
+
+log = logging.getLogger(__name__)
+
+#: Key of the session advisory lock that serialises migrations across processes.
+_LOCK_KEY = 0x746F6B656E  # "token"
+_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<tag>[a-z]+))?\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One version: its files, each applying to all back ends or to those with its tag."""
+
+    version: int
+    name: str
+    files: tuple[tuple[str | None, str], ...]  # (tag or None, SQL text)
+
+    def sql_for(self, backend: Backend) -> list[str]:
+        """The SQL texts of this version that apply to ``backend``, in file order."""
+        return [sql for tag, sql in self.files if tag is None or tag in backend.tags]
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What :func:`migrate` found and did."""
+
+    backend: Backend
+    applied: tuple[int, ...]
+    current: int
+
+
+def available_migrations() -> list[Migration]:
+    """Every migration shipped in ``tokenscale/store/migrations``, by version."""
+    found: dict[int, tuple[str, list[tuple[str | None, str]]]] = {}
+    for entry in sorted(resources.files("tokenscale.store").joinpath("migrations").iterdir(), key=str):
+        match = _FILE.match(entry.name)
+        if match is None:
+            continue
+        version = int(match["version"])
+        name, files = found.setdefault(version, (match["name"], []))
+        if name != match["name"]:
+            raise RuntimeError(f"migration {version:04d} has two names: {name} and {match['name']}")
+        files.append((match["tag"], entry.read_text(encoding="utf-8")))
+    return [Migration(v, n, tuple(f)) for v, (n, f) in sorted(found.items())]
+
+
+def migrate(conninfo: str) -> MigrationReport:
+    """Bring the database's ``tokenscale`` schema up to date; idempotent.
+
+    A session advisory lock makes concurrent callers wait for each other. Each version runs in its
+    own transaction (continuous aggregates cannot be created in a multi-statement transaction).
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            return _migrate_locked(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationReport:
+    backend = recorded_backend(conn)
+    if backend is None:
+        ensure_extension(conn)
+        backend = detect_backend(conn)
+        conn.execute("CREATE SCHEMA IF NOT EXISTS tokenscale")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS tokenscale.schema_migrations (
+                   version    integer     PRIMARY KEY,
+                   name       text        NOT NULL,
+                   backend    text        NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+    done = {row[0] for row in conn.execute("SELECT version FROM tokenscale.schema_migrations")}
+    applied: list[int] = []
+    migrations = available_migrations()
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        log.info("applying migration %04d_%s (%s)", migration.version, migration.name, backend)
+        with conn.transaction():
+            for sql in migration.sql_for(backend):
+                conn.execute(sql.encode())
+            conn.execute(
+                "INSERT INTO tokenscale.schema_migrations (version, name, backend) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, str(backend)),
+            )
+        applied.append(migration.version)
+    current = max([m.version for m in migrations if m.version in done or m.version in applied], default=0)
+    return MigrationReport(backend=backend, applied=tuple(applied), current=current)
