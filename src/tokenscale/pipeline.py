@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tokenscale.mapping import map_request
+from tokenscale.mapping import MappingOptions, map_request
 from tokenscale.mapping.model import MappingResult, Signal
 
 __all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ResultWriter"]
@@ -35,15 +35,16 @@ class ResultWriter(Protocol):
 class ExportPipeline:
     """Maps an export request and commits its rows before the export is acknowledged."""
 
-    def __init__(self, writer: ResultWriter) -> None:
+    def __init__(self, writer: ResultWriter, options: MappingOptions | None = None) -> None:
         self._writer = writer
+        self._options = options or MappingOptions()
 
     def export(self, signal: Signal, request: Any, tenant: str = DEFAULT_TENANT) -> ExportResult:
         """Handle one decoded ``Export*ServiceRequest``. Blocking: call it from a worker thread.
 
         An export with nothing to store succeeds without touching the database.
         """
-        result = map_request(signal, request, tenant)
+        result = map_request(signal, request, tenant, self._options)
         if result.events or result.cumulative:
             self._writer.write(result)
         return ExportResult(result.rejected, result.error_message)

@@ -1,0 +1,209 @@
+"""The ``tokenscale`` command: serve, migrate, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tokenscale import __version__
+from tokenscale.config import ConfigError, Settings, load_settings
+from tokenscale.errors import TokenscaleError
+
+__all__ = ["main"]
+
+log = logging.getLogger("tokenscale")
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL/TimescaleDB URL (env TOKENSCALE_DATABASE_URL); "
+        "default: an embedded PostgreSQL under --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="local state directory (env TOKENSCALE_DATA_DIR)"
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings file (env TOKENSCALE_CONFIG)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenscale",
+        description="An OpenTelemetry-native ledger of AI usage: tokens and cost per user, team, tool, "
+        "model and day.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenscale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="receive OTLP (gRPC and HTTP) and store AI usage",
+        description="Receive OTLP metrics, traces and logs over gRPC and HTTP and store AI usage. "
+        "With no database configured, starts (and on exit stops) an embedded PostgreSQL.",
+    )
+    _add_database_options(serve)
+    serve.add_argument("--host", help="bind address (env TOKENSCALE_HOST; default 127.0.0.1)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="OTLP/gRPC port (env TOKENSCALE_GRPC_PORT; default 4317)"
+    )
+    serve.add_argument(
+        "--http-port", type=int, help="OTLP/HTTP port (env TOKENSCALE_HTTP_PORT; default 4318)"
+    )
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    _add_database_options(migrate)
+
+    status = sub.add_parser("status", help="show the back end, versions and row counts")
+    _add_database_options(status)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: getattr(args, key, None)
+        for key in ("database_url", "data_dir", "host", "grpc_port", "http_port")
+    }
+    return load_settings(overrides, config_file=getattr(args, "config", None))
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or an embedded PostgreSQL started for the duration."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from tokenscale.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when embedded
+
+    server = EmbeddedPostgres(settings.data_dir)
+    log.info("starting the embedded PostgreSQL in %s", server.data_dir)
+    server.start()
+    try:
+        log.info("embedded PostgreSQL listening at %s", server.conninfo)
+        yield server.conninfo
+    finally:
+        server.stop()
+
+
+def _migrate(url: str) -> None:
+    from tokenscale.store import migrate  # noqa: PLC0415
+
+    report = migrate(url)
+    applied = ", ".join(f"{v:04d}" for v in report.applied) or "none"
+    log.info("schema at version %04d on %s (applied now: %s)", report.current, report.backend, applied)
+
+
+def _cmd_migrate(settings: Settings) -> int:
+    with _database(settings) as url:
+        _migrate(url)
+    return 0
+
+
+def _cmd_status(settings: Settings) -> int:
+    from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
+
+    with _database(settings) as url, psycopg.connect(url) as conn:
+        backend = recorded_backend(conn)
+        version = conn.execute("SHOW server_version").fetchone()
+        print(f"database:     PostgreSQL {version[0] if version else '?'}")
+        ext = conn.execute(
+            "SELECT extversion, current_setting('timescaledb.license', true) FROM pg_extension "
+            "WHERE extname = 'timescaledb'"
+        ).fetchone()
+        if ext is not None:
+            print(f"timescaledb:  {ext[0]} (license {ext[1]})")
+        if backend is None:
+            print("schema:       not created (run `tokenscale migrate`)")
+            return 1
+        row = conn.execute("SELECT max(version) FROM tokenscale.schema_migrations").fetchone()
+        print(f"back end:     {backend}")
+        print(f"schema:       version {row[0] if row else 0:04d}")
+        for table in ("usage_events", "usage_daily"):
+            count = conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM tokenscale.{}").format(psycopg.sql.Identifier(table))
+            ).fetchone()
+            print(f"{table + ':':<13} {count[0] if count else 0} rows")
+        if not backend.keeps_rollups:
+            for job in conn.execute(
+                "SELECT proc_name, schedule_interval::text, hypertable_name "
+                "FROM timescaledb_information.jobs "
+                "WHERE hypertable_schema = 'tokenscale' ORDER BY job_id"
+            ):
+                print(f"policy:       {job[0]} every {job[1]} on {job[2]}")
+    return 0
+
+
+def _cmd_serve(settings: Settings) -> int:
+    from tokenscale.mapping import MappingOptions  # noqa: PLC0415
+    from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
+    from tokenscale.receiver.server import Receiver  # noqa: PLC0415
+    from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
+
+    with _database(settings) as url:
+        _migrate(url)
+        pool = open_pool(url)
+        try:
+            pipeline = ExportPipeline(
+                UsageWriter(pool), MappingOptions(capture_content=settings.capture_content)
+            )
+            receiver = Receiver(
+                pipeline,
+                host=settings.host,
+                grpc_port=settings.grpc_port,
+                http_port=settings.http_port,
+                max_body_bytes=settings.max_body_bytes,
+            )
+            asyncio.run(_serve(receiver))
+        finally:
+            pool.close()
+    return 0
+
+
+async def _serve(receiver: Any) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await receiver.start()
+    log.info("tokenscale %s ready; press Ctrl-C to stop", __version__)
+    await stop.wait()
+    log.info("shutting down")
+    await receiver.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokenscale`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"tokenscale: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"serve": _cmd_serve, "migrate": _cmd_migrate, "status": _cmd_status}
+    try:
+        return commands[args.command](settings)
+    except TokenscaleError as exc:
+        print(f"tokenscale: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(f"tokenscale: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Settings: one typed object, every default in one place; flags > environment > file > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from tokenscale.errors import TokenscaleError
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+
+#: Every setting ``name`` is also the environment variable ``TOKENSCALE_<NAME>``.
+ENV_PREFIX: Final = "TOKENSCALE_"
+#: The environment variable naming an optional TOML configuration file.
+CONFIG_ENV: Final = "TOKENSCALE_CONFIG"
+
+
+class ConfigError(TokenscaleError):
+    """A setting is unknown or has a value of the wrong kind; the message names it."""
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tokenscale"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the tokenscale service. The field docs are the reference documentation."""
+
+    #: PostgreSQL or TimescaleDB URL; empty: run the embedded PostgreSQL under ``data_dir``.
+    database_url: str = ""
+    #: Address the OTLP and API servers bind; loopback by default.
+    host: str = "127.0.0.1"
+    #: OTLP/gRPC port (and tokenscale's gRPC API); 0 picks a free port.
+    grpc_port: int = 4317
+    #: OTLP/HTTP port (and the HTTP/JSON API); 0 picks a free port.
+    http_port: int = 4318
+    #: Where the embedded PostgreSQL cluster and other local state live.
+    data_dir: Path = field(default_factory=_default_data_dir)
+    #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
+    capture_content: bool = False
+    #: Largest accepted OTLP/HTTP request body, in bytes.
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: Log level: debug, info, warning or error.
+    log_level: str = "info"
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every setting name, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of setting ``name``."""
+        return ENV_PREFIX + name.upper()
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(value)
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except ValueError:
+        raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind}") from None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Settings from ``overrides`` (command-line flags; None values ignored), the environment,
+    an optional TOML file (``config_file`` or ``$TOKENSCALE_CONFIG``), then the defaults.
+
+    An unknown key in the file or in ``overrides`` raises :class:`ConfigError` naming it.
+    """
+    env = os.environ if environ is None else environ
+    names = set(Settings.names())
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        section = data.get("tokenscale", data)
+        for key, value in section.items():
+            if key not in names:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _convert(key, value)
+    for name in names:
+        if (raw := env.get(Settings.env_var(name))) is not None:
+            values[name] = _convert(name, raw)
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = _convert(key, value)
+    return Settings(**values)
