@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
 from tokenscale.mapping import MappingResult, SeriesState, UsageEvent, resolve_cumulative
@@ -225,8 +225,11 @@ class UsageWriter:
     def backend(self) -> Backend:
         """The back end the schema was created for (read once)."""
         if self._backend is None:
-            with self._connection() as conn:
-                found = recorded_backend(conn)
+            try:
+                with self._pool.connection(timeout=self._timeout) as conn:
+                    found = recorded_backend(conn)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise RetryableError(f"database unavailable: {exc}") from exc
             if found is None:
                 raise RetryableError("the tokenscale schema is missing: run `tokenscale migrate`")
             self._backend = found
@@ -236,19 +239,13 @@ class UsageWriter:
         """Commit ``result`` in one transaction; raises RetryableError if the database is unusable."""
         backend = self.backend()
         try:
-            with self._connection() as conn, conn.transaction():
+            with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
                 events = list(result.events)
                 if result.cumulative:
                     events.extend(self._resolve_cumulative(conn, result))
                 if events:
                     self._write_events(conn, backend, events)
-        except psycopg.OperationalError as exc:
-            raise RetryableError(f"database unavailable: {exc}") from exc
-
-    def _connection(self) -> Any:
-        try:
-            return self._pool.connection(timeout=self._timeout)
-        except psycopg.OperationalError as exc:  # pragma: no cover - pool raises PoolTimeout
+        except (psycopg.OperationalError, PoolTimeout) as exc:
             raise RetryableError(f"database unavailable: {exc}") from exc
 
     def _resolve_cumulative(self, conn: psycopg.Connection[Any], result: MappingResult) -> list[UsageEvent]:

@@ -1,0 +1,209 @@
+"""The storage layer on real PostgreSQL and TimescaleDB: migrations, exactly-once writes, rollups."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from dbservers import Server
+from ground_truth import capture_bodies, labels
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from usage_db import daily_by_model, expected_daily
+
+from tokenscale.errors import RetryableError
+from tokenscale.mapping import MappingResult, UsageEvent
+from tokenscale.pipeline import ExportPipeline
+from tokenscale.store import Backend, migrate
+from tokenscale.store.migrate import available_migrations
+from tokenscale.store.writer import UsageWriter, open_pool
+
+REQUEST_TYPES: dict[str, Any] = {
+    "metrics": ExportMetricsServiceRequest,
+    "traces": ExportTraceServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+PROTOBUF_LABELS = [label for label in labels() if all(p.suffix == ".pb" for _, p, _ in capture_bodies(label))]
+
+
+def test_migrate_is_idempotent_and_detects_the_back_end(db_url: str, db_server: Server) -> None:
+    first = migrate(db_url)
+    assert str(first.backend) == db_server.kind
+    assert first.applied == tuple(m.version for m in available_migrations())
+    second = migrate(db_url)
+    assert second.applied == ()
+    assert second.current == first.current
+
+
+def test_concurrent_migrations_apply_each_version_once(db_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(db_url)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT version, count(*) FROM tokenscale.schema_migrations GROUP BY 1"
+        ).fetchall()
+    assert {count for _, count in rows} == {1}
+    assert len(rows) == len(available_migrations())
+
+
+def test_usage_tables_have_the_layout_of_their_back_end(db_url: str) -> None:
+    backend = migrate(db_url).backend
+    with psycopg.connect(db_url) as conn:
+        hypertables = conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone()
+        if backend is Backend.POSTGRES:
+            assert hypertables == (0,)
+            kind = conn.execute(
+                "SELECT relkind FROM pg_class WHERE oid = 'tokenscale.usage_events'::regclass"
+            ).fetchone()
+            assert kind == ("p",)  # declaratively partitioned
+        else:
+            row = conn.execute(
+                "SELECT hypertable_name FROM timescaledb_information.hypertables "
+                "WHERE hypertable_schema = 'tokenscale'"
+            ).fetchall()
+            assert ("usage_events",) in row
+        if backend is Backend.TIMESCALEDB_COMMUNITY:
+            cagg = conn.execute(
+                "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
+                "WHERE view_schema = 'tokenscale' AND view_name = 'usage_daily'"
+            ).fetchone()
+            assert cagg == (False,)  # real-time aggregation on
+            jobs = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.jobs j "
+                "JOIN timescaledb_information.continuous_aggregates c "
+                "ON j.hypertable_name = c.materialization_hypertable_name "
+                "WHERE c.view_name = 'usage_daily' AND j.proc_name = 'policy_refresh_continuous_aggregate'"
+            ).fetchone()
+            assert jobs == (1,)
+        else:
+            kind = conn.execute(
+                "SELECT relkind FROM pg_class WHERE oid = 'tokenscale.usage_daily'::regclass"
+            ).fetchone()
+            assert kind == ("r",)
+
+
+def _replay(pipeline: ExportPipeline, label: str, order: list[int] | None = None, tenant: str = "t") -> None:
+    bodies = capture_bodies(label)
+    for i in order if order is not None else range(len(bodies)):
+        signal, raw, _ = bodies[i]
+        result = pipeline.export(signal, REQUEST_TYPES[signal].FromString(raw.read_bytes()), tenant)  # type: ignore[arg-type]
+        assert result.rejected == 0, result.error_message
+
+
+@pytest.fixture
+def pipeline(db_url: str) -> Any:
+    migrate(db_url)
+    pool = open_pool(db_url)
+    try:
+        yield ExportPipeline(UsageWriter(pool))
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("label", PROTOBUF_LABELS)
+def test_replayed_capture_equals_ground_truth(pipeline: ExportPipeline, db_url: str, label: str) -> None:
+    _replay(pipeline, label)
+    assert daily_by_model(db_url) == expected_daily(label)
+
+
+@pytest.mark.parametrize("label", ["claude-tools-slow-cumulative-httpproto", "gemini-tools-grpc"])
+def test_any_arrival_order_with_retries_is_counted_once(
+    pipeline: ExportPipeline, db_url: str, label: str
+) -> None:
+    n = len(capture_bodies(label))
+    rng = random.Random(label)
+    for _ in range(3):
+        order = list(range(n)) * 2  # every export retried once
+        rng.shuffle(order)
+        _replay(pipeline, label, order)
+    assert daily_by_model(db_url) == expected_daily(label)
+
+
+def test_tenants_are_counted_apart(pipeline: ExportPipeline, db_url: str) -> None:
+    _replay(pipeline, "claude-grpc", tenant="a")
+    _replay(pipeline, "claude-grpc", tenant="b")
+    assert daily_by_model(db_url, tenant="a") == expected_daily("claude-grpc")
+    assert daily_by_model(db_url, tenant="b") == expected_daily("claude-grpc")
+
+
+def test_only_the_best_carrier_of_a_stream_is_counted(pipeline: ExportPipeline, db_url: str) -> None:
+    _replay(pipeline, "claude-tools-grpc")
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT source, counted, count(*) FROM tokenscale.usage_events GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    assert rows == [
+        ("claude_code.api_request", True, 3),
+        ("claude_code.llm_request", False, 3),
+        ("claude_code.metrics", False, 10),  # token and cost points; activity metrics are not usage
+    ]
+
+
+def test_a_day_boundary_splits_usage_by_utc_day(db_url: str) -> None:
+    migrate(db_url)
+    midnight = 1_795_392_000 * 10**9  # 2026-11-23T00:00:00Z
+    events = [
+        UsageEvent(
+            time_ns=midnight + offset,
+            tenant="t",
+            carrier="gen_ai.span",
+            rank=3,
+            tool="app",
+            stream="s",
+            service_name="app",
+            dedupe_key=offset.to_bytes(16, "big", signed=True),
+            model="m",
+            requests=1,
+            input_tokens=10,
+        )
+        for offset in (-1_000, 0, 1_000)
+    ]
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=events))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT to_char(day AT TIME ZONE 'UTC', 'YYYY-MM-DD'), requests, input_tokens "
+            "FROM tokenscale.usage_daily ORDER BY day"
+        ).fetchall()
+    assert rows == [("2026-11-22", 1, 10), ("2026-11-23", 2, 20)]
+
+
+def test_unreachable_database_is_a_retryable_error() -> None:
+    pool = open_pool("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1", min_size=0)
+    try:
+        writer = UsageWriter(pool, timeout=1.0)
+        event = UsageEvent(
+            time_ns=1_795_392_000 * 10**9,
+            tenant="t",
+            carrier="c",
+            rank=1,
+            tool="x",
+            stream="s",
+            service_name="x",
+            dedupe_key=b"k",
+        )
+        with pytest.raises(RetryableError):
+            writer.write(MappingResult(events=[event]))
+    finally:
+        pool.close()
