@@ -6,13 +6,13 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, capture_bodies, ground_truth, labels
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, capture_bodies, ground_truth, labels
 from tokenscale.mapping import MappingOptions, SeriesState, map_request, resolve_cumulative
 from tokenscale.mapping.model import UsageEvent
 
@@ -113,7 +113,7 @@ def test_claude_model_suffix_normalised_raw_kept() -> None:
 
 
 def test_content_is_dropped_unless_captured() -> None:
-    signal, raw, _ = next(b for b in capture_bodies("gemini-grpc") if b[0] == "logs")
+    _signal, raw, _ = next(b for b in capture_bodies("gemini-grpc") if b[0] == "logs")
     request = ExportLogsServiceRequest.FromString(raw.read_bytes())
     kept = map_request("logs", request, "t").events
     assert kept
@@ -170,7 +170,7 @@ def test_missing_timestamp_falls_back_to_observed_then_rejects() -> None:
 
 
 def test_cumulative_increments_survive_resets_and_retries() -> None:
-    *_, (signal, raw, _) = (
+    *_, (_signal, raw, _) = (
         b for b in capture_bodies("claude-tools-slow-cumulative-httpproto") if b[0] == "metrics"
     )
     request = ExportMetricsServiceRequest.FromString(raw.read_bytes())

@@ -8,19 +8,19 @@ from typing import Any
 
 import psycopg
 import pytest
-from dbservers import Server
-from ground_truth import capture_bodies, labels
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from usage_db import daily_by_model, expected_daily
 
+from dbservers import Server
+from ground_truth import capture_bodies, labels
 from tokenscale.errors import RetryableError
 from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import Backend, migrate
 from tokenscale.store.migrate import available_migrations
 from tokenscale.store.writer import UsageWriter, open_pool
+from usage_db import daily_by_model, expected_daily
 
 REQUEST_TYPES: dict[str, Any] = {
     "metrics": ExportMetricsServiceRequest,
@@ -45,7 +45,7 @@ def test_concurrent_migrations_apply_each_version_once(db_url: str) -> None:
     def run() -> None:
         try:
             migrate(db_url)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]

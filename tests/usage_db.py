@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 import psycopg
+
 from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, ground_truth
 
 __all__ = ["daily_by_model", "expected_daily"]
