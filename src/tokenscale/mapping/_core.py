@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from tokenscale.mapping._values import attributes
 from tokenscale.mapping.model import CumulativePoint, MappingResult, Signal, UsageEvent
+from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import (
     CLAUDE_SPAN,
     LOG_RULES,
@@ -255,6 +256,7 @@ def _span_event(span: Any, res: _Resource, tenant: str, options: MappingOptions)
         event.duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
     if span.status.code == _STATUS_ERROR or "error.type" in attrs:
         event.error_type = _text(attrs.get("error.type")) or "_OTHER"
+    price_event(event, per_request=True)
     return event
 
 
@@ -332,6 +334,7 @@ def _log_event(
         event.error_type = _text(_first(attrs, ("error.type", "status_code", "error"))) or "_OTHER"
     elif "error.type" in attrs:
         event.error_type = _text(attrs["error.type"])
+    price_event(event, per_request=True)
     return event
 
 
@@ -427,6 +430,8 @@ def _metric_point(
         options=options,
     )
     event.attributes["metric.name"] = name
+    if rule.cost_reported_elsewhere:
+        event.cost_source = "reported"
     if temporality == _TEMPORALITY_CUMULATIVE:
         result.cumulative.append(
             CumulativePoint(
@@ -448,6 +453,7 @@ def _metric_point(
     apply(event, contributions, amount)
     if count_requests:
         event.requests = count
+    price_event(event, per_request=False)
     result.events.append(event)
 
 

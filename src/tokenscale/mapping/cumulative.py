@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from tokenscale.mapping._core import apply
 from tokenscale.mapping.model import CumulativePoint, UsageEvent
+from tokenscale.mapping.pricing import price_event
 
 __all__ = ["SeriesState", "resolve_cumulative"]
 
@@ -52,5 +53,6 @@ def resolve_cumulative(
         apply(event, point.contributions, value)
         if point.counts_requests:
             event.requests = count
+        price_event(event, per_request=False)
         events.append(event)
     return events, changed

@@ -207,6 +207,9 @@ class MetricRule:
     count_requests_for: str | None = None
     provider: str | None = None
     model_keys: tuple[str, ...] = ("model", "gen_ai.response.model", "gen_ai.request.model")
+    #: The client reports this carrier's cost in another metric of the same carrier (Claude Code's
+    #: ``cost.usage``): token points are not priced again.
+    cost_reported_elsewhere: bool = False
 
 
 _SEMCONV_TOKEN_TYPES: Final = {"input": _IN, "output": _OUT}
@@ -223,6 +226,7 @@ METRIC_RULES: Final[dict[str, MetricRule]] = {
             "cacheRead": _CACHE_READ_ADDITIVE,
             "cacheCreation": _CACHE_WRITE_ADDITIVE,
         },
+        cost_reported_elsewhere=True,
     ),
     "claude_code.cost.usage": MetricRule(
         carrier="claude_code.metrics", rank=10, provider="anthropic", contributions=_COST
