@@ -1,0 +1,225 @@
+"""The OTLP receiver: grpc.aio and an embedded uvicorn serving the HTTP app, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+from starlette.applications import Starlette
+
+from tokenscale.receiver._export import ExportHandler, TenantResolver, default_tenant_for
+from tokenscale.receiver.errors import DEFAULT_RETRY_AFTER_SECONDS
+from tokenscale.receiver.grpc_server import create_grpc_server
+from tokenscale.receiver.http_app import DEFAULT_MAX_BODY_BYTES, create_http_app
+
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_HOST",
+    "DEFAULT_HTTP_PORT",
+    "Receiver",
+]
+
+logger = logging.getLogger("tokenscale.receiver")
+
+DEFAULT_HOST = "127.0.0.1"
+#: The OTLP default ports (OTLP spec, "OTLP/gRPC" and "OTLP/HTTP" sections).
+DEFAULT_GRPC_PORT = 4317
+DEFAULT_HTTP_PORT = 4318
+#: How long :meth:`Receiver.stop` lets in-flight exports finish.
+DEFAULT_GRACE_SECONDS = 5.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to whoever owns the event loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # the name older uvicorn releases call
+        return
+
+
+class Receiver:
+    """Serves OTLP over gRPC and HTTP on one event loop, handing every export to ``pipeline``.
+
+    Port 0 picks a free port; after :meth:`start` the chosen ones are in :attr:`grpc_port` and
+    :attr:`http_port`. ``tenant_for`` is the single tenant resolver both transports use.
+    :attr:`http_app` may be given more routes before :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        pipeline: ExportHandler,
+        host: str = DEFAULT_HOST,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        *,
+        tenant_for: TenantResolver = default_tenant_for,
+        retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
+        self.pipeline = pipeline
+        self.host = host
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.max_body_bytes = max_body_bytes
+        self.tenant_for = tenant_for
+        self.retry_after = retry_after
+        self.grace_seconds = grace_seconds
+        self.http_app: Starlette = create_http_app(
+            pipeline, tenant_for=tenant_for, max_body_bytes=max_body_bytes, retry_after=retry_after
+        )
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http_server: _EmbeddedServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._serving = False
+
+    @property
+    def started(self) -> bool:
+        """Whether the receiver is serving (started and not yet stopped)."""
+        return self._serving and self._stopped is not None and not self._stopped.is_set()
+
+    async def start(self) -> None:
+        """Bind both ports and start serving; a bind failure raises after undoing what started."""
+        if self._stopped is not None:
+            raise RuntimeError("a Receiver can be started only once")
+        self._stopped = asyncio.Event()
+        try:
+            await self._start_grpc()
+            await self._start_http()
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._serving = True
+        logger.info(
+            "OTLP receiver listening on %s: gRPC port %d, HTTP port %d",
+            self.host,
+            self.grpc_port,
+            self.http_port,
+        )
+
+    async def _start_grpc(self) -> None:
+        server = create_grpc_server(
+            self.pipeline,
+            tenant_for=self.tenant_for,
+            max_message_bytes=self.max_body_bytes,
+            retry_after=self.retry_after,
+        )
+        self._grpc_server = server
+        address = _grpc_address(self.host, self.grpc_port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises RuntimeError, older releases return 0
+            raise OSError(f"cannot bind the OTLP/gRPC port {address}: {exc}") from exc
+        if not port:
+            raise OSError(f"cannot bind the OTLP/gRPC port {address}")
+        self.grpc_port = port
+        await server.start()
+
+    async def _start_http(self) -> None:
+        # Binding here, not in uvicorn, turns a busy port into an OSError instead of sys.exit().
+        sock = _bind_tcp(self.host, self.http_port)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.http_app,
+            log_config=None,  # the embedding application owns logging
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, round(self.grace_seconds)),
+        )
+        server = _EmbeddedServer(config)
+        self._http_server = server
+        self._http_task = asyncio.create_task(_serve_http(server, sock), name="tokenscale-otlp-http")
+        while not server.started:
+            if self._http_task.done():
+                sock.close()
+                self._http_task.result()  # raises what stopped it
+                raise RuntimeError("the OTLP/HTTP server stopped while starting")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        """Stop accepting exports, let in-flight ones finish (up to the grace period), release ports.
+
+        Harmless when never started or already stopped; concurrent calls wait for the same shutdown.
+        """
+        if self._stopped is None or self._stopped.is_set():
+            return
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._shutdown())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
+        try:
+            await asyncio.gather(self._stop_http(), self._stop_grpc())
+        finally:
+            if self._stopped is not None:
+                self._stopped.set()
+            logger.info("OTLP receiver stopped")
+
+    async def _stop_http(self) -> None:
+        server, task = self._http_server, self._http_task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the OTLP/HTTP server failed", exc_info=task.exception())
+
+    async def _stop_grpc(self) -> None:
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(self.grace_seconds)
+
+    async def serve_forever(self) -> None:
+        """Start if needed, serve until :meth:`stop` is called or the task is cancelled, then stop."""
+        if self._stopped is None:
+            await self.start()
+        assert self._stopped is not None and self._http_task is not None
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            # Also wake up if uvicorn ends on its own, so that a dead HTTP side is not left unnoticed.
+            await asyncio.wait([stopped, self._http_task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            await self.stop()
+
+
+async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run uvicorn on ``sock``; its ``sys.exit()`` (a failed app startup) would stop the whole loop."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        raise RuntimeError(f"the OTLP/HTTP server failed to start (exit status {exc.code})") from None
+
+
+def _grpc_address(host: str, port: int) -> str:
+    """A gRPC bind address; IPv6 literals need brackets, an empty host means every interface."""
+    if not host:
+        return f"[::]:{port}"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port`` (port 0 picks a free one)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
