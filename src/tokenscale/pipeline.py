@@ -45,6 +45,6 @@ class ExportPipeline:
         An export with nothing to store succeeds without touching the database.
         """
         result = map_request(signal, request, tenant, self._options)
-        if result.events or result.cumulative:
+        if result.events or result.activity or result.cumulative:
             self._writer.write(result)
         return ExportResult(result.rejected, result.error_message)

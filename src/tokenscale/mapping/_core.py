@@ -9,15 +9,18 @@ from hashlib import blake2b
 from typing import Any, Final
 
 from tokenscale.mapping._values import attributes
-from tokenscale.mapping.model import CumulativePoint, MappingResult, Signal, UsageEvent
+from tokenscale.mapping.model import ActivityEvent, CumulativePoint, MappingResult, Signal, UsageEvent
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import (
+    ACTIVITY_LOG_RULES,
+    ACTIVITY_METRIC_RULES,
     CLAUDE_SPAN,
     LOG_RULES,
     METRIC_RULES,
     NON_USAGE_OPERATIONS,
     SEMCONV_SPAN,
     SENSITIVE_KEYS,
+    ActivityRule,
     Contribution,
     FieldRule,
     LogRule,
@@ -105,10 +108,15 @@ def _number(v: Any, key: str) -> float:
     return float(v)
 
 
-def apply(event: UsageEvent, contributions: Iterable[Contribution], amount: float) -> None:
+_ACTIVITY_VALUE: Final[tuple[Contribution, ...]] = (("value", 1),)
+
+
+def apply(event: UsageEvent | ActivityEvent, contributions: Iterable[Contribution], amount: float) -> None:
     """Add ``amount`` to ``event`` through ``contributions`` (tokens and requests are integers)."""
     for column, sign in contributions:
-        if column == "cost_usd":
+        if isinstance(event, ActivityEvent):
+            event.value += sign * amount
+        elif column == "cost_usd":
             event.cost_usd = (event.cost_usd or 0.0) + sign * amount
             event.cost_source = "reported"
         else:
@@ -146,6 +154,41 @@ def _keep(attrs: Mapping[str, Any], options: MappingOptions) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in SENSITIVE_KEYS}
 
 
+def _pick(attrs: Mapping[str, Any], res: _Resource, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` on the record, else on its resource."""
+    return _text(_first(attrs, keys) or _first(res.attrs, keys))
+
+
+def _stream(attrs: Mapping[str, Any], res: _Resource, session_id: str | None) -> str:
+    """The stream groups the carriers of one client run; it must be a key every carrier has."""
+    return (
+        session_id
+        or _pick(attrs, res, ("conversation.id",))
+        or _text(res.attrs.get("service.instance.id"))
+        or res.service_name
+    )
+
+
+def _activity(
+    res: _Resource, attrs: Mapping[str, Any], *, tenant: str, metric: str, time_ns: int, dedupe_key: bytes
+) -> ActivityEvent:
+    if not MIN_TIME_NS <= time_ns < MAX_TIME_NS:
+        raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
+    session_id = _pick(attrs, res, _SESSION_KEYS)
+    return ActivityEvent(
+        time_ns=time_ns,
+        tenant=tenant,
+        tool=res.tool,
+        stream=_stream(attrs, res, session_id),
+        service_name=res.service_name,
+        metric=metric,
+        dedupe_key=dedupe_key,
+        user_email=_pick(attrs, res, _USER_EMAIL_KEYS),
+        user_id=_pick(attrs, res, _USER_ID_KEYS),
+        session_id=session_id,
+    )
+
+
 def _event(
     res: _Resource,
     attrs: Mapping[str, Any],
@@ -164,17 +207,10 @@ def _event(
         raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
 
     def pick(keys: tuple[str, ...]) -> str | None:
-        return _text(_first(attrs, keys) or _first(res.attrs, keys))
+        return _pick(attrs, res, keys)
 
     session_id = pick(_SESSION_KEYS)
     conversation_id = pick(_CONVERSATION_KEYS)
-    # The stream groups the carriers of one client run; it must be a key every carrier has.
-    stream = (
-        session_id
-        or _text(_first(attrs, ("conversation.id",)) or _first(res.attrs, ("conversation.id",)))
-        or _text(res.attrs.get("service.instance.id"))
-        or res.service_name
-    )
     raw_model = _text(_first(attrs, model_keys))
     model = normalise_model(raw_model)
     kept = {**res.kept, **_keep(attrs, options)}
@@ -186,7 +222,7 @@ def _event(
         carrier=carrier,
         rank=rank,
         tool=res.tool,
-        stream=stream,
+        stream=_stream(attrs, res, session_id),
         service_name=res.service_name,
         dedupe_key=dedupe_key,
         user_email=pick(_USER_EMAIL_KEYS),
@@ -271,7 +307,15 @@ def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTION
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 name = _event_name(record, res.tool)
-                rule = LOG_RULES.get(name) if name else None
+                if not name:
+                    continue
+                if name in ACTIVITY_LOG_RULES:
+                    try:
+                        result.activity.append(_log_activity(record, ACTIVITY_LOG_RULES[name], res, tenant))
+                    except _RecordError as exc:
+                        result.reject(f"log event {name!r}: {exc}")
+                    continue
+                rule = LOG_RULES.get(name)
                 if rule is None:
                     continue
                 try:
@@ -282,6 +326,22 @@ def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTION
                 if event is not None:
                     result.events.append(event)
     return result
+
+
+def _log_activity(record: Any, metric: str, res: _Resource, tenant: str) -> ActivityEvent:
+    time_ns = record.time_unix_nano or record.observed_time_unix_nano
+    if not time_ns:
+        raise _RecordError("missing timestamp: time_unix_nano and observed_time_unix_nano are 0")
+    event = _activity(
+        res,
+        attributes(record.attributes),
+        tenant=tenant,
+        metric=metric,
+        time_ns=time_ns,
+        dedupe_key=_digest(tenant, metric, res.service_name, record.SerializeToString(deterministic=True)),
+    )
+    event.value = 1.0
+    return event
 
 
 def _event_name(record: Any, tool: str) -> str:
@@ -350,9 +410,11 @@ def map_metrics(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPT
         res_key: bytes | None = None
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                rule = METRIC_RULES.get(metric.name)
+                rule: MetricRule | ActivityRule | None = METRIC_RULES.get(metric.name)
                 if rule is None:
-                    continue
+                    rule = ACTIVITY_METRIC_RULES.get(metric.name)
+                    if rule is None:
+                        continue
                 kind = metric.WhichOneof("data")
                 if kind not in ("sum", "histogram"):
                     result.reject(f"metric {metric.name!r}: unsupported kind {kind!r}", _points(metric))
@@ -379,6 +441,66 @@ def map_metrics(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPT
     return result
 
 
+def _point_value(point: Any, kind: str) -> tuple[float, int]:
+    """A sum point's value, or a histogram point's sum and count; rejects what cannot be usage."""
+    if not point.time_unix_nano:
+        raise _RecordError("missing timestamp: time_unix_nano is 0")
+    if kind == "sum":
+        which = point.WhichOneof("value")
+        if which is None:
+            raise _RecordError("data point has no value")
+        return _number(getattr(point, which), which), 0
+    return _number(point.sum, "sum"), int(_number(point.count, "count"))
+
+
+def _series_key(res_key: bytes, name: str, attrs: Mapping[str, Any]) -> bytes:
+    return _digest(res_key, name, *sorted(f"{k}={v!r}" for k, v in attrs.items()))
+
+
+def _activity_point(
+    result: MappingResult,
+    name: str,
+    rule: ActivityRule,
+    kind: str,
+    temporality: int,
+    point: Any,
+    attrs: Mapping[str, Any],
+    res: _Resource,
+    res_key: bytes,
+    tenant: str,
+) -> None:
+    metric = rule.metric if rule.type_key is None else rule.by_type.get(str(attrs.get(rule.type_key, "")))
+    if metric is None:
+        return
+    amount, _ = _point_value(point, kind)
+    series_key = _series_key(res_key, name, attrs)
+    event = _activity(
+        res,
+        attrs,
+        tenant=tenant,
+        metric=metric,
+        time_ns=point.time_unix_nano,
+        dedupe_key=_digest(series_key, str(point.start_time_unix_nano), str(point.time_unix_nano)),
+    )
+    if temporality == _TEMPORALITY_CUMULATIVE:
+        result.cumulative.append(
+            CumulativePoint(
+                series_key=series_key,
+                start_ns=point.start_time_unix_nano,
+                time_ns=point.time_unix_nano,
+                value=amount,
+                contributions=_ACTIVITY_VALUE,
+                event=event,
+            )
+        )
+    elif temporality == _TEMPORALITY_DELTA:
+        if amount:
+            event.value = amount
+            result.activity.append(event)
+    else:
+        raise _RecordError(f"aggregation_temporality: unknown value {temporality}")
+
+
 def _points(metric: Any) -> int:
     kind = metric.WhichOneof("data")
     return len(getattr(metric, kind).data_points) if kind else 0
@@ -387,7 +509,7 @@ def _points(metric: Any) -> int:
 def _metric_point(
     result: MappingResult,
     name: str,
-    rule: MetricRule,
+    rule: MetricRule | ActivityRule,
     kind: str,
     temporality: int,
     point: Any,
@@ -397,6 +519,9 @@ def _metric_point(
     options: MappingOptions,
 ) -> None:
     attrs = attributes(point.attributes)
+    if isinstance(rule, ActivityRule):
+        _activity_point(result, name, rule, kind, temporality, point, attrs, res, res_key, tenant)
+        return
     if rule.type_key is not None:
         contributions = rule.by_type.get(str(attrs.get(rule.type_key, "")))
         if contributions is None:
@@ -405,18 +530,8 @@ def _metric_point(
     else:
         contributions = rule.contributions
         count_requests = rule.count_requests_for is not None
-    if not point.time_unix_nano:
-        raise _RecordError("missing timestamp: time_unix_nano is 0")
-    if kind == "sum":
-        which = point.WhichOneof("value")
-        if which is None:
-            raise _RecordError("data point has no value")
-        amount = _number(getattr(point, which), which)
-        count = 0
-    else:
-        amount = _number(point.sum, "sum")
-        count = int(_number(point.count, "count"))
-    series_key = _digest(res_key, name, *sorted(f"{k}={v!r}" for k, v in attrs.items()))
+    amount, count = _point_value(point, kind)
+    series_key = _series_key(res_key, name, attrs)
     event = _event(
         res,
         attrs,

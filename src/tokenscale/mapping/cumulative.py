@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tokenscale.mapping._core import apply
-from tokenscale.mapping.model import CumulativePoint, UsageEvent
+from tokenscale.mapping.model import ActivityEvent, CumulativePoint, UsageEvent
 from tokenscale.mapping.pricing import price_event
 
 __all__ = ["SeriesState", "resolve_cumulative"]
@@ -28,14 +28,14 @@ class SeriesState:
 
 def resolve_cumulative(
     points: list[CumulativePoint], states: dict[bytes, SeriesState]
-) -> tuple[list[UsageEvent], dict[bytes, SeriesState]]:
+) -> tuple[list[UsageEvent | ActivityEvent], dict[bytes, SeriesState]]:
     """The usage events for ``points`` and the series states to store afterwards.
 
     ``states`` holds the stored state of the points' series (missing: never seen). Only series
     whose state changed appear in the returned states.
     """
     changed: dict[bytes, SeriesState] = {}
-    events: list[UsageEvent] = []
+    events: list[UsageEvent | ActivityEvent] = []
     for point in sorted(points, key=lambda p: (p.series_key, p.start_ns, p.time_ns)):
         state = changed.get(point.series_key) or states.get(point.series_key)
         if state is None or point.start_ns > state.start_ns:
@@ -49,7 +49,13 @@ def resolve_cumulative(
         changed[point.series_key] = SeriesState(point.start_ns, point.time_ns, point.value, point.count)
         if value == 0 and count == 0:
             continue
-        event = replace(point.event, attributes=dict(point.event.attributes))
+        template = point.event
+        if isinstance(template, ActivityEvent):
+            activity = replace(template)
+            apply(activity, point.contributions, value)
+            events.append(activity)
+            continue
+        event = replace(template, attributes=dict(template.attributes))
         apply(event, point.contributions, value)
         if point.counts_requests:
             event.requests = count

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 __all__ = [
     "TOKEN_FIELDS",
+    "ActivityEvent",
     "CumulativePoint",
     "MappingResult",
     "Signal",
@@ -65,6 +66,24 @@ class UsageEvent:
 
 
 @dataclass(slots=True)
+class ActivityEvent:
+    """An increment of an AI tool's activity measure (sessions, lines added, commits, ...), stored in
+    ``activity_events`` and summed per user, day and tool into ``ai_tool_daily_metrics.metrics``."""
+
+    time_ns: int
+    tenant: str
+    tool: str
+    stream: str
+    service_name: str
+    metric: str
+    dedupe_key: bytes
+    value: float = 0.0
+    user_email: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(slots=True)
 class CumulativePoint:
     """A point of a CUMULATIVE sum or histogram; the writer turns it into an increment.
 
@@ -80,7 +99,7 @@ class CumulativePoint:
     time_ns: int
     value: float
     contributions: tuple[tuple[str, int], ...]
-    event: UsageEvent
+    event: UsageEvent | ActivityEvent
     count: int = 0
     counts_requests: bool = False
 
@@ -90,6 +109,7 @@ class MappingResult:
     """What one export request maps to, plus what had to be rejected and why."""
 
     events: list[UsageEvent] = field(default_factory=list)
+    activity: list[ActivityEvent] = field(default_factory=list)
     cumulative: list[CumulativePoint] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)

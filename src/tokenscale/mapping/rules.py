@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "ACTIVITY_LOG_RULES",
+    "ACTIVITY_METRIC_RULES",
     "CLAUDE_SPAN",
     "LOG_RULES",
     "METRIC_RULES",
@@ -26,6 +28,7 @@ __all__ = [
     "SEMCONV_EVENT",
     "SEMCONV_SPAN",
     "SENSITIVE_KEYS",
+    "ActivityRule",
     "Contribution",
     "FieldRule",
     "LogRule",
@@ -291,6 +294,41 @@ METRIC_RULES: Final[dict[str, MetricRule]] = {
     "gen_ai.client.inference.operation.output_tokens": MetricRule(
         carrier="gen_ai.inference.operation", rank=13, contributions=_OUT
     ),
+}
+
+# --- activity (ai_tool_daily_metrics.metrics) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRule:
+    """A metric whose points count an AI tool's activity: into ``metric``, or, by the value of
+    ``type_key``, into the measure ``by_type`` names (other values are not counted)."""
+
+    metric: str | None = None
+    type_key: str | None = None
+    by_type: Mapping[str, str] = field(default_factory=dict)
+
+
+_ADDED_REMOVED: Final = {"added": "lines_added", "removed": "lines_removed"}
+
+ACTIVITY_METRIC_RULES: Final[dict[str, ActivityRule]] = {
+    "claude_code.session.count": ActivityRule("sessions"),
+    "claude_code.lines_of_code.count": ActivityRule(type_key="type", by_type=_ADDED_REMOVED),
+    "claude_code.commit.count": ActivityRule("commits"),
+    "claude_code.pull_request.count": ActivityRule("pull_requests"),
+    "claude_code.active_time.total": ActivityRule("active_seconds"),
+    "claude_code.code_edit_tool.decision": ActivityRule(
+        type_key="decision", by_type={"accept": "edits_accepted", "reject": "edits_rejected"}
+    ),
+    "gemini_cli.session.count": ActivityRule("sessions"),
+    "gemini_cli.lines.changed": ActivityRule(type_key="type", by_type=_ADDED_REMOVED),
+    "gemini_cli.tool.call.count": ActivityRule("tool_calls"),
+    "gemini_cli.file.operation.count": ActivityRule("file_operations"),
+}
+
+#: Log events that each count one unit of an activity measure (where no metric counts it).
+ACTIVITY_LOG_RULES: Final[dict[str, str]] = {
+    "claude_code.tool_result": "tool_calls",
 }
 
 # --- identity, tools, privacy --------------------------------------------------------------------

@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
-from tokenscale.mapping import MappingResult, SeriesState, UsageEvent, resolve_cumulative
+from tokenscale.mapping import ActivityEvent, MappingResult, SeriesState, UsageEvent, resolve_cumulative
 from tokenscale.store.backend import Backend, recorded_backend
 
 __all__ = ["UsageWriter", "open_pool"]
@@ -65,14 +65,48 @@ _STAGE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 )
 _STAGE_TYPES: Final = [t for _, t in _STAGE_COLUMNS]
 
-_CREATE_STAGE: Final = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS tokenscale_stage ({}) ON COMMIT DELETE ROWS"
+_ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("time_ns", "int8"),
+    ("tenant", "text"),
+    ("tool", "text"),
+    ("stream", "text"),
+    ("service_name", "text"),
+    ("user_email", "text"),
+    ("user_id", "text"),
+    ("session_id", "text"),
+    ("metric", "text"),
+    ("value", "float8"),
+    ("dedupe_key", "bytea"),
+)
+
+
+def _stage_sql(table: str, columns: tuple[tuple[str, str], ...]) -> tuple[sql.Composed, sql.Composed]:
+    """CREATE and COPY statements of a temporary staging table (emptied at every commit)."""
+    create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns),
+    )
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
+    )
+    return create, copy
+
+
+_CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE = _stage_sql("tokenscale_activity_stage", _ACTIVITY_COLUMNS)
+_TIME_FROM_NS: Final = (
+    "to_timestamp(s.time_ns / 1000000000) + (s.time_ns % 1000000000 / 1000) * INTERVAL '1 microsecond'"
+)
+_INSERT_ACTIVITY: Final = sql.SQL(
+    """INSERT INTO tokenscale.activity_events (time, {cols})
+SELECT {time}, {scols} FROM tokenscale_activity_stage s
+ON CONFLICT (dedupe_key, time) DO NOTHING"""
 ).format(
-    sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in _STAGE_COLUMNS)
+    cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _ACTIVITY_COLUMNS[1:]),
+    time=sql.SQL(_TIME_FROM_NS),
+    scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n, _ in _ACTIVITY_COLUMNS[1:]),
 )
-_COPY_STAGE: Final = sql.SQL("COPY tokenscale_stage ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(sql.Identifier(n) for n, _ in _STAGE_COLUMNS)
-)
+
+_CREATE_STAGE, _COPY_STAGE = _stage_sql("tokenscale_stage", _STAGE_COLUMNS)
 
 # The columns usage_daily sums, and the expressions that sum a set of usage_events rows.
 _DAILY_KEYS: Final = ("tenant", "tool", "user_email", "provider", "model")
@@ -106,14 +140,14 @@ RETURNING e.*
 _INSERT_COLUMNS: Final = [n for n, _ in _STAGE_COLUMNS if n != "time_ns"]
 _INSERT: Final = sql.SQL(
     """INSERT INTO tokenscale.usage_events (time, counted, {cols})
-SELECT to_timestamp(s.time_ns / 1000000000) + (s.time_ns % 1000000000 / 1000) * INTERVAL '1 microsecond',
-       s.rank <= u.best_rank, {scols}
+SELECT {time}, s.rank <= u.best_rank, {scols}
 FROM tokenscale_stage s
 JOIN tokenscale.usage_streams u USING (tenant, tool, stream)
 ON CONFLICT (dedupe_key, time) DO NOTHING
 RETURNING *"""
 ).format(
     cols=sql.SQL(", ").join(sql.Identifier(c) for c in _INSERT_COLUMNS),
+    time=sql.SQL(_TIME_FROM_NS),
     scols=sql.SQL(", ").join(
         sql.SQL("s.{}::jsonb").format(sql.Identifier(c))
         if c == "attributes"
@@ -241,14 +275,23 @@ class UsageWriter:
         try:
             with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
                 events = list(result.events)
+                activity = list(result.activity)
                 if result.cumulative:
-                    events.extend(self._resolve_cumulative(conn, result))
+                    for resolved in self._resolve_cumulative(conn, result):
+                        if isinstance(resolved, ActivityEvent):
+                            activity.append(resolved)
+                        else:
+                            events.append(resolved)
                 if events:
                     self._write_events(conn, backend, events)
+                if activity:
+                    self._write_activity(conn, activity)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise RetryableError(f"database unavailable: {exc}") from exc
 
-    def _resolve_cumulative(self, conn: psycopg.Connection[Any], result: MappingResult) -> list[UsageEvent]:
+    def _resolve_cumulative(
+        self, conn: psycopg.Connection[Any], result: MappingResult
+    ) -> list[UsageEvent | ActivityEvent]:
         keys = sorted({p.series_key for p in result.cumulative})
         conn.execute(_LOCK_SERIES, (keys,))
         states = {
@@ -296,6 +339,29 @@ class UsageWriter:
                 else:
                     cur.execute(_RETRACT, params)
             cur.execute(_ADD_INSERTED if backend.keeps_rollups else _INSERT)
+
+    def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
+        conn.execute(_CREATE_ACTIVITY_STAGE)
+        with conn.cursor() as cur:
+            with cur.copy(_COPY_ACTIVITY_STAGE) as copy:
+                copy.set_types([t for _, t in _ACTIVITY_COLUMNS])
+                for a in activity:
+                    copy.write_row(
+                        (
+                            a.time_ns,
+                            a.tenant,
+                            a.tool,
+                            a.stream,
+                            a.service_name,
+                            a.user_email,
+                            a.user_id,
+                            a.session_id,
+                            a.metric,
+                            a.value,
+                            a.dedupe_key,
+                        )
+                    )
+            cur.execute(_INSERT_ACTIVITY)
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], events: Sequence[UsageEvent]) -> None:
         days = {e.time_ns // _NS_PER_DAY for e in events}
