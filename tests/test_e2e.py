@@ -218,3 +218,38 @@ def test_two_receivers_sharing_one_database(db_url: str, loop: asyncio.AbstractE
         for pool in pools:
             pool.close()
     assert daily_by_model(db_url) == expected_daily(label)
+
+
+# --- errors the client sees -------------------------------------------------------------------------
+
+
+def test_a_hostile_record_is_rejected_and_the_rest_kept(receiver: Receiver, db_url: str) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: PLC0415
+
+    signal, raw, _ = next(b for b in capture_bodies("claude-grpc") if b[0] == "logs")
+    request = ExportLogsServiceRequest.FromString(raw.read_bytes())
+    records = request.resource_logs[0].scope_logs[0].log_records
+    bad = records.add()
+    bad.CopyFrom(next(r for r in records if any(a.value.string_value == "api_request" for a in r.attributes)))
+    for attribute in bad.attributes:
+        if attribute.key == "output_tokens":
+            attribute.value.int_value = -3
+    response = grpc_export(receiver.grpc_port, signal, request.SerializeToString())
+    assert response.partial_success.rejected_log_records == 1
+    assert "output_tokens: negative" in response.partial_success.error_message
+    assert daily_by_model(db_url) == expected_daily("claude-grpc")  # the good record, once
+
+
+def test_an_unreachable_database_is_retryable_for_the_client(loop: asyncio.AbstractEventLoop) -> None:
+    pool = open_pool("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1", min_size=0)
+    body = next(raw for s, raw, _ in capture_bodies("claude-grpc") if s == "logs").read_bytes()
+    try:
+        with running(loop, ExportPipeline(UsageWriter(pool, timeout=1.0))) as live:
+            status, headers, _ = post(live.http_port, "/v1/logs", body, "application/x-protobuf")
+            assert status == 503
+            assert "retry-after" in headers
+            with pytest.raises(grpc.RpcError) as raised:
+                grpc_export(live.grpc_port, "logs", body)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        pool.close()
