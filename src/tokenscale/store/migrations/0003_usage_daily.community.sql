@@ -16,9 +16,9 @@ SELECT
     sum(output_tokens)::bigint                                  AS output_tokens,
     sum(reasoning_tokens)::bigint                               AS reasoning_tokens,
     sum(cost_usd)::numeric(24, 10)                              AS cost_usd,
-    count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
-                     AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0)
-                                                                AS unpriced_events,
+    sum(CASE WHEN cost_usd IS NULL AND cost_source IS NULL
+                  AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0
+             THEN 1 ELSE 0 END)::bigint                         AS unpriced_events,
     count(*)                                                    AS events
 FROM tokenscale.usage_events
 WHERE counted
