@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from tokenscale.embedded import default_data_dir
 from tokenscale.errors import TokenscaleError
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
@@ -24,11 +25,6 @@ class ConfigError(TokenscaleError):
     """A setting is unknown or has a value of the wrong kind; the message names it."""
 
 
-def _default_data_dir() -> Path:
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tokenscale"
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the tokenscale service. The field docs are the reference documentation."""
@@ -41,8 +37,9 @@ class Settings:
     grpc_port: int = 4317
     #: OTLP/HTTP port (and the HTTP/JSON API); 0 picks a free port.
     http_port: int = 4318
-    #: Where the embedded PostgreSQL cluster and other local state live.
-    data_dir: Path = field(default_factory=_default_data_dir)
+    #: Where the embedded PostgreSQL cluster and other local state live (default
+    #: ``~/.local/share/tokenscale``, or ``$XDG_DATA_HOME/tokenscale``; ``/var/lib/tokenscale`` for root).
+    data_dir: Path = field(default_factory=default_data_dir)
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
     #: Largest accepted OTLP/HTTP request body, in bytes.

@@ -76,10 +76,13 @@ host  all all ::1/128      trust
 
 
 def default_data_dir() -> Path:
-    """``$TOKENSCALE_DATA_DIR``, else ``$XDG_DATA_HOME/tokenscale``, else ``~/.local/share/tokenscale``."""
+    """``$TOKENSCALE_DATA_DIR``, else ``$XDG_DATA_HOME/tokenscale``, else ``~/.local/share/tokenscale``
+    (``/var/lib/tokenscale`` for root, whose home the server's own user could not enter)."""
     explicit = os.environ.get("TOKENSCALE_DATA_DIR")
     if explicit:
         return Path(explicit).expanduser()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/tokenscale")
     xdg = os.environ.get("XDG_DATA_HOME")
     if xdg:
         return Path(xdg).expanduser() / "tokenscale"
