@@ -207,3 +207,40 @@ def test_unreachable_database_is_a_retryable_error() -> None:
             writer.write(MappingResult(events=[event]))
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    ("label", "tool", "activity"),
+    [
+        (
+            "claude-tools-grpc",
+            "claude_code",
+            {"sessions": 1, "tool_calls": 2, "lines_added": 4, "edits_accepted": 1},
+        ),
+        (
+            "gemini-tools-grpc",
+            "gemini_cli",
+            {"sessions": 1, "tool_calls": 2, "lines_added": 3, "file_operations": 1},
+        ),
+    ],
+)
+def test_ai_tool_daily_metrics_from_otlp(
+    pipeline: ExportPipeline, db_url: str, label: str, tool: str, activity: dict[str, int]
+) -> None:
+    _replay(pipeline, label)
+    _replay(pipeline, label)  # retried: still counted once
+    truth = expected_daily(label)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT tool, is_active, metrics, input_tokens, output_tokens, cache_read_tokens, "
+            "cache_write_tokens, source FROM tokenscale.ai_tool_daily_metrics"
+        ).fetchall()
+    [(got_tool, active, metrics, input_tokens, output_tokens, cache_read, cache_write, source)] = rows
+    assert (got_tool, active, source) == (tool, True, "otlp")
+    # The LLM API answered with exactly these tool calls (llm-requests.jsonl: response.tool_calls).
+    assert {k: metrics[k] for k in activity} == activity
+    assert metrics["requests"] == sum(row["requests"] for row in truth.values())
+    assert input_tokens == sum(row["input_tokens"] for row in truth.values())
+    assert output_tokens == sum(row["output_tokens"] for row in truth.values())
+    assert cache_read == sum(row["cache_read_tokens"] for row in truth.values())
+    assert cache_write == sum(row["cache_write_tokens"] for row in truth.values())
