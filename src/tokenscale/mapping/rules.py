@@ -104,17 +104,19 @@ class LogRule:
     needs_usage: bool = True
 
 
+#: Claude Code's own token attributes (event and span): Anthropic's additive fields, input uncached.
+_CLAUDE_FIELDS: Final = (
+    FieldRule(("input_tokens",), _IN),
+    FieldRule(("cache_read_tokens",), _CACHE_READ_ADDITIVE),
+    FieldRule(("cache_creation_tokens",), _CACHE_WRITE_ADDITIVE),
+    FieldRule(("output_tokens",), _OUT),
+)
+
 CLAUDE_API_REQUEST: Final = LogRule(
     carrier="claude_code.api_request",
     rank=1,
     provider="anthropic",
-    fields=(
-        FieldRule(("input_tokens",), _IN),
-        FieldRule(("cache_read_tokens",), _CACHE_READ_ADDITIVE),
-        FieldRule(("cache_creation_tokens",), _CACHE_WRITE_ADDITIVE),
-        FieldRule(("output_tokens",), _OUT),
-        FieldRule(("cost_usd",), _COST),
-    ),
+    fields=(*_CLAUDE_FIELDS, FieldRule(("cost_usd",), _COST)),
 )
 CLAUDE_API_ERROR: Final = LogRule(
     carrier="claude_code.api_error", rank=1, provider="anthropic", fields=(), needs_usage=False
@@ -177,15 +179,7 @@ class SpanRule:
 
 
 CLAUDE_SPAN: Final = SpanRule(
-    carrier="claude_code.llm_request",
-    rank=2,
-    provider="anthropic",
-    fields=(
-        FieldRule(("input_tokens",), _IN),
-        FieldRule(("cache_read_tokens",), _CACHE_READ_ADDITIVE),
-        FieldRule(("cache_creation_tokens",), _CACHE_WRITE_ADDITIVE),
-        FieldRule(("output_tokens",), _OUT),
-    ),
+    carrier="claude_code.llm_request", rank=2, provider="anthropic", fields=_CLAUDE_FIELDS
 )
 SEMCONV_SPAN: Final = SpanRule(carrier="gen_ai.span", rank=3, fields=SEMCONV_FIELDS)
 
