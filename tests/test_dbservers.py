@@ -195,4 +195,7 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_data_dir() == tmp_path / "xdg" / "tokenscale"
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert default_data_dir() == tmp_path / ".local" / "share" / "tokenscale"
+    monkeypatch.setattr("os.geteuid", lambda: 0)  # root's home is not reachable by the server's user
+    assert default_data_dir() == Path("/var/lib/tokenscale")

@@ -38,7 +38,7 @@ class Settings:
     #: OTLP/HTTP port (and the HTTP/JSON API); 0 picks a free port.
     http_port: int = 4318
     #: Where the embedded PostgreSQL cluster and other local state live (default
-    #: ``~/.local/share/tokenscale``, or ``$XDG_DATA_HOME/tokenscale``; ``/var/lib/tokenscale`` for root).
+    #: ``$XDG_DATA_HOME/tokenscale``, else ``~/.local/share/tokenscale``, for root ``/var/lib/tokenscale``).
     data_dir: Path = field(default_factory=default_data_dir)
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False

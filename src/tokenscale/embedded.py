@@ -81,11 +81,11 @@ def default_data_dir() -> Path:
     explicit = os.environ.get("TOKENSCALE_DATA_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/var/lib/tokenscale")
     xdg = os.environ.get("XDG_DATA_HOME")
     if xdg:
         return Path(xdg).expanduser() / "tokenscale"
+    if os.geteuid() == 0:
+        return Path("/var/lib/tokenscale")
     return Path.home() / ".local" / "share" / "tokenscale"
 
 
