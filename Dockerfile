@@ -20,10 +20,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/tokenscale
 WORKDIR /src
 
-# The dependencies first, read from pyproject.toml alone, so that editing the source does not
+# The dependencies first (the base and the `server` extra), read from pyproject.toml alone, so that editing the source does not
 # invalidate this (slow) layer. Every dependency ships manylinux wheels: no compiler is needed.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" \
         > /tmp/requirements.txt \
  && /opt/tokenscale/bin/pip install -r /tmp/requirements.txt
 

@@ -800,7 +800,9 @@ def test_dockerfile_reads_the_dependencies_from_pyproject() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
     )
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    assert result.stdout.split("\n")[:-1] == pyproject["project"]["dependencies"]
+    project = pyproject["project"]
+    expected = project["dependencies"] + project["optional-dependencies"]["server"]
+    assert result.stdout.split("\n")[:-1] == expected
 
 
 def test_dockerignore_keeps_secrets_and_bulk_out_of_the_build() -> None:

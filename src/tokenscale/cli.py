@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import psycopg
 
 from tokenscale import __version__
 from tokenscale.config import ConfigError, Settings, load_settings
@@ -111,6 +110,8 @@ def _cmd_migrate(settings: Settings) -> int:
 
 
 def _cmd_status(settings: Settings) -> int:
+    import psycopg  # noqa: PLC0415
+
     from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
 
     with _database(settings) as url, psycopg.connect(url) as conn:
@@ -182,9 +183,21 @@ async def _serve(receiver: Any) -> None:
     await receiver.stop()
 
 
+#: Modules of the ``server`` extra; without them only the instrumentation is installed.
+_SERVER_MODULES = ("psycopg", "psycopg_pool", "grpc", "starlette", "uvicorn", "genai_prices")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenscale`` console script."""
     args = _parser().parse_args(argv)
+    missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"tokenscale: the service needs its server dependencies (missing: {', '.join(missing)}); "
+            "install them with: pip install 'tokenscale[server]'",
+            file=sys.stderr,
+        )
+        return 1
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -194,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import psycopg  # noqa: PLC0415 - a server dependency, checked above
+
     commands = {"serve": _cmd_serve, "migrate": _cmd_migrate, "status": _cmd_status}
     try:
         return commands[args.command](settings)
