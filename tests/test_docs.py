@@ -12,7 +12,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_mapping_doc_names_every_carrier_metric_and_measure() -> None:
     text = (DOCS / "mapping.md").read_text()
     names = {rule.carrier for rule in rules.LOG_RULES.values()}
-    names |= {rules.CLAUDE_SPAN.carrier, rules.SEMCONV_SPAN.carrier}
+    names |= {rules.CLAUDE_SPAN.carrier, rules.SEMCONV_SPAN.carrier, rules.TOKENSCALE_SPAN.carrier}
     names |= {rule.carrier for rule in rules.METRIC_RULES.values()}
     names |= set(rules.METRIC_RULES) | set(rules.ACTIVITY_METRIC_RULES)
     for activity in rules.ACTIVITY_METRIC_RULES.values():

@@ -20,11 +20,14 @@ from tokenscale.mapping.rules import (
     NON_USAGE_OPERATIONS,
     SEMCONV_SPAN,
     SENSITIVE_KEYS,
+    TOKENSCALE_SCOPE_PREFIX,
+    TOKENSCALE_SPAN,
     ActivityRule,
     Contribution,
     FieldRule,
     LogRule,
     MetricRule,
+    SpanRule,
     canonical_tool,
 )
 
@@ -247,9 +250,14 @@ def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTI
     for resource_spans in request.resource_spans:
         res = _Resource(resource_spans.resource, options)
         for scope_spans in resource_spans.scope_spans:
+            semconv = (
+                TOKENSCALE_SPAN
+                if scope_spans.scope.name.startswith(TOKENSCALE_SCOPE_PREFIX)
+                else SEMCONV_SPAN
+            )
             for span in scope_spans.spans:
                 try:
-                    event = _span_event(span, res, tenant, options)
+                    event = _span_event(span, semconv, res, tenant, options)
                 except _RecordError as exc:
                     result.reject(f"span {span.name!r}: {exc}")
                     continue
@@ -258,16 +266,18 @@ def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTI
     return result
 
 
-def _span_event(span: Any, res: _Resource, tenant: str, options: MappingOptions) -> UsageEvent | None:
+def _span_event(
+    span: Any, semconv: SpanRule, res: _Resource, tenant: str, options: MappingOptions
+) -> UsageEvent | None:
     if span.name == CLAUDE_SPAN.carrier:
         rule = CLAUDE_SPAN
     else:
         # Cheap pre-check on keys before building the attribute dict.
         if not any(kv.key.startswith(("gen_ai.usage.", "llm.usage.")) for kv in span.attributes):
             return None
-        rule = SEMCONV_SPAN
+        rule = semconv
     attrs = attributes(span.attributes)
-    if rule is SEMCONV_SPAN and attrs.get("gen_ai.operation.name") in NON_USAGE_OPERATIONS:
+    if rule is not CLAUDE_SPAN and attrs.get("gen_ai.operation.name") in NON_USAGE_OPERATIONS:
         return None
     time_ns = span.end_time_unix_nano or span.start_time_unix_nano
     if not time_ns:

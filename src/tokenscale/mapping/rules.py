@@ -28,6 +28,8 @@ __all__ = [
     "SEMCONV_EVENT",
     "SEMCONV_SPAN",
     "SENSITIVE_KEYS",
+    "TOKENSCALE_SCOPE_PREFIX",
+    "TOKENSCALE_SPAN",
     "ActivityRule",
     "Contribution",
     "FieldRule",
@@ -182,6 +184,11 @@ CLAUDE_SPAN: Final = SpanRule(
     carrier="claude_code.llm_request", rank=2, provider="anthropic", fields=_CLAUDE_FIELDS
 )
 SEMCONV_SPAN: Final = SpanRule(carrier="gen_ai.span", rank=3, fields=SEMCONV_FIELDS)
+#: Spans of tokenscale's own instrumentation (scope ``tokenscale.instrumentation.*``) outrank other
+#: GenAI spans of the same app: SDKs that trace themselves (anthropic >= 2.12) emit a child span
+#: with the same usage, which must not be added to ours.
+TOKENSCALE_SPAN: Final = SpanRule(carrier="tokenscale.instrumentation", rank=2, fields=SEMCONV_FIELDS)
+TOKENSCALE_SCOPE_PREFIX: Final = "tokenscale.instrumentation."
 
 #: Spans of these operations aggregate their children's usage; counting them would double count.
 NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
