@@ -32,6 +32,11 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v in
     apt_install postgresql
 fi
 ls -d /usr/lib/postgresql/*/bin 2>/dev/null || command -v initdb
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "Chromium missing (the dashboard's browser test): installing chromium"
+    apt_install chromium fonts-liberation
+fi
+command -v chromium
 
 section "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then

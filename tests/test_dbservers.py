@@ -133,8 +133,14 @@ def test_embedded_adopts_a_server_left_running(server_tmp_path: Path) -> None:
     first = EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS)
     first.start()
     try:
-        # As if the process that started it had died without stopping it.
-        second = EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS)
+        # A short command (`tokenscale status`) uses the running server and leaves it running.
+        visitor = EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS)
+        visitor.start()
+        assert visitor.adopted and visitor.port == first.port
+        visitor.stop()
+        assert _scalar(first.conninfo, "SELECT 1") == 1
+        # The owner (`tokenscale serve`, after the process that started it died) stops it.
+        second = EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS, stop_adopted=True)
         second.start()
         assert second.port == first.port
         assert _scalar(second.conninfo, "SELECT 1") == 1

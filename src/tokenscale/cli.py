@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show the back end, versions and row counts")
     _add_database_options(status)
+
+    from tokenscale.commands import add_subcommands  # noqa: PLC0415
+
+    add_subcommands(sub, _add_database_options)
     return parser
 
 
@@ -78,14 +82,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """The configured database URL, or an embedded PostgreSQL started for the duration."""
+def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
+    """The configured database URL, or an embedded PostgreSQL started for the duration.
+
+    Only the ``owner`` (``serve``) stops an embedded server it found already running; a short
+    command leaves the server of a running ``serve`` alone.
+    """
     if settings.database_url:
         yield settings.database_url
         return
     from tokenscale.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when embedded
 
-    server = EmbeddedPostgres(settings.data_dir)
+    server = EmbeddedPostgres(settings.data_dir, stop_adopted=owner)
     log.info("starting the embedded PostgreSQL in %s", server.data_dir)
     server.start()
     try:
@@ -103,13 +111,26 @@ def _migrate(url: str) -> None:
     log.info("schema at version %04d on %s (applied now: %s)", report.current, report.backend, applied)
 
 
-def _cmd_migrate(settings: Settings) -> int:
+def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.commands import run_report  # noqa: PLC0415
+
+    with _database(settings) as url:
+        return run_report(args, url)
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.commands import run_demo  # noqa: PLC0415
+
+    return run_demo(args)
+
+
+def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings) as url:
         _migrate(url)
     return 0
 
 
-def _cmd_status(settings: Settings) -> int:
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg  # noqa: PLC0415
 
     from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
@@ -145,19 +166,30 @@ def _cmd_status(settings: Settings) -> int:
     return 0
 
 
-def _cmd_serve(settings: Settings) -> int:
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.dashboard import create_dashboard_routes  # noqa: PLC0415
     from tokenscale.mapping import MappingOptions  # noqa: PLC0415
     from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
     from tokenscale.receiver.server import Receiver  # noqa: PLC0415
+    from tokenscale.selfmetrics import (  # noqa: PLC0415
+        HttpTransportMiddleware,
+        InstrumentedPipeline,
+        InstrumentedWriter,
+        Registry,
+        create_health_routes,
+    )
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
-    with _database(settings) as url:
+    with _database(settings, owner=True) as url:
         _migrate(url)
         pool = open_pool(url)
+        # Reads (dashboard, readiness) get their own small pool: they never wait behind ingest.
+        read_pool = open_pool(url, max_size=2)
         try:
-            pipeline = ExportPipeline(
-                UsageWriter(pool), MappingOptions(capture_content=settings.capture_content)
-            )
+            registry = Registry()
+            writer = InstrumentedWriter(UsageWriter(pool), registry)
+            options = MappingOptions(capture_content=settings.capture_content)
+            pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
             receiver = Receiver(
                 pipeline,
                 host=settings.host,
@@ -165,8 +197,12 @@ def _cmd_serve(settings: Settings) -> int:
                 http_port=settings.http_port,
                 max_body_bytes=settings.max_body_bytes,
             )
+            receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
+            receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
+            receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool))
             asyncio.run(_serve(receiver))
         finally:
+            read_pool.close()
             pool.close()
     return 0
 
@@ -209,15 +245,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import psycopg  # noqa: PLC0415 - a server dependency, checked above
 
-    commands = {"serve": _cmd_serve, "migrate": _cmd_migrate, "status": _cmd_status}
+    commands = {
+        "serve": _cmd_serve,
+        "migrate": _cmd_migrate,
+        "status": _cmd_status,
+        "report": _cmd_report,
+        "demo": _cmd_demo,
+    }
     try:
-        return commands[args.command](settings)
+        return commands[args.command](settings, args)
     except TokenscaleError as exc:
         print(f"tokenscale: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
         print(f"tokenscale: database unavailable: {exc}".rstrip(), file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -279,6 +279,7 @@ class EmbeddedPostgres:
         port: int = 0,
         *,
         settings: Mapping[str, str] | None = None,
+        stop_adopted: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.host = host
@@ -290,6 +291,11 @@ class EmbeddedPostgres:
         self._temp_socket_dir: Path | None = None
         self._port: int | None = None
         self._running = False
+        #: Whether :meth:`start` found our server already running and used it.
+        self.adopted = False
+        #: Whether :meth:`stop` stops an adopted server too. Off by default, so that a short command
+        #: (``tokenscale status``) does not stop the server of a ``tokenscale serve`` still running.
+        self.stop_adopted = stop_adopted
         self._binaries: PostgresBinaries | None = None
         self._account: _Account | None = None
 
@@ -332,7 +338,8 @@ class EmbeddedPostgres:
         if major is None:
             self._initdb()
         self._prepare_socket_dir()
-        if not self._adopt_or_clear_stale():
+        self.adopted = self._adopt_or_clear_stale()
+        if not self.adopted:
             self._start_server()
         self._running = True
         atexit.register(self.stop)
@@ -348,6 +355,9 @@ class EmbeddedPostgres:
             return
         self._running = False
         atexit.unregister(self.stop)
+        if self.adopted and not self.stop_adopted:
+            log.info("leaving the PostgreSQL server we found running (port %d) as it was", self.port)
+            return
         result = self._pg_ctl("stop", "-m", "fast")
         pid_file = self.cluster_dir / "postmaster.pid"
         if result.returncode != 0 and pid_file.exists():
