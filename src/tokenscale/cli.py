@@ -67,16 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the back end, versions and row counts")
     _add_database_options(status)
 
+    from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
 
     add_subcommands(sub, _add_database_options)
+    add_key_and_budget_commands(sub, _add_database_options)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         key: getattr(args, key, None)
-        for key in ("database_url", "data_dir", "host", "grpc_port", "http_port")
+        for key in ("database_url", "data_dir", "host", "grpc_port", "http_port", "require_auth")
     }
     return load_settings(overrides, config_file=getattr(args, "config", None))
 
@@ -116,6 +118,14 @@ def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
     with _database(settings) as url:
         return run_report(args, url)
+
+
+def _cmd_keys_or_budgets(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.api.commands import run_command  # noqa: PLC0415
+
+    with _database(settings) as url:
+        _migrate(url)
+        return run_command(args, url, sys.stdout)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -167,6 +177,10 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.api.grpc_service import UsageApiServicer  # noqa: PLC0415
+    from tokenscale.api.http import create_api_routes  # noqa: PLC0415
+    from tokenscale.api.service import UsageApiService  # noqa: PLC0415
+    from tokenscale.auth import AuthPolicy  # noqa: PLC0415
     from tokenscale.dashboard import create_dashboard_routes  # noqa: PLC0415
     from tokenscale.mapping import MappingOptions  # noqa: PLC0415
     from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
@@ -183,23 +197,28 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings, owner=True) as url:
         _migrate(url)
         pool = open_pool(url)
-        # Reads (dashboard, readiness) get their own small pool: they never wait behind ingest.
-        read_pool = open_pool(url, max_size=2)
+        # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
+        read_pool = open_pool(url, max_size=4)
         try:
             registry = Registry()
             writer = InstrumentedWriter(UsageWriter(pool), registry)
             options = MappingOptions(capture_content=settings.capture_content)
             pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
+            auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
+            api = UsageApiService(read_pool, auth, UsageWriter(pool))
             receiver = Receiver(
                 pipeline,
                 host=settings.host,
                 grpc_port=settings.grpc_port,
                 http_port=settings.http_port,
                 max_body_bytes=settings.max_body_bytes,
+                tenant_for=auth.tenant_for,
+                grpc_services=[UsageApiServicer(api).add_to_server],
             )
             receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
             receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
-            receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool))
+            receiver.http_app.router.routes.extend(create_api_routes(api))
+            receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
             asyncio.run(_serve(receiver))
         finally:
             read_pool.close()
@@ -251,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _cmd_status,
         "report": _cmd_report,
         "demo": _cmd_demo,
+        "keys": _cmd_keys_or_budgets,
+        "budgets": _cmd_keys_or_budgets,
     }
     try:
         return commands[args.command](settings, args)

@@ -40,6 +40,8 @@ class Settings:
     #: Where the embedded PostgreSQL cluster and other local state live (default
     #: ``$XDG_DATA_HOME/tokenscale``, else ``~/.local/share/tokenscale``, for root ``/var/lib/tokenscale``).
     data_dir: Path = field(default_factory=default_data_dir)
+    #: Require an API key for every request, even on loopback (a non-loopback bind always does).
+    require_auth: bool = False
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
     #: Largest accepted OTLP/HTTP request body, in bytes.

@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 
+from tokenscale.auth import AuthenticationError, PermissionDeniedError
 from tokenscale.errors import PermanentError, RetryableError
 from tokenscale.otlp import PayloadTooLargeError
 
@@ -46,10 +47,15 @@ class ExportFailure:
 def classify_error(exc: BaseException, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS) -> ExportFailure:
     """Map an exception raised while decoding or exporting to its answer.
 
-    Bad data is permanent (INVALID_ARGUMENT / 400; 413 for an oversized body); an unreachable
-    database is retryable (UNAVAILABLE / 503 with Retry-After); anything else is our bug
+    A missing or unknown API key is UNAUTHENTICATED / 401, a key without the ``ingest`` scope
+    PERMISSION_DENIED / 403. Bad data is permanent (INVALID_ARGUMENT / 400; 413 for an oversized
+    body); an unreachable database is retryable (UNAVAILABLE / 503 with Retry-After); anything else is our bug
     (INTERNAL / 500), logged here with its traceback and not described to the client.
     """
+    if isinstance(exc, AuthenticationError):
+        return ExportFailure(grpc.StatusCode.UNAUTHENTICATED, 401, str(exc) or "authentication required")
+    if isinstance(exc, PermissionDeniedError):
+        return ExportFailure(grpc.StatusCode.PERMISSION_DENIED, 403, str(exc) or "permission denied")
     if isinstance(exc, PayloadTooLargeError):
         return ExportFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, str(exc))
     if isinstance(exc, PermanentError):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import uvicorn
@@ -65,6 +65,7 @@ class Receiver:
         tenant_for: TenantResolver = default_tenant_for,
         retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        grpc_services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> None:
         self.pipeline = pipeline
         self.host = host
@@ -74,6 +75,8 @@ class Receiver:
         self.tenant_for = tenant_for
         self.retry_after = retry_after
         self.grace_seconds = grace_seconds
+        #: More gRPC services for the same server (each adds itself, e.g. tokenscale's own API).
+        self.grpc_services = list(grpc_services)
         self.http_app: Starlette = create_http_app(
             pipeline, tenant_for=tenant_for, max_body_bytes=max_body_bytes, retry_after=retry_after
         )
@@ -115,6 +118,8 @@ class Receiver:
             max_message_bytes=self.max_body_bytes,
             retry_after=self.retry_after,
         )
+        for add_service in self.grpc_services:
+            add_service(server)
         self._grpc_server = server
         address = _grpc_address(self.host, self.grpc_port)
         try:

@@ -19,8 +19,9 @@ CREATE INDEX activity_events_tenant_time ON tokenscale.activity_events (tenant, 
 
 -- One row per (tenant, user e-mail, UTC date, tool) with usage from usage_daily and activity
 -- measures in `metrics` (plus `requests`). `email` is NULL where the client sends no e-mail
--- (e.g. Claude Code with an API key rather than a login).
-CREATE VIEW tokenscale.ai_tool_daily_metrics AS
+-- (e.g. Claude Code with an API key rather than a login). tokenscale.ai_tool_daily_metrics (0014)
+-- shows these rows and the pushed ones.
+CREATE VIEW tokenscale.ai_tool_daily_metrics_otlp AS
 WITH usage AS (
     SELECT tenant,
            coalesce(user_email, '')                 AS email,

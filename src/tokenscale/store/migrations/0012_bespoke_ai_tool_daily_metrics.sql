@@ -23,21 +23,21 @@ CREATE UNIQUE INDEX bespoke_ai_tool_daily_metrics_key
 CREATE INDEX bespoke_ai_tool_daily_metrics_date
     ON tokenscale.bespoke_ai_tool_daily_metrics (tenant, date);
 
--- The hook for tokenscale.ai_tool_daily_metrics (daily metrics per user and tool derived from OTLP):
--- pushed rows in its shape, marked source = 'push', to be UNION ALLed into it.
+-- Pushed rows with exactly the columns of tokenscale.ai_tool_daily_metrics_otlp (0004), in its
+-- order, marked source = 'push'; tokenscale.ai_tool_daily_metrics (0014) is the union of both.
+-- Optional values a push left out stay NULL.
 CREATE VIEW tokenscale.ai_tool_daily_metrics_pushed AS
 SELECT
     tenant,
-    date                                   AS day,
-    email                                  AS user_email,
-    tool,
-    'push'::text                           AS source,
+    email,
+    date,
     is_active,
-    coalesce(input_tokens, 0)              AS input_tokens,
-    coalesce(cache_read_tokens, 0)         AS cache_read_tokens,
-    coalesce(cache_write_tokens, 0)        AS cache_write_tokens,
-    coalesce(output_tokens, 0)             AS output_tokens,
-    (spend_cents / 100.0)::numeric(24, 10) AS cost_usd,
-    metrics,
-    updated_at
+    tool,
+    coalesce(metrics, '{}'::jsonb) AS metrics,
+    input_tokens,
+    output_tokens,
+    cache_write_tokens,
+    cache_read_tokens,
+    spend_cents,
+    'push'::text                   AS source
 FROM tokenscale.bespoke_ai_tool_daily_metrics;

@@ -2,9 +2,10 @@
 -- order, lookups by request and conversation, metadata filters, and the classifications the
 -- AI metrics API filters and reports by (tokenscale.api.ai_metrics).
 
--- Pages in time order, ties broken by dedupe_key: page boundaries are found by an index-only scan.
+-- Pages in time order, ties broken by dedupe_key: page boundaries are found by an index-only scan
+-- (tool and operation are included so the default coding-assistant exclusion needs no heap fetch).
 CREATE INDEX usage_events_read_time ON tokenscale.usage_events (tenant, time DESC, dedupe_key DESC)
-    WHERE counted;
+    INCLUDE (tool, operation) WHERE counted;
 -- transactionId / messageId lookups.
 CREATE INDEX usage_events_read_request ON tokenscale.usage_events (tenant, request_id)
     WHERE counted AND request_id IS NOT NULL;

@@ -1,0 +1,433 @@
+"""AI metrics listings (Revenium ``sources/metrics/ai``): filters, sorting and deep pages over usage_events.
+
+Every query reads counted rows of the caller's tenant only. The default order (``requestTime``)
+pages by keyset: the first row of page N is found by an index-only walk of
+``usage_events_read_time`` (no heap fetches for the skipped rows), then the page itself is a range
+scan from there. Other sort orders use OFFSET.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from tokenscale.api._errors import InvalidRequestError
+from tokenscale.api._values import Params, boolean, integer, number, text, timestamp
+
+__all__ = [
+    "COLLECTIONS",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "METRIC_TYPES",
+    "MODALITIES",
+    "OPERATION_TYPES",
+    "SORT_PROPERTIES",
+    "AiMetricsPage",
+    "AiMetricsQuery",
+    "list_ai_metrics",
+    "parse_ai_metrics_query",
+]
+
+Modality = Literal["all", "completions", "audio", "video", "images"]
+
+METRIC_TYPES: Final = ("COMPLETION", "AUDIO", "VIDEO", "IMAGE")
+#: The listing of each path and the metric type it is confined to (None: every type).
+MODALITIES: Final[dict[str, str | None]] = {
+    "all": None,
+    "completions": "COMPLETION",
+    "audio": "AUDIO",
+    "video": "VIDEO",
+    "images": "IMAGE",
+}
+#: The ``_embedded`` key of each listing (Spring HATEOAS names: resource class + "List").
+COLLECTIONS: Final[dict[str, str]] = {
+    "all": "aIMetricResourceList",
+    "completions": "aICompletionMetricResourceList",
+    "audio": "aIAudioMetricResourceList",
+    "video": "aIVideoMetricResourceList",
+    "images": "aIImageMetricResourceList",
+}
+OPERATION_TYPES: Final = (
+    "CHAT",
+    "GENERATE",
+    "EMBED",
+    "TOOL_CALL",
+    "AGENT",
+    "AUDIO",
+    "IMAGE",
+    "VIDEO",
+    "OTHER",
+)
+DEFAULT_PAGE_SIZE: Final = 20
+MAX_PAGE_SIZE: Final = 1000
+MAX_PAGE: Final = 2**31 - 1
+MAX_DURATION_MS: Final = 300_000
+MAX_TOTAL_COST: Final = 999_999.99
+
+_META: Final = "tokenscale.meta."
+_TOTAL_TOKENS: Final = sql.SQL(
+    "(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)"
+)
+_METRIC_TYPE: Final = sql.SQL("tokenscale.ai_metric_type(e.operation)")
+_OPERATION_TYPE: Final = sql.SQL("tokenscale.ai_operation_type(e.operation)")
+_ENVIRONMENT: Final = sql.SQL(
+    "upper(coalesce(e.attributes->>'deployment.environment.name', e.attributes->>'deployment.environment'))"
+)
+_BILLING_SKIPPED: Final = sql.SQL("coalesce(lower(e.attributes->>{}) IN ('true', '1'), false)").format(
+    sql.Literal(_META + "billing_skipped")
+)
+
+#: ``sort`` properties and the expression each orders by.
+SORT_PROPERTIES: Final[dict[str, sql.Composable]] = {
+    "requestTime": sql.SQL("e.time"),
+    "id": sql.SQL("e.dedupe_key"),
+    "totalCost": sql.SQL("e.cost_usd"),
+    "requestDuration": sql.SQL("e.duration_ms"),
+    "model": sql.SQL("e.model"),
+    "provider": sql.SQL("e.provider"),
+    "agent": sql.SQL("e.tool"),
+    "transactionId": sql.SQL("e.request_id"),
+    "subscriberEmail": sql.SQL("e.user_email"),
+    "subscriberId": sql.SQL("e.user_id"),
+    "errorReason": sql.SQL("e.error_type"),
+    "metricType": _METRIC_TYPE,
+    "operationType": _OPERATION_TYPE,
+    "inputTokenCount": sql.SQL("e.input_tokens"),
+    "outputTokenCount": sql.SQL("e.output_tokens"),
+    "reasoningTokenCount": sql.SQL("e.reasoning_tokens"),
+    "cacheCreationTokenCount": sql.SQL("e.cache_write_tokens"),
+    "cacheReadTokenCount": sql.SQL("e.cache_read_tokens"),
+    "totalTokenCount": _TOTAL_TOKENS,
+}
+
+# Exact-match filters on columns, and on tokenscale.meta.* attributes (answered by the GIN index).
+_COLUMN_FILTERS: Final = {
+    "transactionId": "request_id",
+    "subscriberId": "user_id",
+    "subscriberEmail": "user_email",
+    "agent": "tool",
+    "provider": "provider",
+    "model": "model",
+    "errorReason": "error_type",
+}
+_META_FILTERS: Final = {
+    "traceId": _META + "trace_id",
+    "organizationName": _META + "organization_name",
+    "subscriptionId": _META + "subscription_id",
+    "productId": _META + "product_id",
+    "modelSource": _META + "model_source",
+}
+#: Every query parameter the listings understand (others are ignored, as Spring does).
+QUERY_PARAMETERS: Final = (
+    "teamId",
+    "metricType",
+    "startDate",
+    "endDate",
+    "requestDurationMin",
+    "requestDurationMax",
+    "totalCostMin",
+    "totalCostMax",
+    *_COLUMN_FILTERS,
+    *_META_FILTERS,
+    "traceType",
+    "operationType",
+    "environment",
+    "billingSkipped",
+    "includeCodingAssistants",
+    "page",
+    "size",
+    "sort",
+)
+
+
+@dataclass(slots=True)
+class AiMetricsQuery:
+    """A validated listing request: conditions (beyond tenant and ``counted``), order and page."""
+
+    team_id: str
+    modality: str
+    conditions: list[sql.Composable] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (property, ascending)
+    page: int = 0
+    size: int = DEFAULT_PAGE_SIZE
+
+    def bind(self, value: Any) -> sql.Placeholder:
+        """A named placeholder for ``value``."""
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return sql.Placeholder(name)
+
+
+@dataclass(frozen=True, slots=True)
+class AiMetricsPage:
+    """One page of a listing."""
+
+    items: list[dict[str, Any]]
+    size: int
+    total_elements: int
+    number: int
+
+    @property
+    def total_pages(self) -> int:
+        """Pages in the whole listing (Spring: ceil(total / size))."""
+        return math.ceil(self.total_elements / self.size) if self.size else 0
+
+
+def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
+    """Validate the query parameters of one listing; :class:`InvalidRequestError` names the parameter."""
+    team = params.get("teamId")
+    if team is None:
+        raise InvalidRequestError("teamId: is required", field="teamId")
+    query = AiMetricsQuery(team_id=text(team, "teamId"), modality=modality)
+    fixed_type = MODALITIES[modality]
+    requested_type = params.get("metricType")
+    if requested_type is not None:
+        metric_type = _enum(requested_type, "metricType", METRIC_TYPES)
+        if fixed_type is None:
+            query.conditions.append(sql.SQL("{} = {}").format(_METRIC_TYPE, query.bind(metric_type)))
+        elif metric_type != fixed_type:
+            query.conditions.append(sql.SQL("false"))
+    if fixed_type is not None:
+        query.conditions.append(sql.SQL("{} = {}").format(_METRIC_TYPE, query.bind(fixed_type)))
+
+    def add(name: str, template: str, convert: Callable[[object, str], Any]) -> None:
+        value = params.get(name)
+        if value is not None:
+            query.conditions.append(sql.SQL(template).format(query.bind(convert(value, name))))
+
+    add("startDate", "e.time >= {}", timestamp)
+    add("endDate", "e.time <= {}", timestamp)
+
+    def duration(value: object, name: str) -> int:
+        return integer(value, name, minimum=0, maximum=MAX_DURATION_MS)
+
+    def cost(value: object, name: str) -> float:
+        return number(value, name, minimum=0, maximum=MAX_TOTAL_COST)
+
+    add("requestDurationMin", "e.duration_ms >= {}", duration)
+    add("requestDurationMax", "e.duration_ms <= {}", duration)
+    add("totalCostMin", "e.cost_usd >= {}::numeric", cost)
+    add("totalCostMax", "e.cost_usd <= {}::numeric", cost)
+    for name, column in _COLUMN_FILTERS.items():
+        value = params.get(name)
+        if value is not None:
+            query.conditions.append(
+                sql.SQL("e.{} = {}").format(sql.Identifier(column), query.bind(text(value, name)))
+            )
+    for name, key in _META_FILTERS.items():
+        value = params.get(name)
+        if value is not None:
+            query.conditions.append(
+                sql.SQL("e.attributes @> {}").format(query.bind(Jsonb({key: text(value, name)})))
+            )
+    trace_type = params.get("traceType")
+    if trace_type is not None:
+        value = text(trace_type, "traceType")
+        key = _META + "trace_type"
+        if value == "unknown":
+            query.conditions.append(sql.SQL("NOT e.attributes ? {}").format(query.bind(key)))
+        else:
+            query.conditions.append(sql.SQL("e.attributes @> {}").format(query.bind(Jsonb({key: value}))))
+    operation_type = params.get("operationType")
+    if operation_type is not None:
+        value = _enum(operation_type, "operationType", OPERATION_TYPES)
+        query.conditions.append(sql.SQL("{} = {}").format(_OPERATION_TYPE, query.bind(value)))
+    environment = params.get("environment")
+    if environment is not None:
+        value = text(environment, "environment", max_len=50).upper()
+        query.conditions.append(sql.SQL("{} = {}").format(_ENVIRONMENT, query.bind(value)))
+    skipped = params.get("billingSkipped")
+    if skipped is not None:
+        value_b = boolean(skipped, "billingSkipped")
+        query.conditions.append(sql.SQL("{} = {}").format(_BILLING_SKIPPED, query.bind(value_b)))
+    include = params.get("includeCodingAssistants")
+    if include is None or not boolean(include, "includeCodingAssistants"):
+        # Non-completion metrics are unaffected by this filter (Revenium's rule).
+        query.conditions.append(
+            sql.SQL("NOT (tokenscale.is_coding_assistant(e.tool) AND {} = 'COMPLETION')").format(_METRIC_TYPE)
+        )
+    page = params.get("page")
+    if page is not None:
+        query.page = integer(page, "page", minimum=0, maximum=MAX_PAGE)
+    size = params.get("size")
+    if size is not None:
+        query.size = integer(size, "size", minimum=1, maximum=MAX_PAGE_SIZE)
+    query.sort = _parse_sort(params.all("sort"))
+    return query
+
+
+def _enum(value: object, name: str, allowed: Sequence[str]) -> str:
+    found = text(value, name, max_len=50).upper()
+    if found not in allowed:
+        raise InvalidRequestError(f"{name}: must be one of {', '.join(allowed)}", field=name)
+    return found
+
+
+def _parse_sort(values: Sequence[object]) -> list[tuple[str, bool]]:
+    """Spring's ``sort=property[,property...][,(asc|desc)]``, repeatable; default ``requestTime,DESC``."""
+    order: list[tuple[str, bool]] = []
+    for raw in values:
+        parts = [p.strip() for p in text(raw, "sort", max_len=500).split(",") if p.strip()]
+        ascending = True  # Spring's default direction for a property given without one
+        if parts and parts[-1].lower() in ("asc", "desc"):
+            ascending = parts.pop().lower() == "asc"
+        for prop in parts:
+            if prop not in SORT_PROPERTIES:
+                raise InvalidRequestError(
+                    f"sort: unknown property {prop[:60]!r}; sortable: {', '.join(SORT_PROPERTIES)}",
+                    field="sort",
+                )
+            if prop not in (p for p, _ in order):
+                order.append((prop, ascending))
+    return order or [("requestTime", False)]
+
+
+_SELECT: Final = sql.SQL(
+    """e.time, e.dedupe_key, e.tool, e.user_email, e.user_id, e.provider, e.model, e.operation, e.request_id,
+e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
+e.cost_usd, e.duration_ms, e.error_type, {metric_type}, {operation_type}, {environment}, {skipped},
+tokenscale.is_coding_assistant(e.tool), e.attributes->>{trace_id}, e.attributes->>{trace_type},
+e.attributes->>{organization}, e.attributes->>{subscription}, e.attributes->>{product},
+e.attributes->>{model_source}"""
+).format(
+    metric_type=_METRIC_TYPE,
+    operation_type=_OPERATION_TYPE,
+    environment=_ENVIRONMENT,
+    skipped=_BILLING_SKIPPED,
+    trace_id=sql.Literal(_META + "trace_id"),
+    trace_type=sql.Literal(_META + "trace_type"),
+    organization=sql.Literal(_META + "organization_name"),
+    subscription=sql.Literal(_META + "subscription_id"),
+    product=sql.Literal(_META + "product_id"),
+    model_source=sql.Literal(_META + "model_source"),
+)
+
+
+def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetricsQuery) -> AiMetricsPage:
+    """One page of ``query`` for ``tenant``, and the total the page envelope reports."""
+    query.params["tenant"] = tenant
+    where = sql.SQL(" AND ").join([sql.SQL("e.tenant = %(tenant)s"), sql.SQL("e.counted"), *query.conditions])
+    offset = query.page * query.size
+    with conn.transaction():
+        # The count and the page come from one snapshot.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        count_row = conn.execute(
+            sql.SQL("SELECT count(*) FROM tokenscale.usage_events e WHERE {}").format(where), query.params
+        ).fetchone()
+        total = int(count_row[0]) if count_row else 0
+        rows: list[tuple[Any, ...]] = []
+        if offset < total:
+            rows = conn.execute(_page_sql(query, where, offset), query.params).fetchall()
+    items = [_item(row, completions=query.modality == "completions") for row in rows]
+    return AiMetricsPage(items=items, size=query.size, total_elements=total, number=query.page)
+
+
+def _page_sql(query: AiMetricsQuery, where: sql.Composable, offset: int) -> sql.Composed:
+    limit = query.bind(query.size)
+    if len(query.sort) == 1 and query.sort[0][0] == "requestTime":
+        # Keyset: (time, dedupe_key) order, the boundary found by an index-only walk.
+        direction = sql.SQL("ASC" if query.sort[0][1] else "DESC")
+        compare = sql.SQL(">=" if query.sort[0][1] else "<=")
+        order = sql.SQL("e.time {d}, e.dedupe_key {d}").format(d=direction)
+        if offset == 0:
+            return sql.SQL(
+                "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} LIMIT {l}"
+            ).format(cols=_SELECT, w=where, o=order, l=limit)
+        return sql.SQL(
+            """WITH boundary AS (
+    SELECT e.time, e.dedupe_key FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} OFFSET {off} LIMIT 1
+)
+SELECT {cols} FROM tokenscale.usage_events e, boundary b
+WHERE {w} AND (e.time, e.dedupe_key) {cmp} (b.time, b.dedupe_key)
+ORDER BY {o} LIMIT {l}"""
+        ).format(w=where, o=order, off=query.bind(offset), cols=_SELECT, cmp=compare, l=limit)
+    terms: list[sql.Composable] = [
+        sql.SQL("{} {} NULLS LAST").format(SORT_PROPERTIES[prop], sql.SQL("ASC" if asc else "DESC"))
+        for prop, asc in query.sort
+    ]
+    sorted_props = {p for p, _ in query.sort}
+    if "requestTime" not in sorted_props:
+        terms.append(sql.SQL("e.time DESC"))
+    if "id" not in sorted_props:
+        terms.append(sql.SQL("e.dedupe_key DESC"))
+    return sql.SQL(
+        "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} OFFSET {off} LIMIT {l}"
+    ).format(cols=_SELECT, w=where, o=sql.SQL(", ").join(terms), off=query.bind(offset), l=limit)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
+    (
+        time_,
+        dedupe_key,
+        tool,
+        user_email,
+        user_id,
+        provider,
+        model,
+        _operation,
+        request_id,
+        input_tokens,
+        cache_read,
+        cache_write,
+        output_tokens,
+        reasoning,
+        cost,
+        duration,
+        error_type,
+        metric_type,
+        operation_type,
+        environment,
+        skipped,
+        coding,
+        trace_id,
+        trace_type,
+        organization,
+        subscription,
+        product,
+        model_source,
+    ) = row
+    item: dict[str, Any] = {
+        "id": bytes(dedupe_key).hex(),
+        "metricType": metric_type,
+        "transactionId": request_id,
+        "traceId": trace_id,
+        "traceType": trace_type,
+        "requestTime": _iso(time_),
+        "requestDuration": None if duration is None else round(duration),
+        "model": model,
+        "provider": provider,
+        "agent": tool,
+        "operationType": operation_type,
+        "environment": environment,
+        "subscriber": {"id": user_id, "email": user_email},
+        "organizationName": organization,
+        "subscriptionId": subscription,
+        "productId": product,
+        "modelSource": model_source,
+        "errorReason": error_type,
+        "totalCost": None if cost is None else float(cost),
+        "billingSkipped": bool(skipped),
+        "isCodingAssistant": bool(coding),
+    }
+    if completions:
+        item.update(
+            inputTokenCount=int(input_tokens),
+            outputTokenCount=int(output_tokens),
+            reasoningTokenCount=int(reasoning),
+            cacheCreationTokenCount=int(cache_write),
+            cacheReadTokenCount=int(cache_read),
+            totalTokenCount=int(input_tokens + cache_read + cache_write + output_tokens),
+        )
+    return item

@@ -1,0 +1,197 @@
+"""Rolling-window token budgets: limits per tenant (company), usage in the window, recorded chat turns.
+
+The window is the last ``window_days`` x 24 hours, ending now. Its usage is read from
+``usage_daily`` for the whole UTC days inside it and from ``usage_events`` only for the two partial
+days at its edges, so a check costs two small index range scans, however much usage there is.
+Tokens counted: input + cache reads + cache writes + output (reasoning is part of output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from tokenscale.api._errors import NotFoundError
+from tokenscale.mapping import MappingResult, UsageEvent
+from tokenscale.pipeline import ResultWriter
+
+__all__ = [
+    "CHAT_USAGE_CARRIER",
+    "CHAT_USAGE_TOOL",
+    "MAX_TOKEN_LIMIT",
+    "MAX_TURN_TOKENS",
+    "MAX_WINDOW_DAYS",
+    "Budget",
+    "BudgetStatus",
+    "budget_status",
+    "budgets_json",
+    "chat_usage_event",
+    "get_budget",
+    "list_budgets",
+    "record_chat_usage",
+    "set_budget",
+    "window_tokens",
+]
+
+MAX_WINDOW_DAYS: Final = 366
+MAX_TOKEN_LIMIT: Final = 2**63 - 1
+#: The most tokens one recorded chat turn may carry (the mapping's bound for one record).
+MAX_TURN_TOKENS: Final = 10**12
+#: How recorded chat turns appear in usage_events.
+CHAT_USAGE_CARRIER: Final = "api.ai_chat_usage"
+CHAT_USAGE_TOOL: Final = "ai_assistant"
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A tenant's token limit over a rolling window."""
+
+    tenant: str
+    token_limit: int
+    window_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A budget and the tokens used within its current window."""
+
+    company_id: str
+    tokens_used: int
+    token_limit: int
+    window_days: int
+
+    @property
+    def tokens_remaining(self) -> int:
+        """Tokens left before the limit (never negative)."""
+        return max(0, self.token_limit - self.tokens_used)
+
+    @property
+    def is_within_budget(self) -> bool:
+        """True while usage is still below the limit."""
+        return self.tokens_used < self.token_limit
+
+    def as_json(self) -> dict[str, Any]:
+        """The answer's JSON fields (Bookmore's ``AiChatUsageResponse``, PascalCase)."""
+        return {
+            "CompanyId": self.company_id,
+            "TokensUsed": self.tokens_used,
+            "TokenLimit": self.token_limit,
+            "TokensRemaining": self.tokens_remaining,
+            "IsWithinBudget": self.is_within_budget,
+            "WindowDays": self.window_days,
+        }
+
+
+def _check(token_limit: int, window_days: int) -> None:
+    if not 0 <= token_limit <= MAX_TOKEN_LIMIT:
+        raise ValueError(f"token_limit must be between 0 and {MAX_TOKEN_LIMIT}")
+    if not 1 <= window_days <= MAX_WINDOW_DAYS:
+        raise ValueError(f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
+
+
+def set_budget(conn: Connection, tenant: str, token_limit: int, window_days: int) -> Budget:
+    """Create or replace ``tenant``'s budget."""
+    _check(token_limit, window_days)
+    conn.execute(
+        "INSERT INTO tokenscale.budgets (tenant, token_limit, window_days) VALUES (%s, %s, %s) "
+        "ON CONFLICT (tenant) DO UPDATE SET token_limit = excluded.token_limit, "
+        "window_days = excluded.window_days, updated_at = now()",
+        (tenant, token_limit, window_days),
+    )
+    return Budget(tenant, token_limit, window_days)
+
+
+def get_budget(conn: Connection, tenant: str) -> Budget | None:
+    """``tenant``'s budget, or None when it has none."""
+    row = conn.execute(
+        "SELECT tenant, token_limit, window_days FROM tokenscale.budgets WHERE tenant = %s", (tenant,)
+    ).fetchone()
+    return None if row is None else Budget(row[0], int(row[1]), int(row[2]))
+
+
+def list_budgets(conn: Connection, tenant: str | None = None) -> list[Budget]:
+    """Every budget (of ``tenant`` only, when given), by tenant."""
+    rows = conn.execute(
+        "SELECT tenant, token_limit, window_days FROM tokenscale.budgets "
+        "WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s ORDER BY tenant",
+        {"tenant": tenant},
+    ).fetchall()
+    return [Budget(r[0], int(r[1]), int(r[2])) for r in rows]
+
+
+_TOKENS: Final = sql.SQL("input_tokens + cache_read_tokens + cache_write_tokens + output_tokens")
+
+# Whole UTC days from usage_daily, the partial first and last day from usage_events.
+_WINDOW_TOKENS: Final = sql.SQL(
+    """WITH w AS (
+    SELECT now() AS hi, now() - make_interval(days => %(days)s) AS lo
+), b AS (
+    SELECT hi, lo, date_trunc('day', hi, 'UTC') AS hi_day,
+           CASE WHEN date_trunc('day', lo, 'UTC') = lo THEN lo
+                ELSE date_trunc('day', lo, 'UTC') + INTERVAL '1 day' END AS lo_day
+    FROM w
+)
+SELECT
+    (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_daily d, b
+     WHERE d.tenant = %(tenant)s AND d.day >= b.lo_day AND d.day < b.hi_day)
+  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.lo AND e.time < b.lo_day)
+  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.hi_day AND e.time <= b.hi)"""
+).format(tokens=_TOKENS)
+
+
+def window_tokens(conn: Connection, tenant: str, window_days: int) -> int:
+    """Tokens ``tenant`` used in the last ``window_days`` days (rolling, ending now)."""
+    row = conn.execute(_WINDOW_TOKENS, {"tenant": tenant, "days": window_days}).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def budget_status(conn: Connection, tenant: str, default: Budget | None = None) -> BudgetStatus:
+    """``tenant``'s budget and its usage now; :class:`NotFoundError` without budget (or default)."""
+    budget = get_budget(conn, tenant) or default
+    if budget is None:
+        raise NotFoundError(f"company {tenant!r} has no token budget", field="CompanyId")
+    used = window_tokens(conn, tenant, budget.window_days)
+    return BudgetStatus(tenant, used, budget.token_limit, budget.window_days)
+
+
+def chat_usage_event(tenant: str, tokens: int) -> UsageEvent:
+    """The usage event of one recorded chat turn (``tokens`` = input + output, unsplit: kept as input)."""
+    dedupe = hashlib.blake2b(
+        b"\x1f".join([tenant.encode(), CHAT_USAGE_CARRIER.encode(), os.urandom(16)]), digest_size=16
+    )
+    return UsageEvent(
+        time_ns=time.time_ns(),
+        tenant=tenant,
+        carrier=CHAT_USAGE_CARRIER,
+        rank=1,
+        tool=CHAT_USAGE_TOOL,
+        stream=CHAT_USAGE_CARRIER,
+        service_name="tokenscale-api",
+        dedupe_key=dedupe.digest(),
+        operation="chat",
+        requests=1,
+        input_tokens=tokens,
+        attributes={"tokenscale.tokens_split": "unknown"},
+    )
+
+
+def record_chat_usage(writer: ResultWriter, tenant: str, tokens: int) -> None:
+    """Store one chat turn's ``tokens`` as a counted usage event of ``tenant`` (nothing for 0 tokens)."""
+    if tokens > 0:
+        writer.write(MappingResult(events=[chat_usage_event(tenant, tokens)]))
+
+
+def budgets_json(budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+    """Budgets as JSON objects (for the CLI's ``budgets list --json``)."""
+    return [{"tenant": b.tenant, "token_limit": b.token_limit, "window_days": b.window_days} for b in budgets]

@@ -1,0 +1,395 @@
+"""The usage API over HTTP/JSON: Starlette routes in the shapes of the seed APIs, plus ``/openapi.json``.
+
+Each family of routes answers errors the way its original does: DX pushes with ``{"ok": false,
+"error": ...}``, the Bookmore-style budget endpoints with a ServiceStack ``ResponseStatus``, the
+Revenium listings and usage records with a Spring-style error object. Mount the routes on any
+Starlette app (the OTLP receiver's, port 4318): ``app.router.routes.extend(create_api_routes(...))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Final, TypeVar
+
+import grpc
+from psycopg_pool import ConnectionPool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tokenscale.api._errors import ApiError, Failure, InvalidRequestError, classify
+from tokenscale.api._values import Params
+from tokenscale.api.ai_metrics import COLLECTIONS, MODALITIES, AiMetricsPage
+from tokenscale.api.budgets import Budget
+from tokenscale.api.openapi import openapi_document
+from tokenscale.api.service import UsageApiService
+from tokenscale.api.tool_metrics import parse_push, parse_push_all
+from tokenscale.auth import AuthPolicy
+from tokenscale.pipeline import ResultWriter
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_api_routes"]
+
+#: The largest request body accepted (HTTP 413 beyond it).
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+_JSV: Final = "text/jsv"
+
+T = TypeVar("T")
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class PayloadTooLargeError(ApiError):
+    """The request body exceeds the limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+def create_api_routes(
+    pool: ConnectionPool | UsageApiService,
+    *,
+    auth: AuthPolicy | None = None,
+    writer: ResultWriter | None = None,
+    default_budget: Budget | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> list[BaseRoute]:
+    """The API's routes over ``pool`` (or an existing :class:`UsageApiService`).
+
+    With a pool, ``auth`` is required; ``writer`` (recorded chat turns) defaults to a
+    :class:`tokenscale.store.writer.UsageWriter` on the same pool.
+    """
+    service = _service(pool, auth, writer, default_budget)
+    api = _HttpApi(service, max_body_bytes)
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", api.openapi, methods=["GET"], name="api_openapi"),
+        Route("/api/aiToolMetrics.push", api.push, methods=["POST"], name="api_tool_metrics_push"),
+        Route("/api/aiToolMetrics.pushAll", api.push_all, methods=["POST"], name="api_tool_metrics_push_all"),
+        Route("/assistant/ai-chat/usage", api.record_chat_usage, methods=["POST"], name="api_ai_chat_usage"),
+        Route("/api/budgets/check", api.check_budget, methods=["GET"], name="api_budget_check"),
+        Route("/api/v1/usage/list", api.list_usage_records, methods=["GET"], name="api_usage_list"),
+        Route(
+            "/api/v1/usage/list",
+            api.immutable,
+            methods=["POST", "PUT", "PATCH", "DELETE"],
+            name="api_usage_list_immutable",
+        ),
+        Route("/api/v1/usage/series/fetch", api.usage_series, methods=["GET"], name="api_usage_series"),
+    ]
+    for modality in MODALITIES:
+        path = "/v2/api/sources/metrics/ai" + ("" if modality == "all" else f"/{modality}")
+        routes.append(
+            Route(path, api.ai_metrics(modality), methods=["GET"], name=f"api_ai_metrics_{modality}")
+        )
+    return routes
+
+
+def _service(
+    pool: ConnectionPool | UsageApiService,
+    auth: AuthPolicy | None,
+    writer: ResultWriter | None,
+    default_budget: Budget | None,
+) -> UsageApiService:
+    if isinstance(pool, UsageApiService):
+        return pool
+    if auth is None:
+        raise TypeError("create_api_routes(pool) needs auth=AuthPolicy(...)")
+    if writer is None:
+        from tokenscale.store.writer import UsageWriter  # noqa: PLC0415 - only when not injected
+
+        writer = UsageWriter(pool)
+    return UsageApiService(pool, auth, writer, default_budget=default_budget)
+
+
+async def _run(function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(function, *args)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json(body: bytes) -> object:
+    if not body.strip():
+        raise InvalidRequestError("request body: is empty; send a JSON object")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequestError(f"request body: not valid JSON ({str(exc)[:120]})") from None
+
+
+# --- error bodies, one per family ------------------------------------------------------------------
+
+
+def _headers(failure: Failure) -> dict[str, str] | None:
+    if failure.http_status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="tokenscale"'}
+    if failure.http_status == 503:
+        return {"Retry-After": "5"}
+    return None
+
+
+_DX_CODES: Final = {"unauthenticated": "not_authed", "forbidden": "not_allowed"}
+
+
+def _dx_error(failure: Failure) -> Response:
+    body: dict[str, Any] = {
+        "ok": False,
+        "error": _DX_CODES.get(failure.code, failure.code),
+        "message": failure.message,
+    }
+    if failure.index is not None:
+        body["index"] = failure.index
+    if failure.field is not None:
+        body["field"] = failure.field
+    return JSONResponse(body, failure.http_status, headers=_headers(failure))
+
+
+def _spring_error(failure: Failure, request: Request) -> Response:
+    body: dict[str, Any] = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "status": failure.http_status,
+        "error": HTTPStatus(failure.http_status).phrase,
+        "message": failure.message,
+        "path": request.url.path,
+    }
+    if failure.field is not None:
+        body["field"] = failure.field
+    return JSONResponse(body, failure.http_status, headers=_headers(failure))
+
+
+_SERVICESTACK_CODES: Final = {
+    "unauthenticated": "Unauthorized",
+    "forbidden": "Forbidden",
+    "not_found": "NotFound",
+    "not_null": "NotNull",
+    "invalid_request": "InvalidValue",
+    "payload_too_large": "PayloadTooLarge",
+    "unavailable": "ServiceUnavailable",
+    "internal": "InternalServerError",
+}
+
+
+def _servicestack_error(failure: Failure, jsv: bool) -> Response:
+    code = _SERVICESTACK_CODES.get(failure.code, failure.code)
+    status: dict[str, Any] = {"ErrorCode": code, "Message": failure.message, "Errors": []}
+    if failure.field is not None:
+        status["Errors"] = [{"ErrorCode": code, "FieldName": failure.field, "Message": failure.message}]
+    return _servicestack_response({"ResponseStatus": status}, failure.http_status, jsv, _headers(failure))
+
+
+# --- JSV, ServiceStack's text format (flat objects only: enough for these two endpoints) -----------
+
+
+def _wants_jsv(request: Request) -> bool:
+    if request.query_params.get("format", "").lower() == "jsv":
+        return True
+    accept = request.headers.get("accept", "").lower()
+    return _JSV in accept and "application/json" not in accept
+
+
+def _jsv_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_jsv_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_jsv_value(v) for v in value) + "]"
+    text = str(value)
+    if text == "" or any(c in text for c in ',:{}[]"') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _parse_jsv(body: bytes) -> dict[str, str]:
+    """A flat JSV object (``{Key: value, ...}``) as strings."""
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidRequestError("request body: not UTF-8 text") from None
+    if not (text.startswith("{") and text.endswith("}")):
+        raise InvalidRequestError("request body: not a JSV object ({Key: value, ...})")
+    fields: dict[str, str] = {}
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text[1:-1]:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    for part in parts:
+        if not part.strip():
+            continue
+        key, sep, value = part.partition(":")
+        if not sep or not key.strip():
+            raise InvalidRequestError(f"request body: not a JSV field: {part.strip()[:60]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].replace('""', '"')
+        fields[key.strip()] = value
+    return fields
+
+
+def _servicestack_response(
+    body: dict[str, Any], status: int, jsv: bool, headers: dict[str, str] | None = None
+) -> Response:
+    if jsv:
+        return Response(_jsv_value(body), status, headers=headers, media_type=_JSV)
+    return JSONResponse(body, status, headers=headers)
+
+
+def _field(sources: list[Mapping[str, Any]], name: str) -> object:
+    """A ServiceStack request field from body or query, matched case-insensitively (body first)."""
+    wanted = name.lower()
+    for source in sources:
+        for key, value in source.items():
+            if isinstance(key, str) and key.lower() == wanted:
+                return value
+    return None
+
+
+# --- the endpoints -----------------------------------------------------------------------------------
+
+
+class _HttpApi:
+    def __init__(self, service: UsageApiService, max_body_bytes: int) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self._openapi: bytes | None = None
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = json.dumps(openapi_document(), separators=(",", ":")).encode()
+        return Response(self._openapi, media_type="application/json")
+
+    async def push(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "ingest")
+            records = parse_push(_json(await _read_body(request, self.max_body_bytes)))
+            stored = await _run(self.service.push_tool_metrics, principal, records)
+        except Exception as exc:
+            return _dx_error(classify(exc))
+        return JSONResponse(stored[0])
+
+    async def push_all(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "ingest")
+            records = parse_push_all(_json(await _read_body(request, self.max_body_bytes)))
+            stored = await _run(self.service.push_tool_metrics, principal, records)
+        except Exception as exc:
+            return _dx_error(classify(exc))
+        return JSONResponse(stored)
+
+    def ai_metrics(self, modality: str) -> Endpoint:
+        async def list_metrics(request: Request) -> Response:
+            try:
+                principal = await _run(self.service.principal, request.headers, "read")
+                params = Params.from_pairs(request.query_params.multi_items())
+                page = await _run(self.service.list_ai_metrics, principal, params, modality)
+            except Exception as exc:
+                return _spring_error(classify(exc), request)
+            return JSONResponse(_paged(page, modality, request))
+
+        return list_metrics
+
+    async def record_chat_usage(self, request: Request) -> Response:
+        jsv = _wants_jsv(request)
+        try:
+            principal = await _run(self.service.principal, request.headers, "ingest")
+            body = await _read_body(request, self.max_body_bytes)
+            sources: list[Mapping[str, Any]] = []
+            if body.strip():
+                if request.headers.get("content-type", "").lower().startswith(_JSV):
+                    sources.append(_parse_jsv(body))
+                else:
+                    parsed = _json(body)
+                    if not isinstance(parsed, dict):
+                        raise InvalidRequestError("request body: must be a JSON object")
+                    sources.append(parsed)
+            sources.append(dict(request.query_params))
+            result = await _run(
+                self.service.record_chat_usage,
+                principal,
+                _field(sources, "CompanyId"),
+                _field(sources, "TokensUsed"),
+            )
+        except Exception as exc:
+            return _servicestack_error(classify(exc), jsv)
+        return _servicestack_response(result, 200, jsv)
+
+    async def check_budget(self, request: Request) -> Response:
+        jsv = _wants_jsv(request)
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            company = request.query_params.get("company_id")
+            result = await _run(self.service.check_budget, principal, company)
+        except Exception as exc:
+            return _servicestack_error(classify(exc), jsv)
+        return _servicestack_response(result, 200, jsv)
+
+    async def list_usage_records(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            params = Params.from_pairs(request.query_params.multi_items())
+            result = await _run(self.service.list_usage_records, principal, params)
+        except Exception as exc:
+            return _spring_error(classify(exc), request)
+        return JSONResponse(result)
+
+    async def usage_series(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            result = await _run(self.service.usage_series, principal)
+        except Exception as exc:
+            return _spring_error(classify(exc), request)
+        return JSONResponse(result)
+
+    async def immutable(self, request: Request) -> Response:
+        response = _spring_error(
+            Failure(
+                405,
+                grpc.StatusCode.UNIMPLEMENTED,
+                "method_not_allowed",
+                "usage records are immutable: they cannot be created, modified or deleted",
+            ),
+            request,
+        )
+        response.headers["Allow"] = "GET, HEAD"
+        return response
+
+
+def _paged(page: AiMetricsPage, modality: str, request: Request) -> dict[str, Any]:
+    """Spring HATEOAS's paged model: ``_embedded``, ``_links`` and ``page``."""
+    links: dict[str, Any] = {"self": {"href": str(request.url)}}
+    for rel, number in (("prev", page.number - 1), ("next", page.number + 1)):
+        if 0 <= number < page.total_pages:
+            links[rel] = {"href": str(request.url.include_query_params(page=number))}
+    return {
+        "_embedded": {COLLECTIONS[modality]: page.items},
+        "_links": links,
+        "page": {
+            "size": page.size,
+            "totalElements": page.total_elements,
+            "totalPages": page.total_pages,
+            "number": page.number,
+        },
+    }

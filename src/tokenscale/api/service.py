@@ -1,0 +1,123 @@
+"""The operations of the usage API, shared by the HTTP and gRPC transports: auth, tenancy, then the work.
+
+Every method is blocking (database calls): the transports run them in worker threads. A transport
+resolves the caller first (:meth:`UsageApiService.principal`), then validates the request, then
+calls the operation, which checks the scope and confines every query to the caller's tenant;
+naming another tenant (``teamId``, ``CompanyId``, ``company_id``) is refused with
+:class:`PermissionDeniedError`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from tokenscale.api._errors import InvalidRequestError
+from tokenscale.api._values import Params, integer, text
+from tokenscale.api.ai_metrics import AiMetricsPage, list_ai_metrics, parse_ai_metrics_query
+from tokenscale.api.budgets import MAX_TURN_TOKENS, Budget, budget_status, record_chat_usage
+from tokenscale.api.tool_metrics import ToolMetric, store_tool_metrics
+from tokenscale.api.usage_records import list_usage_records, usage_series
+from tokenscale.auth import AuthPolicy, PermissionDeniedError, Principal
+from tokenscale.pipeline import ResultWriter
+
+__all__ = ["UsageApiService", "same_tenant"]
+
+
+def same_tenant(named: str, tenant: str) -> bool:
+    """Whether a tenant id given in a request names ``tenant`` (UUIDs compare by value)."""
+    if named == tenant:
+        return True
+    try:
+        return uuid.UUID(named) == uuid.UUID(tenant)
+    except ValueError:
+        return False
+
+
+class UsageApiService:
+    """The API's operations over one connection pool.
+
+    ``writer`` stores recorded chat turns (a :class:`tokenscale.store.writer.UsageWriter`);
+    ``default_budget`` applies to companies without a row in ``tokenscale.budgets`` (else 404).
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        auth: AuthPolicy,
+        writer: ResultWriter,
+        *,
+        default_budget: Budget | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.pool = pool
+        self.auth = auth
+        self.writer = writer
+        self.default_budget = default_budget
+        self.timeout = timeout
+
+    def principal(self, headers: Mapping[str, str], scope: str) -> Principal:
+        """The caller, who must hold ``scope`` (blocking on a key-cache miss)."""
+        principal = self.auth.principal(headers)
+        principal.require(scope)
+        return principal
+
+    def _own(self, principal: Principal, named: object, name: str) -> str:
+        """The tenant a request is about: the caller's own, whether named or not."""
+        if named is None or named == "":
+            return principal.tenant
+        value = text(named, name, max_len=255)
+        if not same_tenant(value, principal.tenant):
+            raise PermissionDeniedError(f"{name} {value[:80]!r} is not this API key's tenant")
+        return principal.tenant
+
+    def push_tool_metrics(self, principal: Principal, records: list[ToolMetric]) -> list[dict[str, Any]]:
+        """aiToolMetrics.push/pushAll: store ``records`` (already validated) for the caller's tenant."""
+        principal.require("ingest")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return store_tool_metrics(conn, principal.tenant, records)
+
+    def list_ai_metrics(self, principal: Principal, params: Params, modality: str) -> AiMetricsPage:
+        """One page of AI metrics of one modality (``all``, ``completions``, ``audio``, ...)."""
+        principal.require("read")
+        query = parse_ai_metrics_query(params, modality)
+        tenant = self._own(principal, query.team_id, "teamId")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return list_ai_metrics(conn, tenant, query)
+
+    def record_chat_usage(
+        self, principal: Principal, company_id: object, tokens_used: object
+    ) -> dict[str, Any]:
+        """Record a chat turn's tokens against the company's budget; the budget status after it."""
+        principal.require("ingest")
+        if tokens_used is None:
+            raise InvalidRequestError("TokensUsed: is required", field="TokensUsed", code="not_null")
+        tokens = integer(tokens_used, "TokensUsed", minimum=0, maximum=MAX_TURN_TOKENS)
+        tenant = self._own(principal, company_id, "CompanyId")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            budget_status(conn, tenant, self.default_budget)  # 404 before anything is recorded
+        record_chat_usage(self.writer, tenant, tokens)
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return budget_status(conn, tenant, self.default_budget).as_json()
+
+    def check_budget(self, principal: Principal, company_id: object) -> dict[str, Any]:
+        """The budget status of the caller's company, recording nothing."""
+        principal.require("read")
+        tenant = self._own(principal, company_id, "company_id")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return budget_status(conn, tenant, self.default_budget).as_json()
+
+    def list_usage_records(self, principal: Principal, params: Params) -> dict[str, Any]:
+        """One cursor page of the caller's usage records."""
+        principal.require("read")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return list_usage_records(conn, principal.tenant, params)
+
+    def usage_series(self, principal: Principal) -> dict[str, Any]:
+        """The caller's 90-day daily series of tokens, conversations and messages."""
+        principal.require("read")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return usage_series(conn, principal.tenant)

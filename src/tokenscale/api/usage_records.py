@@ -1,0 +1,239 @@
+"""Usage records (one per counted usage event, cursor-paginated) and the 90-day daily usage series.
+
+Mapping onto usage_events: ``type`` is the GenAI operation (``usage`` when unknown), ``count`` the
+tokens (input + cache reads + cache writes + output), ``conversationId`` the conversation id,
+``messageId`` the request id, ``contactId`` the user id, the other relation ids the attributes
+``tokenscale.meta.<name>_id``, and ``meta`` every ``tokenscale.meta.*`` attribute, prefix removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from tokenscale.api._errors import InvalidRequestError
+from tokenscale.api._values import Params, integer, text
+
+__all__ = [
+    "DEFAULT_TAKE",
+    "MAX_TAKE",
+    "RELATION_FILTERS",
+    "SERIES_DAYS",
+    "list_usage_records",
+    "meta_filters",
+    "usage_series",
+]
+
+DEFAULT_TAKE: Final = 25
+MAX_TAKE: Final = 500
+SERIES_DAYS: Final = 90
+_META: Final = "tokenscale.meta."
+_META_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_META_PARAM_RE: Final = re.compile(r"^meta\[(.*)\]$")
+_CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
+
+_TYPE: Final = sql.SQL("coalesce(e.operation, 'usage')")
+_COUNT: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)")
+
+#: Relation filters: query parameter -> (column, None) or (None, attribute key).
+RELATION_FILTERS: Final[dict[str, tuple[str | None, str | None]]] = {
+    "conversationId": ("conversation_id", None),
+    "messageId": ("request_id", None),
+    "contactId": ("user_id", None),
+    "taskId": (None, _META + "task_id"),
+    "blueprintId": (None, _META + "blueprint_id"),
+    "botId": (None, _META + "bot_id"),
+    "datasetId": (None, _META + "dataset_id"),
+    "skillsetId": (None, _META + "skillset_id"),
+    "abilityId": (None, _META + "ability_id"),
+}
+
+_SELECT: Final = sql.SQL(
+    """e.time, e.dedupe_key, {type}, {count}, e.conversation_id, e.request_id, e.user_id,
+e.attributes->>{task}, e.attributes->>{blueprint}, e.attributes->>{bot}, e.attributes->>{dataset},
+e.attributes->>{skillset}, e.attributes->>{ability},
+(SELECT jsonb_object_agg(substr(a.key, {cut}), a.value) FROM jsonb_each(e.attributes) a
+ WHERE starts_with(a.key, {prefix}))"""
+).format(
+    type=_TYPE,
+    count=_COUNT,
+    task=sql.Literal(_META + "task_id"),
+    blueprint=sql.Literal(_META + "blueprint_id"),
+    bot=sql.Literal(_META + "bot_id"),
+    dataset=sql.Literal(_META + "dataset_id"),
+    skillset=sql.Literal(_META + "skillset_id"),
+    ability=sql.Literal(_META + "ability_id"),
+    cut=sql.Literal(len(_META) + 1),
+    prefix=sql.Literal(_META),
+)
+
+
+def meta_filters(params: Params) -> dict[str, str]:
+    """The ``meta[key]=value`` (deep-object) filters of a query."""
+    found: dict[str, str] = {}
+    for name in params.names():
+        match = _META_PARAM_RE.match(name)
+        if match is None:
+            continue
+        key = match[1]
+        if not _META_KEY_RE.match(key):
+            raise InvalidRequestError(
+                f"meta[{key[:60]}]: keys are 1-100 characters of letters, digits and _.:-", field="meta"
+            )
+        found[key] = text(params.get(name), f"meta[{key}]", min_len=0, max_len=1000)
+    return found
+
+
+def _meta_condition(key: str, value: str, bind: Any) -> sql.Composable:
+    # Containment keeps the GIN index usable; numbers and booleans stored as JSON match their text.
+    candidates: list[Any] = [value]
+    if value in ("true", "false"):
+        candidates.append(value == "true")
+    elif re.fullmatch(r"-?\d{1,18}", value):
+        candidates.append(int(value))
+    alternatives = [sql.SQL("e.attributes @> {}").format(bind(Jsonb({_META + key: c}))) for c in candidates]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+
+
+def _encode_cursor(moment: datetime, dedupe_key: bytes) -> str:
+    micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    raw = f"{micros}:{dedupe_key.hex()}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, bytes]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    match = _CURSOR_RE.match(raw)
+    if match is None:
+        raise InvalidRequestError("cursor: not a cursor returned by this API", field="cursor")
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(match[1]))
+    except OverflowError:
+        raise InvalidRequestError("cursor: not a cursor returned by this API", field="cursor") from None
+    return moment, bytes.fromhex(match[2])
+
+
+def list_usage_records(conn: psycopg.Connection[Any], tenant: str, params: Params) -> dict[str, Any]:
+    """One page of ``tenant``'s usage records: ``{"items": [...], "cursor": ...}`` (cursor while more)."""
+    values: dict[str, Any] = {"tenant": tenant}
+
+    def bind(value: Any) -> sql.Placeholder:
+        name = f"p{len(values)}"
+        values[name] = value
+        return sql.Placeholder(name)
+
+    order_raw = params.get("order")
+    order = "desc" if order_raw is None else text(order_raw, "order", max_len=4).lower()
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError("order: must be asc or desc", field="order")
+    take_raw = params.get("take")
+    take = DEFAULT_TAKE if take_raw is None else integer(take_raw, "take", minimum=1, maximum=MAX_TAKE)
+    conditions: list[sql.Composable] = [sql.SQL("e.tenant = %(tenant)s"), sql.SQL("e.counted")]
+    record_type = params.get("type")
+    if record_type is not None:
+        conditions.append(sql.SQL("{} = {}").format(_TYPE, bind(text(record_type, "type"))))
+    for name, (column, key) in RELATION_FILTERS.items():
+        raw = params.get(name)
+        if raw is None:
+            continue
+        value = text(raw, name)
+        if column is not None:
+            conditions.append(sql.SQL("e.{} = {}").format(sql.Identifier(column), bind(value)))
+        else:
+            conditions.append(sql.SQL("e.attributes @> {}").format(bind(Jsonb({key: value}))))
+    for key, value in meta_filters(params).items():
+        conditions.append(_meta_condition(key, value, bind))
+    cursor_raw = params.get("cursor")
+    if cursor_raw is not None:
+        moment, dedupe_key = _decode_cursor(text(cursor_raw, "cursor", max_len=200))
+        conditions.append(
+            sql.SQL("(e.time, e.dedupe_key) {} ({}, {})").format(
+                sql.SQL("<" if order == "desc" else ">"), bind(moment), bind(dedupe_key)
+            )
+        )
+    direction = sql.SQL("DESC" if order == "desc" else "ASC")
+    query = sql.SQL(
+        "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} "
+        "ORDER BY e.time {d}, e.dedupe_key {d} LIMIT {l}"
+    ).format(cols=_SELECT, w=sql.SQL(" AND ").join(conditions), d=direction, l=bind(take + 1))
+    rows = conn.execute(query, values).fetchall()
+    page = rows[:take]
+    result: dict[str, Any] = {"items": [_record(row) for row in page]}
+    if len(rows) > take:
+        result["cursor"] = _encode_cursor(page[-1][0], bytes(page[-1][1]))
+    return result
+
+
+def _ms(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _record(row: Sequence[Any]) -> dict[str, Any]:
+    created = _ms(row[0])
+    record: dict[str, Any] = {
+        "id": bytes(row[1]).hex(),
+        "createdAt": created,
+        "updatedAt": created,  # records are immutable
+        "type": row[2],
+        "count": int(row[3]),
+    }
+    for name, value in zip(RELATION_FILTERS, row[4:13], strict=True):
+        if value is not None:
+            record[name] = value
+    record["meta"] = row[13] or {}
+    return record
+
+
+_SERIES_DAILY: Final = sql.SQL(
+    """SELECT d.day, sum({tokens})::bigint, sum(d.requests)::bigint FROM tokenscale.usage_daily d
+WHERE d.tenant = %(tenant)s AND d.day >= %(start)s AND d.day < %(end)s GROUP BY d.day"""
+).format(tokens=sql.SQL("d.input_tokens + d.cache_read_tokens + d.cache_write_tokens + d.output_tokens"))
+
+# A conversation counts on the day of its first usage within the series' span.
+_SERIES_CONVERSATIONS: Final = """
+SELECT date_trunc('day', first_seen, 'UTC'), count(*) FROM (
+    SELECT min(e.time) AS first_seen FROM tokenscale.usage_events e
+    WHERE e.tenant = %(tenant)s AND e.counted AND e.conversation_id IS NOT NULL
+      AND e.time >= %(start)s AND e.time < %(end)s
+    GROUP BY e.conversation_id
+) c GROUP BY 1
+"""
+
+
+def usage_series(conn: psycopg.Connection[Any], tenant: str, now: datetime | None = None) -> dict[str, Any]:
+    """``tokens``, ``conversations`` and ``messages`` per UTC day for the last 90 days (today included).
+
+    Each point is ``{"date": <midnight UTC in ms>, "total": n}``; days without usage are 0.
+    Tokens and messages (AI requests) come from usage_daily.
+    """
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    today = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    days = [today - timedelta(days=n) for n in range(SERIES_DAYS - 1, -1, -1)]
+    span = {"tenant": tenant, "start": days[0], "end": today + timedelta(days=1)}
+    tokens: dict[int, int] = {}
+    messages: dict[int, int] = {}
+    conversations: dict[int, int] = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        for day, day_tokens, day_requests in conn.execute(_SERIES_DAILY, span):
+            tokens[_ms(day)] = int(day_tokens or 0)
+            messages[_ms(day)] = int(day_requests or 0)
+        for day, count in conn.execute(_SERIES_CONVERSATIONS, span):
+            conversations[_ms(day)] = int(count)
+    points = [_ms(d) for d in days]
+    return {
+        "tokens": [{"date": p, "total": tokens.get(p, 0)} for p in points],
+        "conversations": [{"date": p, "total": conversations.get(p, 0)} for p in points],
+        "messages": [{"date": p, "total": messages.get(p, 0)} for p in points],
+    }
