@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
@@ -116,3 +118,18 @@ def test_settings_precedence_and_unknown_keys(tmp_path: Path) -> None:
         load_settings(config_file=config, environ={})
     with pytest.raises(ConfigError, match="setting 'grpc_port'"):
         load_settings(environ={"TOKENSCALE_GRPC_PORT": "many"})
+    with pytest.raises(ConfigError, match="setting 'log_format'"):
+        load_settings(environ={"TOKENSCALE_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match="setting 'retention_days'"):
+        load_settings(environ={"TOKENSCALE_RETENTION_DAYS": "-1"})
+
+
+def test_json_logs_are_one_object_per_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOKENSCALE_LOG_FORMAT", "json")
+    main(["status", "--database-url", "postgresql://x@127.0.0.1:1/none?connect_timeout=1"])
+    logging.getLogger("tokenscale").warning("hello %s", "world")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    entry = json.loads(lines[-1])
+    assert (entry["level"], entry["logger"], entry["message"]) == ("warning", "tokenscale", "hello world")

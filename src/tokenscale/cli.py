@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +107,43 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
         server.stop()
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str) -> Any:
     from tokenscale.store import migrate  # noqa: PLC0415
 
     report = migrate(url)
     applied = ", ".join(f"{v:04d}" for v in report.applied) or "none"
     log.info("schema at version %04d on %s (applied now: %s)", report.current, report.backend, applied)
+    return report.backend
+
+
+def _apply_policies(url: str, backend: Any, settings: Settings) -> None:
+    import psycopg  # noqa: PLC0415
+
+    from tokenscale.store.retention import apply_policies  # noqa: PLC0415
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        report = apply_policies(
+            conn,
+            backend,
+            retention_days=settings.retention_days,
+            compress_after_days=settings.compress_after_days,
+        )
+    log.info("raw usage events: retention %s; compression %s", report.retention, report.compression)
+
+
+async def _enforce_retention_hourly(pool: Any, backend: Any, retention_days: int) -> None:
+    from tokenscale.store.retention import enforce_retention  # noqa: PLC0415
+
+    def run() -> None:
+        with pool.connection() as conn:
+            enforce_retention(conn, backend, retention_days)
+
+    while True:
+        try:
+            await asyncio.to_thread(run)
+        except Exception:
+            log.exception("retention run failed; trying again in an hour")
+        await asyncio.sleep(3600)
 
 
 def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,7 +228,8 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
     with _database(settings, owner=True) as url:
-        _migrate(url)
+        backend = _migrate(url)
+        _apply_policies(url, backend, settings)
         pool = open_pool(url)
         # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
         read_pool = open_pool(url, max_size=4)
@@ -219,23 +253,57 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
             receiver.http_app.router.routes.extend(create_api_routes(api))
             receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
-            asyncio.run(_serve(receiver))
+            retention = (
+                _enforce_retention_hourly(pool, backend, settings.retention_days)
+                if settings.retention_days and backend.keeps_rollups
+                else None
+            )
+            asyncio.run(_serve(receiver, retention))
         finally:
             read_pool.close()
             pool.close()
     return 0
 
 
-async def _serve(receiver: Any) -> None:
+async def _serve(receiver: Any, background: Coroutine[Any, Any, None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await receiver.start()
+    task = asyncio.create_task(background) if background is not None else None
     log.info("tokenscale %s ready; press Ctrl-C to stop", __version__)
     await stop.wait()
     log.info("shutting down")
+    if task is not None:
+        task.cancel()
     await receiver.stop()
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        formatter: logging.Formatter = _JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 #: Modules of the ``server`` extra; without them only the instrumentation is installed.
@@ -258,10 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tokenscale: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(settings)
     import psycopg  # noqa: PLC0415 - a server dependency, checked above
 
     commands = {

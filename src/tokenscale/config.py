@@ -44,10 +44,16 @@ class Settings:
     require_auth: bool = False
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
+    #: Days raw usage events are kept (0: forever); daily aggregates are kept regardless.
+    retention_days: int = 0
+    #: Compress raw usage events older than this many days (0: never; TimescaleDB community only).
+    compress_after_days: int = 0
     #: Largest accepted OTLP/HTTP request body, in bytes.
     max_body_bytes: int = 64 * 1024 * 1024
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
+    #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
+    log_format: str = "text"
 
     @classmethod
     def names(cls) -> list[str]:
@@ -118,4 +124,10 @@ def load_settings(
             raise ConfigError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = _convert(key, value)
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"setting 'log_format': {settings.log_format!r} is not one of text, json")
+    for name in ("retention_days", "compress_after_days", "max_body_bytes"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"setting {name!r}: must not be negative")
+    return settings
