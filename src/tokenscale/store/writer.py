@@ -119,6 +119,12 @@ _DAILY_SUMS: Final = (
     "reasoning_tokens",
 )
 
+#: What the rollup needs of an inserted or retracted row (not the wide attributes).
+_ROLLUP_INPUT: Final = (
+    "time, tenant, tool, user_email, provider, model, counted, requests, input_tokens, cache_read_tokens, "
+    "cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
+)
+
 _UPSERT_STREAMS: Final = """
 INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
 SELECT tenant, tool, stream, min(rank) FROM tokenscale_stage
@@ -134,7 +140,9 @@ FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[])
       AS i(tenant, tool, stream, best_rank)) i
 WHERE e.counted AND e.rank > 1 AND e.tenant = i.tenant AND e.tool = i.tool AND e.stream = i.stream
   AND e.rank > i.best_rank
-RETURNING e.*
+RETURNING e.time, e.tenant, e.tool, e.user_email, e.provider, e.model, e.counted, e.requests,
+    e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
+    e.cost_usd, e.cost_source
 """
 
 _INSERT_COLUMNS: Final = [n for n, _ in _STAGE_COLUMNS if n != "time_ns"]
@@ -144,8 +152,9 @@ SELECT {time}, s.rank <= u.best_rank, {scols}
 FROM tokenscale_stage s
 JOIN tokenscale.usage_streams u USING (tenant, tool, stream)
 ON CONFLICT (dedupe_key, time) DO NOTHING
-RETURNING *"""
+RETURNING {returning}"""
 ).format(
+    returning=sql.SQL(_ROLLUP_INPUT),
     cols=sql.SQL(", ").join(sql.Identifier(c) for c in _INSERT_COLUMNS),
     time=sql.SQL(_TIME_FROM_NS),
     scols=sql.SQL(", ").join(
