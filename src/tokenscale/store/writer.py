@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -282,21 +282,32 @@ class UsageWriter:
         """Commit ``result`` in one transaction; raises RetryableError if the database is unusable."""
         backend = self.backend()
         try:
-            with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
-                events = list(result.events)
-                activity = list(result.activity)
-                if result.cumulative:
-                    for resolved in self._resolve_cumulative(conn, result):
-                        if isinstance(resolved, ActivityEvent):
-                            activity.append(resolved)
-                        else:
-                            events.append(resolved)
-                if events:
-                    self._write_events(conn, backend, events)
-                if activity:
-                    self._write_activity(conn, activity)
+            with self._pool.connection(timeout=self._timeout) as conn:
+                if backend.partitioned:
+                    # In a transaction of its own: creating a partition locks the parent table, which
+                    # inside the export's transaction (holding series and stream row locks) could
+                    # deadlock with another receiver's export.
+                    times = {e.time_ns for e in result.events} | {p.time_ns for p in result.cumulative}
+                    with conn.transaction():
+                        self._ensure_partitions(conn, times)
+                with conn.transaction():
+                    self._write(conn, backend, result)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise RetryableError(f"database unavailable: {exc}") from exc
+
+    def _write(self, conn: psycopg.Connection[Any], backend: Backend, result: MappingResult) -> None:
+        events = list(result.events)
+        activity = list(result.activity)
+        if result.cumulative:
+            for resolved in self._resolve_cumulative(conn, result):
+                if isinstance(resolved, ActivityEvent):
+                    activity.append(resolved)
+                else:
+                    events.append(resolved)
+        if events:
+            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups)
+        if activity:
+            self._write_activity(conn, activity)
 
     def _resolve_cumulative(
         self, conn: psycopg.Connection[Any], result: MappingResult
@@ -324,10 +335,8 @@ class UsageWriter:
         return events
 
     def _write_events(
-        self, conn: psycopg.Connection[Any], backend: Backend, events: list[UsageEvent]
+        self, conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
     ) -> None:
-        if backend.partitioned:
-            self._ensure_partitions(conn, events)
         conn.execute(_CREATE_STAGE)
         with conn.cursor() as cur:
             with cur.copy(_COPY_STAGE) as copy:
@@ -342,12 +351,12 @@ class UsageWriter:
                     [r[2] for r in improved],
                     [r[3] for r in improved],
                 )
-                if backend.keeps_rollups:
+                if keeps_rollups:
                     cur.execute(_RETRACT_AND_SUBTRACT, params)
                     cur.execute(_DROP_EMPTY_DAYS, (params[0],))
                 else:
                     cur.execute(_RETRACT, params)
-            cur.execute(_ADD_INSERTED if backend.keeps_rollups else _INSERT)
+            cur.execute(_ADD_INSERTED if keeps_rollups else _INSERT)
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
         conn.execute(_CREATE_ACTIVITY_STAGE)
@@ -372,8 +381,9 @@ class UsageWriter:
                     )
             cur.execute(_INSERT_ACTIVITY)
 
-    def _ensure_partitions(self, conn: psycopg.Connection[Any], events: Sequence[UsageEvent]) -> None:
-        days = {e.time_ns // _NS_PER_DAY for e in events}
+    def _ensure_partitions(self, conn: psycopg.Connection[Any], times_ns: Iterable[int]) -> None:
+        """Create the daily partitions the given times fall in, unless known to exist."""
+        days = {t // _NS_PER_DAY for t in times_ns}
         missing = sorted(d for d in days if _day(d) not in self._partitions)
         if not missing:
             return
