@@ -78,6 +78,8 @@ check() {
 check "ruff check" .venv/bin/ruff check "${LINT_PATHS[@]}"
 check "ruff format --check" .venv/bin/ruff format --check "${LINT_PATHS[@]}"
 check "mypy" .venv/bin/mypy
+# The benchmarks' smoke run: every benchmark and code path at tiny sizes, row counts checked, no timing.
+check "benchmarks --quick" .venv/bin/python -m benchmarks.run --quick
 
 section "pytest"
 rc=0
