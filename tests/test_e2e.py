@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -253,3 +254,33 @@ def test_an_unreachable_database_is_retryable_for_the_client(loop: asyncio.Abstr
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         pool.close()
+
+
+def test_non_finite_attribute_values_do_not_break_the_export(receiver: Receiver, db_url: str) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: PLC0415
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: PLC0415
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="app")))
+    span = rs.scope_spans.add().spans.add(
+        name="chat gpt-4o-mini",
+        trace_id=b"n" * 16,
+        span_id=b"s" * 8,
+        start_time_unix_nano=1_795_431_600 * 10**9,
+        end_time_unix_nano=1_795_431_601 * 10**9,
+    )
+    span.attributes.extend(
+        [
+            KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o-mini")),
+            KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=10)),
+            KeyValue(key="gen_ai.request.temperature", value=AnyValue(double_value=float("nan"))),
+        ]
+    )
+    response = grpc_export(receiver.grpc_port, "traces", request.SerializeToString())
+    assert not response.partial_success.rejected_spans
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT input_tokens, attributes->'gen_ai.request.temperature' FROM tokenscale.usage_events"
+        ).fetchone()
+    assert row == (10, None)  # NaN has no JSON form: stored as null, the usage kept

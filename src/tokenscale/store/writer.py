@@ -13,12 +13,12 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -396,7 +396,8 @@ def _day(day_number: int) -> date:
 
 
 def _rows(events: Iterable[UsageEvent]) -> Iterable[tuple[Any, ...]]:
-    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    # orjson: ~10x faster than json here, and NaN/Infinity (which jsonb rejects) become null.
+    dumps = orjson.dumps
     for e in events:
         yield (
             e.time_ns,
@@ -424,6 +425,6 @@ def _rows(events: Iterable[UsageEvent]) -> Iterable[tuple[Any, ...]]:
             e.cost_source,
             e.duration_ms,
             e.error_type,
-            dumps(e.attributes),
+            dumps(e.attributes, default=str).decode(),
             e.dedupe_key,
         )
