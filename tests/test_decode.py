@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from ground_truth import CAPTURES
 from tokenscale.errors import PermanentError
 from tokenscale.mapping.model import Signal
 from tokenscale.otlp import (
@@ -26,10 +27,6 @@ from tokenscale.otlp import (
     encode_response,
     response_to_json,
 )
-
-CAPTURES = Path(__file__).parent / "captures"
-if not CAPTURES.is_dir():
-    CAPTURES = Path(__file__).parents[1].parent / "shared" / "captures"
 
 RAW_BODIES = sorted([*CAPTURES.glob("*/*.raw.pb"), *CAPTURES.glob("*/*.raw.json")])
 

@@ -39,16 +39,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from ground_truth import CAPTURES
 from otlp_clients import GRPC_METHODS, RESPONSES, background_loop, grpc_export, post, run, running
 from tokenscale.errors import PermanentError, RetryableError
 from tokenscale.mapping.model import MappingResult, Signal
 from tokenscale.otlp import REQUEST_TYPES
 from tokenscale.pipeline import DEFAULT_TENANT, ExportPipeline, ExportResult
 from tokenscale.receiver import Receiver
-
-CAPTURES = Path(__file__).parent / "captures"
-if not CAPTURES.is_dir():
-    CAPTURES = Path(__file__).parents[1].parent / "shared" / "captures"
 
 PROTOBUF_BODIES = sorted(CAPTURES.glob("*/*.raw.pb"))
 JSON_BODIES = sorted(CAPTURES.glob("*/*.raw.json"))
