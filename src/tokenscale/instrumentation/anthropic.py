@@ -7,10 +7,10 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from tokenscale.instrumentation import _semconv as sc
+from tokenscale.instrumentation._base import SdkInstrumentor
 from tokenscale.instrumentation._telemetry import (
     Invocation,
     Request,
@@ -174,15 +174,12 @@ def _stream_helper_wrapper(telemetry: Telemetry, extractor: Extractor, *, is_asy
     return wrapper
 
 
-class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class AnthropicInstrumentor(SdkInstrumentor):
     """Records GenAI spans and metrics for ``anthropic`` ``messages.create/parse/stream`` (+ beta).
 
     ``instrument(tracer_provider=..., meter_provider=..., budget_guard=...)``; every argument is
     optional. Instrumenting twice is a no-op and ``uninstrument()`` restores the originals.
     """
-
-    _patches: Patches | None = None
-    _telemetry: Telemetry | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
@@ -190,17 +187,9 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import anthropic  # noqa: PLC0415 - the SDK is only needed once instrumenting
 
-        telemetry = Telemetry(
-            SCOPE,
-            sc.PROVIDER_ANTHROPIC,
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            budget_guard=kwargs.get("budget_guard"),
+        telemetry, is_stream = self._telemetry_for(
+            SCOPE, sc.PROVIDER_ANTHROPIC, kwargs, (anthropic.Stream, anthropic.AsyncStream)
         )
-        stream_types = (anthropic.Stream, anthropic.AsyncStream)
-
-        def is_stream(result: object) -> bool:
-            return isinstance(result, stream_types)
 
         extractor = Extractor(_describe, _on_response, _StreamObserver, is_stream)
         patches = Patches()
@@ -220,11 +209,3 @@ class AnthropicInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 patches.wrap(owner, "stream", _stream_helper_wrapper(telemetry, extractor, is_async=is_async))
         self._patches = patches
         self._telemetry = telemetry
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        if self._telemetry is not None:
-            self._telemetry.active = False
-            self._telemetry = None
-        if self._patches is not None:
-            self._patches.restore()
-            self._patches = None

@@ -7,13 +7,11 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-
 from tokenscale.instrumentation import _semconv as sc
+from tokenscale.instrumentation._base import SdkInstrumentor
 from tokenscale.instrumentation._telemetry import (
     Invocation,
     Request,
-    Telemetry,
     Usage,
     as_float,
     as_int,
@@ -201,7 +199,7 @@ def _no_stream(invocation: Invocation) -> Observer:
 # --- the instrumentor ---------------------------------------------------------------------------
 
 
-class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class OpenAIInstrumentor(SdkInstrumentor):
     """Records GenAI spans and metrics for ``openai`` chat completions, responses and embeddings.
 
     ``instrument(tracer_provider=..., meter_provider=..., budget_guard=...)``; every argument is
@@ -209,26 +207,15 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ``uninstrument()`` restores the SDK's original methods.
     """
 
-    _patches: Patches | None = None
-    _telemetry: Telemetry | None = None
-
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
 
     def _instrument(self, **kwargs: Any) -> None:
         import openai  # noqa: PLC0415 - the SDK is only needed once instrumenting
 
-        telemetry = Telemetry(
-            SCOPE,
-            sc.PROVIDER_OPENAI,
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            budget_guard=kwargs.get("budget_guard"),
+        telemetry, is_stream = self._telemetry_for(
+            SCOPE, sc.PROVIDER_OPENAI, kwargs, (openai.Stream, openai.AsyncStream)
         )
-        stream_types = (openai.Stream, openai.AsyncStream)
-
-        def is_stream(result: object) -> bool:
-            return isinstance(result, stream_types)
 
         chat = Extractor(_describe_chat, _on_chat_response, _ChatStreamObserver, is_stream)
         responses = Extractor(
@@ -258,11 +245,3 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     patches.wrap(owner, method, make(telemetry, extractor))
         self._patches = patches
         self._telemetry = telemetry
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        if self._telemetry is not None:
-            self._telemetry.active = False
-            self._telemetry = None
-        if self._patches is not None:
-            self._patches.restore()
-            self._patches = None
