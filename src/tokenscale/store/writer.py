@@ -1,26 +1,34 @@
-"""The batched usage writer: binary COPY into staging, then one set-based transaction.
+"""The batched usage writer: one binary COPY per export, straight into the tables.
 
 Per export, in ONE transaction (so an export is acknowledged only once its rows are committed):
 
 1. cumulative points are differenced against ``metric_series`` (rows locked in key order);
-2. the rows are COPYed (binary) into a temporary staging table;
-3. ``usage_streams`` learns each stream's best carrier rank; rows of a stream whose rank just
-   improved are retracted (``counted = false``), and subtracted from the rollup;
-4. staged rows are inserted with ``ON CONFLICT DO NOTHING`` on the dedupe key, so a retried export
-   is never counted twice, ``counted`` set when the row's rank is its stream's best;
-5. where tokenscale keeps ``usage_daily`` itself, the inserted counted rows are added to it.
+2. ``usage_streams`` learns each stream's best carrier rank (one upsert of the export's streams);
+   rows of a stream whose rank just improved are retracted (``counted = false``) and subtracted
+   from the rollup; each new row's ``counted`` is set in Python (its rank is its stream's best);
+3. the rows are binary-COPYed straight into ``usage_events`` inside a savepoint. If any of them is
+   already stored (a retried export), the COPY fails on the unique dedupe key: back to the
+   savepoint, and the rows go through a temporary staging table and ``INSERT ... ON CONFLICT DO
+   NOTHING``, so a retried export is never counted twice;
+4. where tokenscale keeps ``usage_daily`` itself, the stored counted rows are summed per day and
+   key in Python and added with one sorted upsert.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from datetime import UTC, date, datetime
+import struct
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from math import isfinite
 from typing import Any, Final
 
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
@@ -32,13 +40,39 @@ __all__ = ["UsageWriter", "open_pool"]
 log = logging.getLogger(__name__)
 
 _NS_PER_DAY: Final = 86_400 * 10**9
+_UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
+_PACK_INT8: Final = struct.Struct(">q").pack
+_COST_QUANTUM: Final = Decimal("1e-10")  # usage_events.cost_usd is numeric(20, 10)
 
-#: Staging columns, in COPY order, with their PostgreSQL types.
-_STAGE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("time_ns", "int8"),
+
+class _TimeNsDumper(Dumper):
+    """``timestamptz`` (binary) from integer nanoseconds since the Unix epoch (truncated to us)."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["timestamptz"].oid
+
+    def dump(self, obj: int) -> bytes:
+        return _PACK_INT8(obj // 1000 - _PG_EPOCH_US)
+
+
+class _JsonbDumper(Dumper):
+    """``jsonb`` (binary) from JSON text already encoded as UTF-8 bytes."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: bytes) -> bytes:
+        return b"\x01" + obj
+
+
+#: usage_events columns, in COPY order, with their PostgreSQL types.
+_EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("time", "timestamptz"),
     ("tenant", "text"),
     ("source", "text"),
     ("rank", "int2"),
+    ("counted", "bool"),
     ("tool", "text"),
     ("stream", "text"),
     ("service_name", "text"),
@@ -56,17 +90,17 @@ _STAGE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("cache_write_tokens", "int8"),
     ("output_tokens", "int8"),
     ("reasoning_tokens", "int8"),
-    ("cost_usd", "float8"),
+    ("cost_usd", "numeric"),
     ("cost_source", "text"),
     ("duration_ms", "float8"),
     ("error_type", "text"),
-    ("attributes", "text"),
+    ("attributes", "jsonb"),
     ("dedupe_key", "bytea"),
 )
-_STAGE_TYPES: Final = [t for _, t in _STAGE_COLUMNS]
+_EVENT_TYPES: Final = [t for _, t in _EVENT_COLUMNS]
 
 _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("time_ns", "int8"),
+    ("time", "timestamptz"),
     ("tenant", "text"),
     ("tool", "text"),
     ("stream", "text"),
@@ -78,37 +112,43 @@ _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("value", "float8"),
     ("dedupe_key", "bytea"),
 )
+_ACTIVITY_TYPES: Final = [t for _, t in _ACTIVITY_COLUMNS]
 
 
-def _stage_sql(table: str, columns: tuple[tuple[str, str], ...]) -> tuple[sql.Composed, sql.Composed]:
-    """CREATE and COPY statements of a temporary staging table (emptied at every commit)."""
+def _copy_sql(table: sql.Composable, columns: tuple[tuple[str, str], ...]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        table, sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
+    )
+
+
+def _stage_sql(
+    stage: str, table: str, columns: tuple[tuple[str, str], ...], returning: str | None
+) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """CREATE, COPY and INSERT statements of a temporary staging table (emptied at every commit)
+    whose rows are inserted into ``tokenscale.<table>`` unless already there."""
+    names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
     create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-        sql.Identifier(table),
+        sql.Identifier(stage),
         sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns),
     )
-    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
-    )
-    return create, copy
+    insert = sql.SQL(
+        "INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT (dedupe_key, time) DO NOTHING"
+    ).format(table=sql.Identifier("tokenscale", table), names=names, stage=sql.Identifier(stage))
+    if returning:
+        insert = sql.SQL("{} RETURNING {}").format(insert, sql.SQL(returning))
+    return create, _copy_sql(sql.Identifier(stage), columns), insert
 
 
-_CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE = _stage_sql("tokenscale_activity_stage", _ACTIVITY_COLUMNS)
-_TIME_FROM_NS: Final = (
-    "to_timestamp(s.time_ns / 1000000000) + (s.time_ns % 1000000000 / 1000) * INTERVAL '1 microsecond'"
+_COPY_EVENTS: Final = _copy_sql(sql.Identifier("tokenscale", "usage_events"), _EVENT_COLUMNS)
+_CREATE_STAGE, _COPY_STAGE, _INSERT_NEW = _stage_sql(
+    "tokenscale_stage", "usage_events", _EVENT_COLUMNS, "dedupe_key, time"
 )
-_INSERT_ACTIVITY: Final = sql.SQL(
-    """INSERT INTO tokenscale.activity_events (time, {cols})
-SELECT {time}, {scols} FROM tokenscale_activity_stage s
-ON CONFLICT (dedupe_key, time) DO NOTHING"""
-).format(
-    cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _ACTIVITY_COLUMNS[1:]),
-    time=sql.SQL(_TIME_FROM_NS),
-    scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n, _ in _ACTIVITY_COLUMNS[1:]),
+_COPY_ACTIVITY: Final = _copy_sql(sql.Identifier("tokenscale", "activity_events"), _ACTIVITY_COLUMNS)
+_CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE, _INSERT_ACTIVITY = _stage_sql(
+    "tokenscale_activity_stage", "activity_events", _ACTIVITY_COLUMNS, None
 )
 
-_CREATE_STAGE, _COPY_STAGE = _stage_sql("tokenscale_stage", _STAGE_COLUMNS)
-
-# The columns usage_daily sums, and the expressions that sum a set of usage_events rows.
+# The columns usage_daily sums.
 _DAILY_KEYS: Final = ("tenant", "tool", "user_email", "provider", "model")
 _DAILY_SUMS: Final = (
     "requests",
@@ -118,20 +158,55 @@ _DAILY_SUMS: Final = (
     "output_tokens",
     "reasoning_tokens",
 )
+_DAILY_UPDATES: Final = sql.SQL(", ").join(
+    [
+        *(sql.SQL("{c} = d.{c} + excluded.{c}").format(c=sql.Identifier(c)) for c in _DAILY_SUMS),
+        sql.SQL(
+            "cost_usd = CASE WHEN d.cost_usd IS NULL AND excluded.cost_usd IS NULL THEN NULL "
+            "ELSE coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) END"
+        ),
+        sql.SQL("unpriced_events = d.unpriced_events + excluded.unpriced_events"),
+        sql.SQL("events = d.events + excluded.events"),
+    ]
+)
+_DAILY_CONFLICT: Final = sql.SQL(
+    "ON CONFLICT (tenant, day, tool, user_email, provider, model) DO UPDATE SET {}"
+).format(_DAILY_UPDATES)
+_DAILY_COLUMNS: Final = ("day", *_DAILY_KEYS, *_DAILY_SUMS, "cost_usd", "unpriced_events", "events")
 
-#: What the rollup needs of an inserted or retracted row (not the wide attributes).
-_ROLLUP_INPUT: Final = (
-    "time, tenant, tool, user_email, provider, model, counted, requests, input_tokens, cache_read_tokens, "
-    "cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
+#: Adds per-day, per-key increments computed in Python (arrays, one element per group).
+_ADD_DAILY: Final = sql.SQL(
+    """INSERT INTO tokenscale.usage_daily AS d ({cols})
+SELECT * FROM unnest({arrays}) AS v({cols}) ORDER BY tenant, day, tool, user_email, provider, model
+{conflict}"""
+).format(
+    cols=sql.SQL(", ").join(sql.Identifier(c) for c in _DAILY_COLUMNS),
+    arrays=sql.SQL(", ").join(
+        sql.SQL("%b::{}[]").format(sql.SQL(t))
+        for t in (
+            "timestamptz",
+            *["text"] * len(_DAILY_KEYS),
+            *["int8"] * len(_DAILY_SUMS),
+            "numeric",
+            "int8",
+            "int8",
+        )
+    ),
+    conflict=_DAILY_CONFLICT,
 )
 
 _UPSERT_STREAMS: Final = """
 INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
-SELECT tenant, tool, stream, min(rank) FROM tokenscale_stage
-GROUP BY tenant, tool, stream ORDER BY tenant, tool, stream
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[])
 ON CONFLICT (tenant, tool, stream) DO UPDATE SET best_rank = excluded.best_rank
     WHERE u.best_rank > excluded.best_rank
 RETURNING tenant, tool, stream, best_rank, xmax <> 0 AS improved
+"""
+# The streams the upsert did not return (already known with a rank at least as good): read in a
+# statement of their own, so that a stream another export has just committed is seen.
+_SELECT_STREAMS: Final = """
+SELECT tenant, tool, stream, best_rank FROM tokenscale.usage_streams
+JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, tool, stream) USING (tenant, tool, stream)
 """
 
 _RETRACT: Final = """
@@ -145,75 +220,36 @@ RETURNING e.time, e.tenant, e.tool, e.user_email, e.provider, e.model, e.counted
     e.cost_usd, e.cost_source
 """
 
-_INSERT_COLUMNS: Final = [n for n, _ in _STAGE_COLUMNS if n != "time_ns"]
-_INSERT: Final = sql.SQL(
-    """INSERT INTO tokenscale.usage_events (time, counted, {cols})
-SELECT {time}, s.rank <= u.best_rank, {scols}
-FROM tokenscale_stage s
-JOIN tokenscale.usage_streams u USING (tenant, tool, stream)
-ON CONFLICT (dedupe_key, time) DO NOTHING
-RETURNING {returning}"""
-).format(
-    returning=sql.SQL(_ROLLUP_INPUT),
-    cols=sql.SQL(", ").join(sql.Identifier(c) for c in _INSERT_COLUMNS),
-    time=sql.SQL(_TIME_FROM_NS),
-    scols=sql.SQL(", ").join(
-        sql.SQL("s.{}::jsonb").format(sql.Identifier(c))
-        if c == "attributes"
-        else sql.SQL("s.{}::numeric").format(sql.Identifier(c))
-        if c == "cost_usd"
-        else sql.SQL("s.{}").format(sql.Identifier(c))
-        for c in _INSERT_COLUMNS
-    ),
-)
 
-
-def _rollup_sql(sign: int, source: str, where: str) -> sql.Composed:
-    """Add (sign 1) or subtract (sign -1) the rows of CTE ``source`` matching ``where`` to
-    ``usage_daily``."""
+def _subtract_sql(source: str) -> sql.Composed:
+    """Subtract the rows of CTE ``source`` from ``usage_daily``."""
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in _DAILY_KEYS)
-    sums = [sql.SQL("{} * sum({})::bigint").format(sql.Literal(sign), sql.Identifier(c)) for c in _DAILY_SUMS]
-    sums.append(sql.SQL("{} * sum(cost_usd)").format(sql.Literal(sign)))
+    sums: list[sql.Composable] = [sql.SQL("-sum({})::bigint").format(sql.Identifier(c)) for c in _DAILY_SUMS]
+    sums.append(sql.SQL("-sum(cost_usd)"))
     sums.append(
         sql.SQL(
-            "{} * count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL AND "
+            "-count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL AND "
             "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0)"
-        ).format(sql.Literal(sign))
-    )
-    sums.append(sql.SQL("{} * count(*)").format(sql.Literal(sign)))
-    updates: list[sql.Composable] = [
-        sql.SQL("{c} = d.{c} + excluded.{c}").format(c=sql.Identifier(c)) for c in _DAILY_SUMS
-    ]
-    updates.append(
-        sql.SQL(
-            "cost_usd = CASE WHEN d.cost_usd IS NULL AND excluded.cost_usd IS NULL THEN NULL "
-            "ELSE coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) END"
         )
     )
-    updates.append(sql.SQL("unpriced_events = d.unpriced_events + excluded.unpriced_events"))
-    updates.append(sql.SQL("events = d.events + excluded.events"))
+    sums.append(sql.SQL("-count(*)"))
     return sql.SQL(
-        """INSERT INTO tokenscale.usage_daily AS d (day, {keys}, {cols}, cost_usd, unpriced_events, events)
-SELECT date_trunc('day', time, 'UTC'), {keys}, {sums} FROM {source} WHERE {where}
-GROUP BY 1, {keys} ORDER BY 1, {keys}
-ON CONFLICT (tenant, day, tool, user_email, provider, model) DO UPDATE SET {updates}"""
+        """INSERT INTO tokenscale.usage_daily AS d ({cols})
+SELECT date_trunc('day', time, 'UTC'), {keys}, {sums} FROM {source}
+GROUP BY 1, {keys} ORDER BY {keys}, 1
+{conflict}"""
     ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in _DAILY_COLUMNS),
         keys=keys,
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in _DAILY_SUMS),
         sums=sql.SQL(", ").join(sums),
         source=sql.Identifier(source),
-        where=sql.SQL(where),
-        updates=sql.SQL(", ").join(updates),
+        conflict=_DAILY_CONFLICT,
     )
 
 
-_ADD_INSERTED: Final = sql.SQL("WITH ins AS ({insert}) {rollup}").format(
-    insert=_INSERT, rollup=_rollup_sql(1, "ins", "counted")
-)
+# RETURNING shows the updated (now uncounted) rows, so every returned row is subtracted.
 _RETRACT_AND_SUBTRACT: Final = sql.SQL("WITH ret AS ({retract}) {rollup}").format(
-    retract=sql.SQL(_RETRACT),
-    # RETURNING shows the updated (now uncounted) rows, so every returned row is subtracted.
-    rollup=_rollup_sql(-1, "ret", "true"),
+    retract=sql.SQL(_RETRACT), rollup=_subtract_sql("ret")
 )
 
 _DROP_EMPTY_DAYS: Final = "DELETE FROM tokenscale.usage_daily WHERE events = 0 AND tenant = ANY(%s::text[])"
@@ -337,49 +373,49 @@ class UsageWriter:
     def _write_events(
         self, conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
     ) -> None:
-        conn.execute(_CREATE_STAGE)
-        with conn.cursor() as cur:
-            with cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(_STAGE_TYPES)
-                for row in _rows(events):
-                    copy.write_row(row)
-            improved = [r for r in cur.execute(_UPSERT_STREAMS).fetchall() if r[4]]
-            if improved:
-                params = (
-                    [r[0] for r in improved],
-                    [r[1] for r in improved],
-                    [r[2] for r in improved],
-                    [r[3] for r in improved],
-                )
-                if keeps_rollups:
-                    cur.execute(_RETRACT_AND_SUBTRACT, params)
-                    cur.execute(_DROP_EMPTY_DAYS, (params[0],))
-                else:
-                    cur.execute(_RETRACT, params)
-            cur.execute(_ADD_INSERTED if keeps_rollups else _INSERT)
+        events = _unique(events)
+        best = _best_ranks(conn, events, keeps_rollups=keeps_rollups)
+        counted = [e.rank <= best[(e.tenant, e.tool, e.stream)] for e in events]
+        rows = _event_rows(events, counted)
+        try:
+            # The common case: none of the rows is stored yet, so they go straight into the table
+            # with one COPY (batched heap and WAL writes, no second copy of each row).
+            with conn.transaction():
+                _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
+            stored = counted
+        except psycopg.errors.UniqueViolation:
+            # A retried export (or a record sent twice): back to the savepoint, and insert the rows
+            # that are new through a staging table with ON CONFLICT DO NOTHING.
+            log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
+            stored = _insert_new(conn, events, rows, counted)
+        if keeps_rollups:
+            _add_to_daily(conn, [e for e, s in zip(events, stored, strict=True) if s])
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
-        conn.execute(_CREATE_ACTIVITY_STAGE)
-        with conn.cursor() as cur:
-            with cur.copy(_COPY_ACTIVITY_STAGE) as copy:
-                copy.set_types([t for _, t in _ACTIVITY_COLUMNS])
-                for a in activity:
-                    copy.write_row(
-                        (
-                            a.time_ns,
-                            a.tenant,
-                            a.tool,
-                            a.stream,
-                            a.service_name,
-                            a.user_email,
-                            a.user_id,
-                            a.session_id,
-                            a.metric,
-                            a.value,
-                            a.dedupe_key,
-                        )
-                    )
-            cur.execute(_INSERT_ACTIVITY)
+        rows = [
+            (
+                a.time_ns,
+                a.tenant,
+                a.tool,
+                a.stream,
+                a.service_name,
+                a.user_email,
+                a.user_id,
+                a.session_id,
+                a.metric,
+                a.value,
+                a.dedupe_key,
+            )
+            for a in activity
+        ]
+        try:
+            with conn.transaction():
+                _copy(conn, _COPY_ACTIVITY, _ACTIVITY_TYPES, rows)
+        except psycopg.errors.UniqueViolation:
+            log.debug("%d activity rows, some already stored: inserting the new ones via staging", len(rows))
+            conn.execute(_CREATE_ACTIVITY_STAGE)
+            _copy(conn, _COPY_ACTIVITY_STAGE, _ACTIVITY_TYPES, rows)
+            conn.execute(_INSERT_ACTIVITY)
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], times_ns: Iterable[int]) -> None:
         """Create the daily partitions the given times fall in, unless known to exist."""
@@ -395,15 +431,90 @@ def _day(day_number: int) -> date:
     return datetime.fromtimestamp(day_number * 86_400, UTC).date()
 
 
-def _rows(events: Iterable[UsageEvent]) -> Iterable[tuple[Any, ...]]:
+def _copy(
+    conn: psycopg.Connection[Any],
+    statement: sql.Composed,
+    types: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """Binary COPY of ``rows``: times as integer nanoseconds, jsonb as encoded JSON bytes."""
+    with conn.cursor() as cur:
+        cur.adapters.register_dumper(None, _TimeNsDumper)
+        cur.adapters.register_dumper(None, _JsonbDumper)
+        with cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+
+def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
+    """``events`` without repeats of a stored row's identity (dedupe key and microsecond)."""
+    seen: set[tuple[bytes, int]] = set()
+    out = []
+    for e in events:
+        key = (e.dedupe_key, e.time_ns // 1000)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def _best_ranks(
+    conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
+) -> dict[tuple[str, str, str], int]:
+    """Every stream's best carrier rank, after recording this export's ranks (and retracting the
+    stored rows of streams whose rank just improved)."""
+    ranks: dict[tuple[str, str, str], int] = {}
+    for e in events:
+        key = (e.tenant, e.tool, e.stream)
+        rank = ranks.get(key)
+        if rank is None or e.rank < rank:
+            ranks[key] = e.rank
+    keys = sorted(ranks)  # one lock order for every writer
+    columns = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    returned = conn.execute(_UPSERT_STREAMS, (*columns, [ranks[k] for k in keys])).fetchall()
+    best = {(r[0], r[1], r[2]): r[3] for r in returned}
+    improved = [r for r in returned if r[4]]
+    if improved:
+        params = (
+            [r[0] for r in improved],
+            [r[1] for r in improved],
+            [r[2] for r in improved],
+            [r[3] for r in improved],
+        )
+        if keeps_rollups:
+            conn.execute(_RETRACT_AND_SUBTRACT, params)
+            conn.execute(_DROP_EMPTY_DAYS, (params[0],))
+        else:
+            conn.execute(_RETRACT, params)
+    if len(best) < len(keys):
+        known = [k for k in keys if k not in best]
+        params3 = ([k[0] for k in known], [k[1] for k in known], [k[2] for k in known])
+        for tenant, tool, stream, rank in conn.execute(_SELECT_STREAMS, params3):
+            best[(tenant, tool, stream)] = rank
+    return best
+
+
+def _cost(value: float | None) -> Decimal | None:
+    """A cost as ``usage_events.cost_usd`` stores it: PostgreSQL's float8 -> numeric conversion
+    (15 significant digits), rounded half away from zero to 10 decimals. Sums of these equal the
+    database's sums of the stored column exactly."""
+    if value is None or not isfinite(value):
+        return None
+    return Decimal(f"{value:.15g}").quantize(_COST_QUANTUM, ROUND_HALF_UP)
+
+
+def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[tuple[Any, ...]]:
+    """COPY rows of ``events`` (in ``_EVENT_COLUMNS`` order)."""
     # orjson: ~10x faster than json here, and NaN/Infinity (which jsonb rejects) become null.
     dumps = orjson.dumps
-    for e in events:
-        yield (
+    return [
+        (
             e.time_ns,
             e.tenant,
             e.carrier,
             e.rank,
+            c,
             e.tool,
             e.stream,
             e.service_name,
@@ -421,10 +532,60 @@ def _rows(events: Iterable[UsageEvent]) -> Iterable[tuple[Any, ...]]:
             e.cache_write_tokens,
             e.output_tokens,
             e.reasoning_tokens,
-            e.cost_usd,
+            _cost(e.cost_usd),
             e.cost_source,
             e.duration_ms,
             e.error_type,
-            dumps(e.attributes, default=str).decode(),
+            dumps(e.attributes, default=str),
             e.dedupe_key,
         )
+        for e, c in zip(events, counted, strict=True)
+    ]
+
+
+def _insert_new(
+    conn: psycopg.Connection[Any], events: list[UsageEvent], rows: list[tuple[Any, ...]], counted: list[bool]
+) -> list[bool]:
+    """Insert the rows not stored yet (through the staging table); which events are now stored
+    and counted."""
+    conn.execute(_CREATE_STAGE)
+    _copy(conn, _COPY_STAGE, _EVENT_TYPES, rows)
+    one_us = timedelta(microseconds=1)
+    new = {(bytes(key), (time - _UNIX_EPOCH) // one_us) for key, time in conn.execute(_INSERT_NEW)}
+    return [c and (e.dedupe_key, e.time_ns // 1000) in new for e, c in zip(events, counted, strict=True)]
+
+
+def _add_to_daily(conn: psycopg.Connection[Any], events: list[UsageEvent]) -> None:
+    """Add the (stored, counted) ``events`` to ``usage_daily``: summed here per day and key, then
+    one upsert in key order."""
+    if not events:
+        return
+    groups: dict[tuple[int, str, str, str | None, str | None, str | None], list[Any]] = {}
+    for e in events:
+        key = (e.time_ns // _NS_PER_DAY, e.tenant, e.tool, e.user_email, e.provider, e.model)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = [0, 0, 0, 0, 0, 0, None, 0, 0]
+        g[0] += e.requests
+        g[1] += e.input_tokens
+        g[2] += e.cache_read_tokens
+        g[3] += e.cache_write_tokens
+        g[4] += e.output_tokens
+        g[5] += e.reasoning_tokens
+        cost = _cost(e.cost_usd)
+        if cost is not None:
+            g[6] = cost if g[6] is None else g[6] + cost
+        elif (
+            e.cost_source is None
+            and e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens > 0
+        ):
+            g[7] += 1
+        g[8] += 1
+    keys = list(groups)
+    sums = list(groups.values())
+    days = {k[0] for k in keys}
+    starts = {d: datetime.fromtimestamp(d * 86_400, UTC) for d in days}
+    params: list[list[Any]] = [[starts[k[0]] for k in keys]]
+    params += [[k[i] for k in keys] for i in range(1, 6)]
+    params += [[s[i] for s in sums] for i in range(9)]
+    conn.execute(_ADD_DAILY, params)
