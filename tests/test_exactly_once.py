@@ -21,7 +21,7 @@ from dbservers import Server, fresh_database
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import migrate
 from tokenscale.store.writer import UsageWriter, open_pool
-from usage_db import daily_by_model
+from usage_db import assert_rollups_match_events, daily_by_model
 
 BASE_NS = 1_795_431_600 * 10**9  # 2026-11-23T10:00:00Z
 DELTA, CUMULATIVE = 1, 2
@@ -231,3 +231,4 @@ def test_every_request_is_counted_exactly_once(
         for model, row in daily_by_model(url, tenant=tenant).items()
     }
     assert got == truth(sessions)
+    assert_rollups_match_events(url)

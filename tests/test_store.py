@@ -20,7 +20,7 @@ from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import Backend, migrate
 from tokenscale.store.migrate import available_migrations
 from tokenscale.store.writer import UsageWriter, open_pool
-from usage_db import daily_by_model, expected_daily
+from usage_db import assert_rollups_match_events, daily_by_model, expected_daily
 
 REQUEST_TYPES: dict[str, Any] = {
     "metrics": ExportMetricsServiceRequest,
@@ -122,6 +122,7 @@ def pipeline(db_url: str) -> Any:
 def test_replayed_capture_equals_ground_truth(pipeline: ExportPipeline, db_url: str, label: str) -> None:
     _replay(pipeline, label)
     assert daily_by_model(db_url) == expected_daily(label)
+    assert_rollups_match_events(db_url)
 
 
 @pytest.mark.parametrize("label", ["claude-tools-slow-cumulative-httpproto", "gemini-tools-grpc"])
@@ -135,6 +136,7 @@ def test_any_arrival_order_with_retries_is_counted_once(
         rng.shuffle(order)
         _replay(pipeline, label, order)
     assert daily_by_model(db_url) == expected_daily(label)
+    assert_rollups_match_events(db_url)
 
 
 def test_tenants_are_counted_apart(pipeline: ExportPipeline, db_url: str) -> None:
@@ -142,6 +144,7 @@ def test_tenants_are_counted_apart(pipeline: ExportPipeline, db_url: str) -> Non
     _replay(pipeline, "claude-grpc", tenant="b")
     assert daily_by_model(db_url, tenant="a") == expected_daily("claude-grpc")
     assert daily_by_model(db_url, tenant="b") == expected_daily("claude-grpc")
+    assert_rollups_match_events(db_url)
 
 
 def test_only_the_best_carrier_of_a_stream_is_counted(pipeline: ExportPipeline, db_url: str) -> None:
@@ -155,6 +158,7 @@ def test_only_the_best_carrier_of_a_stream_is_counted(pipeline: ExportPipeline, 
         ("claude_code.llm_request", False, 3),
         ("claude_code.metrics", False, 10),  # token and cost points; activity metrics are not usage
     ]
+    assert_rollups_match_events(db_url)
 
 
 def test_a_day_boundary_splits_usage_by_utc_day(db_url: str) -> None:
@@ -244,3 +248,54 @@ def test_ai_tool_daily_metrics_from_otlp(
     assert output_tokens == sum(row["output_tokens"] for row in truth.values())
     assert cache_read == sum(row["cache_read_tokens"] for row in truth.values())
     assert cache_write == sum(row["cache_write_tokens"] for row in truth.values())
+
+
+def test_rollups_stay_exact_over_hours_days_retries_and_retractions(db_url: str) -> None:
+    """Random usage over three days (priced and unpriced, two tenants, ranks 1-3 per stream),
+    written in shuffled exports with retries: usage_daily and usage_hourly equal the raw sums."""
+    rng = random.Random(7)
+    start_ns = 1_790_000_000 * 10**9
+    events = [
+        UsageEvent(
+            time_ns=start_ns + rng.randrange(3 * 86_400 * 10**9),
+            tenant=rng.choice(("a", "b")),
+            carrier=f"carrier-{rank}",
+            rank=rank,
+            tool="tool",
+            stream=f"s{rng.randrange(6)}",
+            service_name="svc",
+            dedupe_key=i.to_bytes(8, "big"),
+            user_email=rng.choice((None, "u1@example.com", "u2@example.com")),
+            provider="openai",
+            model=rng.choice(("m1", "m2", None)),
+            requests=1,
+            input_tokens=rng.randrange(1000),
+            cache_read_tokens=rng.randrange(100),
+            output_tokens=rng.randrange(500),
+            reasoning_tokens=rng.randrange(50),
+            cost_usd=rng.choice((None, rng.random() / 7)),
+        )
+        for i in range(600)
+        for rank in [rng.choice((1, 2, 3))]
+    ]
+    exports = [events[i : i + 40] for i in range(0, len(events), 40)]
+    order = list(range(len(exports))) + rng.sample(range(len(exports)), 5)  # 5 retried exports
+    rng.shuffle(order)
+    migrate(db_url)
+    pool = open_pool(db_url)
+    try:
+        writer = UsageWriter(pool)
+        for i in order:
+            writer.write(MappingResult(events=exports[i]))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE counted) FROM tokenscale.usage_events"
+        ).fetchone()
+    best = {
+        (e.tenant, e.stream): min(x.rank for x in events if (x.tenant, x.stream) == (e.tenant, e.stream))
+        for e in events
+    }
+    assert stored == (600, sum(e.rank == best[(e.tenant, e.stream)] for e in events))
+    assert_rollups_match_events(db_url)

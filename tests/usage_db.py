@@ -1,4 +1,4 @@
-"""Reading the ledger back in tests: ``usage_daily`` totals per model, and replaying captures."""
+"""Reading the ledger back in tests: ``usage_daily`` totals per model, rollups against raw events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import psycopg
 
 from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, ground_truth
 
-__all__ = ["daily_by_model", "expected_daily"]
+__all__ = ["assert_rollups_match_events", "daily_by_model", "expected_daily"]
 
 
 def daily_by_model(url: str, *, tenant: str | None = None) -> dict[str, dict[str, int]]:
@@ -36,3 +36,40 @@ def expected_daily(label: str) -> dict[str, Any]:
             row["input_tokens"] += row["cache_read_tokens"]
             row["cache_read_tokens"] = 0
     return truth
+
+
+_ROLLUP_SUMS = (
+    "sum(requests)::bigint, sum(input_tokens)::bigint, sum(cache_read_tokens)::bigint, "
+    "sum(cache_write_tokens)::bigint, sum(output_tokens)::bigint, sum(reasoning_tokens)::bigint, "
+    "sum(cost_usd), sum({unpriced})::bigint, sum({events})::bigint"
+)
+_UNPRICED = (
+    "CASE WHEN cost_usd IS NULL AND cost_source IS NULL "
+    "AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 THEN 1 ELSE 0 END"
+)
+
+
+def assert_rollups_match_events(url: str) -> None:
+    """``usage_daily`` and ``usage_hourly`` hold exactly the sums of the counted ``usage_events``
+    (every column, cost to the last decimal, rows with no events left out)."""
+    raw_sums = _ROLLUP_SUMS.format(unpriced=_UNPRICED, events="1")
+    rollup_sums = _ROLLUP_SUMS.format(unpriced="unpriced_events", events="events")
+    checks = {  # rollup -> (its keys computed from raw events, its own key columns)
+        "usage_daily": (
+            "date_trunc('day', time, 'UTC'), tenant, tool, user_email, provider, model",
+            "day, tenant, tool, user_email, provider, model",
+        ),
+        "usage_hourly": ("date_trunc('hour', time, 'UTC'), tenant", "hour, tenant"),
+    }
+    with psycopg.connect(url) as conn:
+        for table, (raw_keys, rollup_keys) in checks.items():
+            groups = ", ".join(str(i + 1) for i in range(rollup_keys.count(",") + 1))
+            raw = conn.execute(
+                f"SELECT {raw_keys}, {raw_sums} FROM tokenscale.usage_events WHERE counted GROUP BY {groups}"
+            ).fetchall()
+            rollup = conn.execute(
+                f"SELECT {rollup_keys}, {rollup_sums} FROM tokenscale.{table} "
+                f"GROUP BY {groups} HAVING sum(events) <> 0"
+            ).fetchall()
+            assert raw, "no counted usage to compare"
+            assert sorted(map(repr, rollup)) == sorted(map(repr, raw)), table

@@ -194,7 +194,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         row = conn.execute("SELECT max(version) FROM tokenscale.schema_migrations").fetchone()
         print(f"back end:     {backend}")
         print(f"schema:       version {row[0] if row else 0:04d}")
-        for table in ("usage_events", "usage_daily"):
+        for table in ("usage_events", "usage_daily", "usage_hourly"):
             count = conn.execute(
                 psycopg.sql.SQL("SELECT count(*) FROM tokenscale.{}").format(psycopg.sql.Identifier(table))
             ).fetchone()

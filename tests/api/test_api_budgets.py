@@ -144,24 +144,26 @@ def test_rolling_window_counts_otlp_usage_and_drops_what_is_older(
         [
             make_event("acme", age_days=8, input_tokens=5000),  # outside the 7-day window
             make_event("acme", age_days=7.02, output_tokens=4000),  # just outside
+            make_event("acme", age_days=7 + 120 / 86_400, input_tokens=2000),  # 2 minutes outside
+            make_event("acme", age_days=7 - 120 / 86_400, input_tokens=1),  # 2 minutes inside
             make_event("acme", age_days=6.9, input_tokens=100, cache_read_tokens=20),  # partial first day
             make_event("acme", age_days=3, output_tokens=300, reasoning_tokens=50),  # a whole day
             make_event("acme", age_days=0, cache_write_tokens=7),  # today
             make_event("globex", age_days=1, input_tokens=999),  # another tenant
         ]
     )
-    expected = 100 + 20 + 300 + 7
+    expected = 1 + 100 + 20 + 300 + 7
     status = api.http("GET", "/api/budgets/check", key).json()
     assert (status["TokensUsed"], status["TokensRemaining"]) == (expected, 10_000 - expected)
     reply = api.stub.CheckBudget(pb.CheckBudgetRequest(), metadata=api.metadata(key))
     assert reply.tokens_used == expected
     # A 9-day window reaches the 8-day-old usage too.
     with psycopg.connect(api.url) as conn:
-        assert window_tokens(conn, "acme", 9) == expected + 5000 + 4000
+        assert window_tokens(conn, "acme", 9) == expected + 5000 + 4000 + 2000
         assert window_tokens(conn, "acme", 1) == 7
 
 
-def test_whole_days_are_read_from_usage_daily(api: ApiServers, make_event: Callable[..., Any]) -> None:
+def test_whole_hours_are_read_from_usage_hourly(api: ApiServers, make_event: Callable[..., Any]) -> None:
     api.budget("acme", 10_000, 7)
     key = api.key("acme")
     api.write([make_event("acme", age_days=3, input_tokens=40)])
@@ -169,9 +171,9 @@ def test_whole_days_are_read_from_usage_daily(api: ApiServers, make_event: Calla
         backend = recorded_backend(conn)
         assert backend is not None
         if not backend.keeps_rollups:
-            pytest.skip("usage_daily is a continuous aggregate here")
-        # Doubling the rollup of that whole day shows the check reads usage_daily, not raw events.
+            pytest.skip("usage_hourly is a continuous aggregate here")
+        # Doubling the rollup of that whole hour shows the check reads usage_hourly, not raw events.
         conn.execute(
-            "UPDATE tokenscale.usage_daily SET input_tokens = input_tokens * 2 WHERE tenant = 'acme'"
+            "UPDATE tokenscale.usage_hourly SET input_tokens = input_tokens * 2 WHERE tenant = 'acme'"
         )
     assert api.http("GET", "/api/budgets/check", key).json()["TokensUsed"] == 80

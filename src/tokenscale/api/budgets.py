@@ -1,8 +1,9 @@
 """Rolling-window token budgets: limits per tenant (company), usage in the window, recorded chat turns.
 
 The window is the last ``window_days`` x 24 hours, ending now. Its usage is read from
-``usage_daily`` for the whole UTC days inside it and from ``usage_events`` only for the two partial
-days at its edges, so a check costs two small index range scans, however much usage there is.
+``usage_hourly`` (the tenant's usage per UTC hour) for the whole hours inside it and from
+``usage_events`` only for the two partial hours at its edges, so a check reads ``24 x window_days``
+small rows and at most two hours of the tenant's events, however much usage there is.
 Tokens counted: input + cache reads + cache writes + output (reasoning is part of output).
 """
 
@@ -130,23 +131,23 @@ def list_budgets(conn: Connection, tenant: str | None = None) -> list[Budget]:
 
 _TOKENS: Final = sql.SQL("input_tokens + cache_read_tokens + cache_write_tokens + output_tokens")
 
-# Whole UTC days from usage_daily, the partial first and last day from usage_events.
+# Whole UTC hours from usage_hourly, the partial first and last hour from usage_events.
 _WINDOW_TOKENS: Final = sql.SQL(
     """WITH w AS (
     SELECT now() AS hi, now() - make_interval(days => %(days)s) AS lo
 ), b AS (
-    SELECT hi, lo, date_trunc('day', hi, 'UTC') AS hi_day,
-           CASE WHEN date_trunc('day', lo, 'UTC') = lo THEN lo
-                ELSE date_trunc('day', lo, 'UTC') + INTERVAL '1 day' END AS lo_day
+    SELECT hi, lo, date_trunc('hour', hi, 'UTC') AS hi_hour,
+           CASE WHEN date_trunc('hour', lo, 'UTC') = lo THEN lo
+                ELSE date_trunc('hour', lo, 'UTC') + INTERVAL '1 hour' END AS lo_hour
     FROM w
 )
 SELECT
-    (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_daily d, b
-     WHERE d.tenant = %(tenant)s AND d.day >= b.lo_day AND d.day < b.hi_day)
+    (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_hourly h, b
+     WHERE h.tenant = %(tenant)s AND h.hour >= b.lo_hour AND h.hour < b.hi_hour)
   + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
-     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.lo AND e.time < b.lo_day)
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.lo AND e.time < b.lo_hour)
   + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
-     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.hi_day AND e.time <= b.hi)"""
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.hi_hour AND e.time <= b.hi)"""
 ).format(tokens=_TOKENS)
 
 

@@ -196,9 +196,10 @@ def _record(row: Sequence[Any]) -> dict[str, Any]:
 
 
 _SERIES_DAILY: Final = sql.SQL(
-    """SELECT d.day, sum({tokens})::bigint, sum(d.requests)::bigint FROM tokenscale.usage_daily d
-WHERE d.tenant = %(tenant)s AND d.day >= %(start)s AND d.day < %(end)s GROUP BY d.day"""
-).format(tokens=sql.SQL("d.input_tokens + d.cache_read_tokens + d.cache_write_tokens + d.output_tokens"))
+    """SELECT date_trunc('day', h.hour, 'UTC'), sum({tokens})::bigint, sum(h.requests)::bigint
+FROM tokenscale.usage_hourly h
+WHERE h.tenant = %(tenant)s AND h.hour >= %(start)s AND h.hour < %(end)s GROUP BY 1"""
+).format(tokens=sql.SQL("h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens"))
 
 # A conversation counts on the day of its first usage within the series' span.
 _SERIES_CONVERSATIONS: Final = """
@@ -215,7 +216,7 @@ def usage_series(conn: psycopg.Connection[Any], tenant: str, now: datetime | Non
     """``tokens``, ``conversations`` and ``messages`` per UTC day for the last 90 days (today included).
 
     Each point is ``{"date": <midnight UTC in ms>, "total": n}``; days without usage are 0.
-    Tokens and messages (AI requests) come from usage_daily.
+    Tokens and messages (AI requests) come from usage_hourly (the tenant's usage per UTC hour).
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     today = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)

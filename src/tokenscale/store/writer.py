@@ -5,13 +5,14 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 1. cumulative points are differenced against ``metric_series`` (rows locked in key order);
 2. ``usage_streams`` learns each stream's best carrier rank (one upsert of the export's streams);
    rows of a stream whose rank just improved are retracted (``counted = false``) and subtracted
-   from the rollup; each new row's ``counted`` is set in Python (its rank is its stream's best);
+   from the rollups; each new row's ``counted`` is set in Python (its rank is its stream's best);
 3. the rows are binary-COPYed straight into ``usage_events`` inside a savepoint. If any of them is
    already stored (a retried export), the COPY fails on the unique dedupe key: back to the
    savepoint, and the rows go through a temporary staging table and ``INSERT ... ON CONFLICT DO
    NOTHING``, so a retried export is never counted twice;
-4. where tokenscale keeps ``usage_daily`` itself, the stored counted rows are summed per day and
-   key in Python and added with one sorted upsert.
+4. where tokenscale keeps the rollups itself (no continuous aggregates), the stored counted rows
+   are summed in Python per day and key (``usage_daily``) and per tenant and hour
+   (``usage_hourly``), and each rollup gets one sorted upsert.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from math import isfinite
@@ -40,6 +42,7 @@ __all__ = ["UsageWriter", "open_pool"]
 log = logging.getLogger(__name__)
 
 _NS_PER_DAY: Final = 86_400 * 10**9
+_NS_PER_HOUR: Final = 3_600 * 10**9
 _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
 _PACK_INT8: Final = struct.Struct(">q").pack
@@ -148,9 +151,8 @@ _CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE, _INSERT_ACTIVITY = _stage_sql(
     "tokenscale_activity_stage", "activity_events", _ACTIVITY_COLUMNS, None
 )
 
-# The columns usage_daily sums.
-_DAILY_KEYS: Final = ("tenant", "tool", "user_email", "provider", "model")
-_DAILY_SUMS: Final = (
+# The sums the rollups keep (tokenscale maintains them on back ends without continuous aggregates).
+_SUMS: Final = (
     "requests",
     "input_tokens",
     "cache_read_tokens",
@@ -158,42 +160,88 @@ _DAILY_SUMS: Final = (
     "output_tokens",
     "reasoning_tokens",
 )
-_DAILY_UPDATES: Final = sql.SQL(", ").join(
-    [
-        *(sql.SQL("{c} = d.{c} + excluded.{c}").format(c=sql.Identifier(c)) for c in _DAILY_SUMS),
-        sql.SQL(
-            "cost_usd = CASE WHEN d.cost_usd IS NULL AND excluded.cost_usd IS NULL THEN NULL "
-            "ELSE coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) END"
-        ),
-        sql.SQL("unpriced_events = d.unpriced_events + excluded.unpriced_events"),
-        sql.SQL("events = d.events + excluded.events"),
-    ]
+_UNPRICED: Final = (
+    "cost_usd IS NULL AND cost_source IS NULL AND "
+    "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0"
 )
-_DAILY_CONFLICT: Final = sql.SQL(
-    "ON CONFLICT (tenant, day, tool, user_email, provider, model) DO UPDATE SET {}"
-).format(_DAILY_UPDATES)
-_DAILY_COLUMNS: Final = ("day", *_DAILY_KEYS, *_DAILY_SUMS, "cost_usd", "unpriced_events", "events")
 
-#: Adds per-day, per-key increments computed in Python (arrays, one element per group).
-_ADD_DAILY: Final = sql.SQL(
-    """INSERT INTO tokenscale.usage_daily AS d ({cols})
-SELECT * FROM unnest({arrays}) AS v({cols}) ORDER BY tenant, day, tool, user_email, provider, model
-{conflict}"""
-).format(
-    cols=sql.SQL(", ").join(sql.Identifier(c) for c in _DAILY_COLUMNS),
-    arrays=sql.SQL(", ").join(
-        sql.SQL("%b::{}[]").format(sql.SQL(t))
-        for t in (
-            "timestamptz",
-            *["text"] * len(_DAILY_KEYS),
-            *["int8"] * len(_DAILY_SUMS),
-            "numeric",
-            "int8",
-            "int8",
+
+@dataclass(frozen=True, slots=True)
+class _Rollup:
+    """A rollup table: its time bucket column and width, and the keys it groups by."""
+
+    table: str
+    bucket: str  # column name, also the date_trunc unit's noun ("day", "hour")
+    keys: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.bucket, *self.keys, *_SUMS, "cost_usd", "unpriced_events", "events")
+
+    def _conflict(self) -> sql.Composed:
+        updates: list[sql.Composable] = [
+            sql.SQL("{c} = d.{c} + excluded.{c}").format(c=sql.Identifier(c)) for c in _SUMS
+        ]
+        updates.append(
+            sql.SQL(
+                "cost_usd = CASE WHEN d.cost_usd IS NULL AND excluded.cost_usd IS NULL THEN NULL "
+                "ELSE coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) END"
+            )
         )
-    ),
-    conflict=_DAILY_CONFLICT,
-)
+        updates.append(sql.SQL("unpriced_events = d.unpriced_events + excluded.unpriced_events"))
+        updates.append(sql.SQL("events = d.events + excluded.events"))
+        return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {updates}").format(
+            key=sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:])),
+            updates=sql.SQL(", ").join(updates),
+        )
+
+    def add_sql(self) -> sql.Composed:
+        """Adds increments computed in Python: one array per column, one element per group."""
+        types = ("timestamptz", *["text"] * len(self.keys), *["int8"] * len(_SUMS), "numeric", "int8", "int8")
+        return sql.SQL(
+            """INSERT INTO {table} AS d ({cols})
+SELECT * FROM unnest({arrays}) AS v({cols}) ORDER BY {order}
+{conflict}"""
+        ).format(
+            table=sql.Identifier("tokenscale", self.table),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types),
+            order=sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:])),
+            conflict=self._conflict(),
+        )
+
+    def subtract_sql(self, source: str) -> sql.Composed:
+        """Subtracts the rows of CTE ``source``."""
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in self.keys)
+        sums: list[sql.Composable] = [sql.SQL("-sum({})::bigint").format(sql.Identifier(c)) for c in _SUMS]
+        sums.append(sql.SQL("-sum(cost_usd)"))
+        sums.append(sql.SQL("-count(*) FILTER (WHERE {})").format(sql.SQL(_UNPRICED)))
+        sums.append(sql.SQL("-count(*)"))
+        return sql.SQL(
+            """INSERT INTO {table} AS d ({cols})
+SELECT date_trunc({unit}, time, 'UTC'), {keys}, {sums} FROM {source}
+GROUP BY 1, {keys} ORDER BY {keys}, 1
+{conflict}"""
+        ).format(
+            table=sql.Identifier("tokenscale", self.table),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
+            unit=sql.Literal(self.bucket),
+            keys=keys,
+            sums=sql.SQL(", ").join(sums),
+            source=sql.Identifier(source),
+            conflict=self._conflict(),
+        )
+
+    def drop_empty_sql(self) -> sql.Composed:
+        return sql.SQL("DELETE FROM {} WHERE events = 0 AND tenant = ANY(%s::text[])").format(
+            sql.Identifier("tokenscale", self.table)
+        )
+
+
+_DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "provider", "model"))
+_HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
+_ADD_DAILY: Final = _DAILY.add_sql()
+_ADD_HOURLY: Final = _HOURLY.add_sql()
 
 _UPSERT_STREAMS: Final = """
 INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
@@ -221,38 +269,10 @@ RETURNING e.time, e.tenant, e.tool, e.user_email, e.provider, e.model, e.counted
 """
 
 
-def _subtract_sql(source: str) -> sql.Composed:
-    """Subtract the rows of CTE ``source`` from ``usage_daily``."""
-    keys = sql.SQL(", ").join(sql.Identifier(k) for k in _DAILY_KEYS)
-    sums: list[sql.Composable] = [sql.SQL("-sum({})::bigint").format(sql.Identifier(c)) for c in _DAILY_SUMS]
-    sums.append(sql.SQL("-sum(cost_usd)"))
-    sums.append(
-        sql.SQL(
-            "-count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL AND "
-            "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0)"
-        )
-    )
-    sums.append(sql.SQL("-count(*)"))
-    return sql.SQL(
-        """INSERT INTO tokenscale.usage_daily AS d ({cols})
-SELECT date_trunc('day', time, 'UTC'), {keys}, {sums} FROM {source}
-GROUP BY 1, {keys} ORDER BY {keys}, 1
-{conflict}"""
-    ).format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in _DAILY_COLUMNS),
-        keys=keys,
-        sums=sql.SQL(", ").join(sums),
-        source=sql.Identifier(source),
-        conflict=_DAILY_CONFLICT,
-    )
-
-
 # RETURNING shows the updated (now uncounted) rows, so every returned row is subtracted.
-_RETRACT_AND_SUBTRACT: Final = sql.SQL("WITH ret AS ({retract}) {rollup}").format(
-    retract=sql.SQL(_RETRACT), rollup=_subtract_sql("ret")
+_RETRACT_AND_SUBTRACT: Final = sql.SQL("WITH ret AS ({retract}), daily AS ({daily}) {hourly}").format(
+    retract=sql.SQL(_RETRACT), daily=_DAILY.subtract_sql("ret"), hourly=_HOURLY.subtract_sql("ret")
 )
-
-_DROP_EMPTY_DAYS: Final = "DELETE FROM tokenscale.usage_daily WHERE events = 0 AND tenant = ANY(%s::text[])"
 
 _LOCK_SERIES: Final = """
 INSERT INTO tokenscale.metric_series (series_key, start_ns, time_ns, value, count)
@@ -389,7 +409,7 @@ class UsageWriter:
             log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
             stored = _insert_new(conn, events, rows, counted)
         if keeps_rollups:
-            _add_to_daily(conn, [e for e, s in zip(events, stored, strict=True) if s])
+            _add_to_rollups(conn, [e for e, s in zip(events, stored, strict=True) if s])
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
         rows = [
@@ -484,7 +504,8 @@ def _best_ranks(
         )
         if keeps_rollups:
             conn.execute(_RETRACT_AND_SUBTRACT, params)
-            conn.execute(_DROP_EMPTY_DAYS, (params[0],))
+            conn.execute(_DAILY.drop_empty_sql(), (params[0],))
+            conn.execute(_HOURLY.drop_empty_sql(), (params[0],))
         else:
             conn.execute(_RETRACT, params)
     if len(best) < len(keys):
@@ -555,37 +576,44 @@ def _insert_new(
     return [c and (e.dedupe_key, e.time_ns // 1000) in new for e, c in zip(events, counted, strict=True)]
 
 
-def _add_to_daily(conn: psycopg.Connection[Any], events: list[UsageEvent]) -> None:
-    """Add the (stored, counted) ``events`` to ``usage_daily``: summed here per day and key, then
-    one upsert in key order."""
+def _add_to_rollups(conn: psycopg.Connection[Any], events: list[UsageEvent]) -> None:
+    """Add the (stored, counted) ``events`` to ``usage_daily`` and ``usage_hourly``: summed here per
+    bucket and key, then one upsert per table in key order."""
     if not events:
         return
-    groups: dict[tuple[int, str, str, str | None, str | None, str | None], list[Any]] = {}
+    daily: dict[tuple[Any, ...], list[Any]] = {}
+    hourly: dict[tuple[Any, ...], list[Any]] = {}
     for e in events:
-        key = (e.time_ns // _NS_PER_DAY, e.tenant, e.tool, e.user_email, e.provider, e.model)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = [0, 0, 0, 0, 0, 0, None, 0, 0]
-        g[0] += e.requests
-        g[1] += e.input_tokens
-        g[2] += e.cache_read_tokens
-        g[3] += e.cache_write_tokens
-        g[4] += e.output_tokens
-        g[5] += e.reasoning_tokens
         cost = _cost(e.cost_usd)
-        if cost is not None:
-            g[6] = cost if g[6] is None else g[6] + cost
-        elif (
-            e.cost_source is None
+        unpriced = (
+            cost is None
+            and e.cost_source is None
             and e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens > 0
+        )
+        for groups, key in (
+            (daily, (e.time_ns // _NS_PER_DAY * 86_400, e.tenant, e.tool, e.user_email, e.provider, e.model)),
+            (hourly, (e.time_ns // _NS_PER_HOUR * 3_600, e.tenant)),
         ):
-            g[7] += 1
-        g[8] += 1
-    keys = list(groups)
-    sums = list(groups.values())
-    days = {k[0] for k in keys}
-    starts = {d: datetime.fromtimestamp(d * 86_400, UTC) for d in days}
-    params: list[list[Any]] = [[starts[k[0]] for k in keys]]
-    params += [[k[i] for k in keys] for i in range(1, 6)]
-    params += [[s[i] for s in sums] for i in range(9)]
-    conn.execute(_ADD_DAILY, params)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = [0, 0, 0, 0, 0, 0, None, 0, 0]
+            g[0] += e.requests
+            g[1] += e.input_tokens
+            g[2] += e.cache_read_tokens
+            g[3] += e.cache_write_tokens
+            g[4] += e.output_tokens
+            g[5] += e.reasoning_tokens
+            if cost is not None:
+                g[6] = cost if g[6] is None else g[6] + cost
+            g[7] += unpriced
+            g[8] += 1
+    # The hourly rows are few and shared by every export of a tenant: upserted last, so their
+    # row locks are held only until the commit.
+    for statement, groups in ((_ADD_DAILY, daily), (_ADD_HOURLY, hourly)):
+        keys = list(groups)
+        sums = list(groups.values())
+        starts = {k[0]: datetime.fromtimestamp(k[0], UTC) for k in keys}
+        params: list[list[Any]] = [[starts[k[0]] for k in keys]]
+        params += [[k[i] for k in keys] for i in range(1, len(keys[0]))]
+        params += [[s[i] for s in sums] for i in range(9)]
+        conn.execute(statement, params)
