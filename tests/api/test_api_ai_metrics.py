@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from api_servers import ApiServers
 from psycopg import sql
 
 from tokenscale.api._values import Params
-from tokenscale.api.ai_metrics import _page_sql, parse_ai_metrics_query
+from tokenscale.api.ai_metrics import _boundary_sql, _page_sql, parse_ai_metrics_query
 from tokenscale.api.gen.tokenscale.v1 import usage_api_pb2 as pb
 from tokenscale.mapping import UsageEvent
 
@@ -317,7 +318,11 @@ def test_the_deep_page_boundary_is_an_index_only_scan(
         # Tiny tables are cheaper to scan whole; the point is which path exists for large ones.
         conn.execute("SET enable_seqscan = off")
         conn.execute("SET enable_bitmapscan = off")
-        statement = sql.SQL("EXPLAIN ") + _page_sql(query, where, 100)
-        plan = "\n".join(row[0] for row in conn.execute(statement, query.params))
-    boundary = plan[plan.index("boundary") :] if "CTE boundary" in plan else plan
-    assert "Index Only Scan" in boundary, plan
+        explain_boundary = sql.SQL("EXPLAIN ") + _boundary_sql(query, where, 100)
+        boundary = "\n".join(row[0] for row in conn.execute(explain_boundary, query.params))
+        page = _page_sql(conn, query, where, 100)
+        assert page is not None
+        plan = "\n".join(row[0] for row in conn.execute(sql.SQL("EXPLAIN ") + page, query.params))
+    assert "Index Only Scan" in boundary, boundary
+    # The page starts at the boundary row through the index, not by skipping rows.
+    assert re.search(r'Index Cond: .*\("?time"? <= ', plan), plan

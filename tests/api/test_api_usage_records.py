@@ -133,7 +133,12 @@ def test_filters(records: tuple[ApiServers, str], query: str, expected: list[str
 
 
 def test_cursor_pages_cover_everything_once(api: ApiServers, make_event: Callable[..., UsageEvent]) -> None:
-    api.write([make_event("acme", age_days=(n % 4) / 3, request_id=f"r{n:02d}") for n in range(23)])
+    # Ages from minutes to most of a year, so pages are found in every search window (1, 8, 40 days,
+    # then unbounded) and some pages straddle them.
+    ages = (0.001, 0.5, 0.9, 2, 5, 9, 30, 45, 100, 250)
+    api.write(
+        [make_event("acme", age_days=ages[n % 10] + n / 1000, request_id=f"r{n:02d}") for n in range(23)]
+    )
     key = api.key("acme", ["read"])
     for order in ("desc", "asc"):
         full = _messages(api.http("GET", f"/api/v1/usage/list?take=100&order={order}", key).json())

@@ -324,31 +324,53 @@ def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetrics
         ).fetchone()
         total = int(count_row[0]) if count_row else 0
         rows: list[tuple[Any, ...]] = []
-        if offset < total:
-            rows = conn.execute(_page_sql(query, where, offset), query.params).fetchall()
+        page = _page_sql(conn, query, where, offset) if offset < total else None
+        if page is not None:
+            rows = conn.execute(page, query.params).fetchall()
     items = [_item(row, completions=query.modality == "completions") for row in rows]
     return AiMetricsPage(items=items, size=query.size, total_elements=total, number=query.page)
 
 
-def _page_sql(query: AiMetricsQuery, where: sql.Composable, offset: int) -> sql.Composed:
+def _keyset_order(query: AiMetricsQuery) -> tuple[sql.Composable, sql.Composable] | None:
+    """ORDER BY and boundary comparison of a listing in (time, dedupe_key) order, else None."""
+    if len(query.sort) != 1 or query.sort[0][0] != "requestTime":
+        return None
+    ascending = query.sort[0][1]
+    direction = sql.SQL("ASC" if ascending else "DESC")
+    order = sql.SQL("e.time {d}, e.dedupe_key {d}").format(d=direction)
+    return order, sql.SQL(">=" if ascending else "<=")
+
+
+def _boundary_sql(query: AiMetricsQuery, where: sql.Composable, offset: int) -> sql.Composed:
+    """The (time, dedupe_key) of the row at ``offset`` of a keyset listing: an index-only walk."""
+    keyset = _keyset_order(query)
+    assert keyset is not None
+    return sql.SQL(
+        "SELECT e.time, e.dedupe_key FROM tokenscale.usage_events e WHERE {w} "
+        "ORDER BY {o} OFFSET {off} LIMIT 1"
+    ).format(w=where, o=keyset[0], off=query.bind(offset))
+
+
+def _page_sql(
+    conn: psycopg.Connection[Any], query: AiMetricsQuery, where: sql.Composable, offset: int
+) -> sql.Composed | None:
+    """The statement of the page at ``offset`` (None: there is nothing there)."""
     limit = query.bind(query.size)
-    if len(query.sort) == 1 and query.sort[0][0] == "requestTime":
-        # Keyset: (time, dedupe_key) order, the boundary found by an index-only walk.
-        direction = sql.SQL("ASC" if query.sort[0][1] else "DESC")
-        compare = sql.SQL(">=" if query.sort[0][1] else "<=")
-        order = sql.SQL("e.time {d}, e.dedupe_key {d}").format(d=direction)
-        if offset == 0:
-            return sql.SQL(
-                "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} LIMIT {l}"
-            ).format(cols=_SELECT, w=where, o=order, l=limit)
+    keyset = _keyset_order(query)
+    if keyset is not None:
+        # Keyset: the page's first row is found by an index-only walk, in a statement of its own, so
+        # that the page itself starts with an index condition on it.
+        order, compare = keyset
+        if offset > 0:
+            boundary = conn.execute(_boundary_sql(query, where, offset), query.params).fetchone()
+            if boundary is None:
+                return None
+            where = sql.SQL("{w} AND e.time {cmp} {t} AND (e.time, e.dedupe_key) {cmp} ({t}, {k})").format(
+                w=where, cmp=compare, t=query.bind(boundary[0]), k=query.bind(boundary[1])
+            )
         return sql.SQL(
-            """WITH boundary AS (
-    SELECT e.time, e.dedupe_key FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} OFFSET {off} LIMIT 1
-)
-SELECT {cols} FROM tokenscale.usage_events e, boundary b
-WHERE {w} AND (e.time, e.dedupe_key) {cmp} (b.time, b.dedupe_key)
-ORDER BY {o} LIMIT {l}"""
-        ).format(w=where, o=order, off=query.bind(offset), cols=_SELECT, cmp=compare, l=limit)
+            "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} LIMIT {l}"
+        ).format(cols=_SELECT, w=where, o=order, l=limit)
     terms: list[sql.Composable] = [
         sql.SQL("{} {} NULLS LAST").format(SORT_PROPERTIES[prop], sql.SQL("ASC" if asc else "DESC"))
         for prop, asc in query.sort

@@ -39,6 +39,8 @@ _META: Final = "tokenscale.meta."
 _META_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _META_PARAM_RE: Final = re.compile(r"^meta\[(.*)\]$")
 _CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
+#: The time windows a page is looked for in before the unbounded search (see list_usage_records).
+_WINDOWS: Final = (timedelta(days=1), timedelta(days=8), timedelta(days=40))
 
 _TYPE: Final = sql.SQL("coalesce(e.operation, 'usage')")
 _COUNT: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)")
@@ -163,11 +165,26 @@ def list_usage_records(conn: psycopg.Connection[Any], tenant: str, params: Param
             )
         )
     direction = sql.SQL("DESC" if order == "desc" else "ASC")
-    query = sql.SQL(
-        "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} "
-        "ORDER BY e.time {d}, e.dedupe_key {d} LIMIT {l}"
-    ).format(cols=_SELECT, w=sql.SQL(" AND ").join(conditions), d=direction, l=bind(take + 1))
-    rows = conn.execute(query, values).fetchall()
+    # The page is looked for in a growing time window next to its anchor (the cursor, or now for
+    # the newest first): a window with a plain time bound lets PostgreSQL plan only the partitions
+    # inside it, instead of every partition of the retention period. The last try is unbounded.
+    anchor = moment if cursor_raw is not None else (datetime.now(UTC) if order == "desc" else None)
+    rows: list[tuple[Any, ...]] = []
+    for width in (*(_WINDOWS if anchor is not None else ()), None):
+        bounded = list(conditions)
+        if width is not None and anchor is not None:
+            bounded.append(
+                sql.SQL("e.time >= {}").format(bind(anchor - width))
+                if order == "desc"
+                else sql.SQL("e.time <= {}").format(bind(anchor + width))
+            )
+        query = sql.SQL(
+            "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} "
+            "ORDER BY e.time {d}, e.dedupe_key {d} LIMIT {l}"
+        ).format(cols=_SELECT, w=sql.SQL(" AND ").join(bounded), d=direction, l=bind(take + 1))
+        rows = conn.execute(query, values).fetchall()
+        if len(rows) > take:
+            break
     page = rows[:take]
     result: dict[str, Any] = {"items": [_record(row) for row in page]}
     if len(rows) > take:
