@@ -65,7 +65,19 @@ from benchmarks._workload import ITEM_NAMES, SIGNALS, WARMUP_BASE, Workload, bui
 from tokenscale.mapping import MappingResult, UsageEvent, map_request
 from tokenscale.mapping.model import Signal
 
-__all__ = ["NAME", "IngestResult", "Sizes", "base_ns_today", "measure_ingest", "run", "sizes_for"]
+__all__ = [
+    "NAME",
+    "GenArgs",
+    "IngestResult",
+    "LoadGenerator",
+    "Sizes",
+    "base_ns_today",
+    "load_generator",
+    "measure_ingest",
+    "run",
+    "serving",
+    "sizes_for",
+]
 
 NAME: Final = "ingest"
 TRANSPORTS: Final = ("grpc", "http")
@@ -145,6 +157,12 @@ class GenArgs:
     base_ns: int
     #: > 0: send until this many seconds have passed instead of ``requests`` requests.
     duration: float = 0.0
+    #: > 0: at most this many exports per second over all streams (export j is not sent before
+    #: start + j / rate; a stream that falls behind sends at once). 0: as fast as acknowledged.
+    rate: float = 0.0
+    #: Added to every request counter (warm-up ones too): runs against one database with different
+    #: offsets send distinct records (the same counter is the same record, which dedupe drops).
+    first_counter: int = 0
 
 
 class _Sender:
@@ -218,7 +236,7 @@ def _generator_main(args: GenArgs, control: Connection) -> None:
     warm_rows = 0
     for s, sender in enumerate(senders):
         for k in range(args.warmup):
-            counter = WARMUP_BASE + s * 1000 + k
+            counter = WARMUP_BASE + args.first_counter + s * 1000 + k
             template = workload.templates[counter % len(workload.templates)]
             problem = sender.send(template.instance(counter))
             if problem:
@@ -240,12 +258,16 @@ def _generator_main(args: GenArgs, control: Connection) -> None:
         barrier.wait()
         while True:
             j = next(counter_iter)
-            if args.duration > 0:
-                if time.monotonic() >= deadline[0]:
-                    break
-            elif j >= args.requests:
+            if args.duration <= 0 and j >= args.requests:
                 break
-            payload = workload.request(j)
+            if args.rate > 0:
+                delay = t_start + j / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if args.duration > 0 and time.monotonic() >= deadline[0]:
+                break
+            counter = args.first_counter + j
+            payload = workload.request(counter)
             t0 = time.monotonic()
             problem = sender.send(payload)
             latencies[s].append((time.monotonic() - t0) * 1000)
@@ -253,8 +275,8 @@ def _generator_main(args: GenArgs, control: Connection) -> None:
                 stream_errors[s].append(problem)
             else:
                 counts[s][0] += 1
-                counts[s][1] += workload.items(j)
-                counts[s][2] += workload.rows(j)
+                counts[s][1] += workload.items(counter)
+                counts[s][2] += workload.rows(counter)
 
     threads = [threading.Thread(target=stream, args=(s,)) for s in range(len(senders))]
     for thread in threads:
@@ -336,6 +358,52 @@ def _process(target: Any, *args: Any) -> Iterator[tuple[mp.process.BaseProcess, 
             proc.kill()
             proc.join()
         parent_end.close()
+
+
+@contextlib.contextmanager
+def serving(url: str, log_file: Path) -> Iterator[tuple[int, int, int]]:
+    """A receiver process on ``url`` (composed as ``tokenscale serve`` does): (pid, gRPC port, HTTP port).
+
+    Stopped, its rows committed, when the block ends."""
+    with _process(_receiver_main, url, str(log_file)) as (proc, control):
+        answer = _wait(control, 60, "receiver")
+        assert proc.pid is not None
+        yield proc.pid, answer[1], answer[2]
+        control.send("stop")
+        _wait(control, 60, "receiver (stopping)")
+
+
+class LoadGenerator:
+    """A load-generator process (:func:`_generator_main`), warmed up: :meth:`go`, then :meth:`result`."""
+
+    def __init__(self, proc: mp.process.BaseProcess, control: Connection, ready: Any) -> None:
+        assert proc.pid is not None
+        self.pid: int = proc.pid
+        self.warm_rows: int = ready[1]
+        self.warm_errors: list[str] = ready[2]
+        self._proc = proc
+        self._control = control
+
+    def go(self) -> None:
+        self._control.send("go")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """What :func:`_generator_main` reports when done (``t_start``, ``requests``, ``rows``, ...)."""
+        deadline = time.monotonic() + timeout
+        while not self._control.poll(1.0):
+            if not self._proc.is_alive():
+                raise RuntimeError("the load generator died")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the load generator did not finish within {timeout:.0f} s")
+        answer: dict[str, Any] = self._control.recv()
+        return answer
+
+
+@contextlib.contextmanager
+def load_generator(args: GenArgs) -> Iterator[LoadGenerator]:
+    """A load generator for ``args``, started and warmed up (its warm-up exports already sent)."""
+    with _process(_generator_main, args) as (proc, control):
+        yield LoadGenerator(proc, control, _wait(control, 300, "load generator"))
 
 
 def _count_rows(url: str) -> int:
@@ -707,7 +775,6 @@ def stage_costs(workload: Workload, repeat: int) -> dict[str, float]:
     """Microseconds per stored row of each pure-Python stage of the receiver, on one core."""
     from tokenscale.store import writer  # noqa: PLC0415
 
-    rows_fn = getattr(writer, "_rows", None)
     payloads = [t.instance(WARMUP_BASE + k) for k, t in enumerate(workload.templates)]
     n_rows = sum(t.rows for t in workload.templates) * repeat
     n_items = sum(t.items for t in workload.templates) * repeat
@@ -718,16 +785,14 @@ def stage_costs(workload: Workload, repeat: int) -> dict[str, float]:
     for _ in range(repeat):
         results = [map_request(workload.signal, m, "default") for m in parsed]
     t2 = time.perf_counter()
-    if rows_fn is not None:
-        for _ in range(repeat):
-            for r in results:
-                for _row in rows_fn(r.events):
-                    pass
+    for _ in range(repeat):
+        for r in results:
+            writer._event_rows(r.events, [True] * len(r.events))
     t3 = time.perf_counter()
     out = {
         "decode_us_per_row": (t1 - t0) / n_rows * 1e6,
         "map_us_per_row": (t2 - t1) / n_rows * 1e6,
-        "encode_us_per_row": (t3 - t2) / n_rows * 1e6 if rows_fn is not None else float("nan"),
+        "encode_us_per_row": (t3 - t2) / n_rows * 1e6,
         "rows_per_item": n_rows / n_items,
     }
     out["python_us_per_row"] = out["decode_us_per_row"] + out["map_us_per_row"] + out["encode_us_per_row"]
