@@ -59,23 +59,23 @@ ORDER BY tenant LIMIT 500"""
 _TOKENS: Final = sql.SQL(" + ").join(sql.Identifier(c) for c in TOKEN_KINDS)
 
 # Same window as the budget API (tokenscale.api.budgets): the last window_days x 24 hours ending now;
-# whole UTC days from usage_daily, the two partial edge days from usage_events (counted rows).
+# whole UTC hours from usage_hourly, the two partial edge hours from usage_events (counted rows).
 _BUDGETS: Final = sql.SQL(
     """SELECT b.tenant, b.token_limit, b.window_days, used.tokens
 FROM tokenscale.budgets b
 CROSS JOIN LATERAL (SELECT now() AS hi, now() - make_interval(days => b.window_days) AS lo) w
 CROSS JOIN LATERAL (
-    SELECT date_trunc('day', w.hi, 'UTC') AS hi_day,
-           CASE WHEN date_trunc('day', w.lo, 'UTC') = w.lo THEN w.lo
-                ELSE date_trunc('day', w.lo, 'UTC') + INTERVAL '1 day' END AS lo_day
+    SELECT date_trunc('hour', w.hi, 'UTC') AS hi_hour,
+           CASE WHEN date_trunc('hour', w.lo, 'UTC') = w.lo THEN w.lo
+                ELSE date_trunc('hour', w.lo, 'UTC') + INTERVAL '1 hour' END AS lo_hour
 ) e
 CROSS JOIN LATERAL (
-    SELECT (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_daily d
-            WHERE d.tenant = b.tenant AND d.day >= e.lo_day AND d.day < e.hi_day)
+    SELECT (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_hourly h
+            WHERE h.tenant = b.tenant AND h.hour >= e.lo_hour AND h.hour < e.hi_hour)
          + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events x
-            WHERE x.tenant = b.tenant AND x.counted AND x.time >= w.lo AND x.time < e.lo_day)
+            WHERE x.tenant = b.tenant AND x.counted AND x.time >= w.lo AND x.time < e.lo_hour)
          + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events x
-            WHERE x.tenant = b.tenant AND x.counted AND x.time >= e.hi_day AND x.time <= w.hi)
+            WHERE x.tenant = b.tenant AND x.counted AND x.time >= e.hi_hour AND x.time <= w.hi)
        AS tokens
 ) used
 WHERE %(tenant)s::text IS NULL OR b.tenant = %(tenant)s
