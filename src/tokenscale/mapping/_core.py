@@ -1,14 +1,35 @@
-"""The walk from decoded OTLP export requests to usage events, driven by :mod:`.rules`."""
+"""The walk from decoded OTLP export requests to usage events, driven by :mod:`.rules`.
+
+The walk runs once per stored row, so it is written for speed. Most of its time goes into reading
+protobuf fields (each read builds a Python object); the rest is kept small:
+
+* each record's attributes are read from the protobuf once (:mod:`._values`); where a record must
+  be looked at before its attribute dict is worth building (the event name of a log record, the
+  usage keys of a span), its keys are read first and the dict is built from the same key list;
+* whatever depends on the resource alone (identity fallbacks, kept attributes, the stream's
+  fallback) is resolved once per resource, and a span's or log record's attribute dict starts as a
+  copy of the resource's kept attributes, so that it is the event's dict without another merge;
+* token fields are added up in a list before the event exists (:func:`_usage`), and events are
+  built by one positional constructor call (a dataclass ``__init__`` binds keywords ~3x slower);
+* dedupe and series keys hash one byte string (blake2b is streaming: one ``update`` of the
+  concatenation equals one ``update`` per part) whose constant prefix is encoded once.
+
+Every output (each field, dedupe and series keys, attribute dict order) is that of the
+straightforward code it replaced: tests/test_mapping_equivalence.py pins it on every capture and on
+a corpus of mutated captures.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from tokenscale.mapping._values import attributes
+from tokenscale.mapping._values import attributes, attributes_of, keys_of, selected_attributes
 from tokenscale.mapping.model import ActivityEvent, CumulativePoint, MappingResult, Signal, UsageEvent
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import (
@@ -46,6 +67,75 @@ _USER_EMAIL_KEYS: Final = ("user.email", "enduser.email")
 _USER_ID_KEYS: Final = ("user.id", "enduser.id", "user.account_uuid", "user.account_id", "installation.id")
 _SESSION_KEYS: Final = ("session.id",)
 _CONVERSATION_KEYS: Final = ("gen_ai.conversation.id", "conversation.id")
+_STREAM_CONVERSATION_KEYS: Final = ("conversation.id",)
+_PROVIDER_KEYS: Final = ("gen_ai.provider.name", "gen_ai.system")
+_SPAN_REQUEST_ID_KEYS: Final = ("request_id", "gen_ai.response.id")
+_ERROR_KEYS: Final = ("error.type", "status_code", "error")
+#: Every key an activity event reads from its record (identity and stream only).
+_ACTIVITY_KEYS: Final = frozenset(
+    {*_SESSION_KEYS, *_STREAM_CONVERSATION_KEYS, *_USER_EMAIL_KEYS, *_USER_ID_KEYS}
+)
+
+#: The field order the positional constructor calls below rely on.
+_USAGE_EVENT_FIELDS: Final = (
+    "time_ns",
+    "tenant",
+    "carrier",
+    "rank",
+    "tool",
+    "stream",
+    "service_name",
+    "dedupe_key",
+    "user_email",
+    "user_id",
+    "session_id",
+    "conversation_id",
+    "provider",
+    "model",
+    "operation",
+    "request_id",
+    "requests",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_source",
+    "duration_ms",
+    "error_type",
+    "attributes",
+)
+_ACTIVITY_EVENT_FIELDS: Final = (
+    "time_ns",
+    "tenant",
+    "tool",
+    "stream",
+    "service_name",
+    "metric",
+    "dedupe_key",
+    "value",
+    "user_email",
+    "user_id",
+    "session_id",
+)
+_CUMULATIVE_POINT_FIELDS: Final = (
+    "series_key",
+    "start_ns",
+    "time_ns",
+    "value",
+    "contributions",
+    "event",
+    "count",
+    "counts_requests",
+)
+for _cls, _order in (
+    (UsageEvent, _USAGE_EVENT_FIELDS),
+    (ActivityEvent, _ACTIVITY_EVENT_FIELDS),
+    (CumulativePoint, _CUMULATIVE_POINT_FIELDS),
+):
+    if tuple(f.name for f in dataclasses.fields(_cls))[: len(_order)] != _order:
+        raise ImportError(f"{_cls.__name__}'s fields were reordered: update tokenscale.mapping._core")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +153,62 @@ class _RecordError(Exception):
     """A record that cannot be mapped; the message names the offending field."""
 
 
-def _digest(*parts: bytes | str) -> bytes:
-    h = blake2b(digest_size=16)
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\x1f")
+# --- keys ------------------------------------------------------------------------------------------
+
+_SEP: Final = b"\x1f"
+_BLAKE2B_128: Final = blake2b(digest_size=16)  # copying it is cheaper than a new one with parameters
+
+
+@lru_cache(maxsize=4096)
+def _prefix(*parts: str) -> bytes:
+    """The leading text parts of a digest, each followed by the separator, encoded once."""
+    return b"".join(part.encode() + _SEP for part in parts)
+
+
+def _hash(data: bytes) -> bytes:
+    h = _BLAKE2B_128.copy()
+    h.update(data)
     return h.digest()
 
 
-def _first(attrs: Mapping[str, Any], keys: Iterable[str]) -> Any:
-    for key in keys:
-        v = attrs.get(key)
-        if v is not None and v != "":
-            return v
-    return None
+def _attribute_parts(prefix: bytes, attrs: Mapping[str, Any]) -> bytes:
+    """``prefix`` followed by the sorted ``key=repr(value)`` parts of ``attrs``, each separated."""
+    parts = [f"{k}={v!r}" for k, v in attrs.items()]
+    parts.sort()
+    parts.append("")  # the separator after the last part
+    return prefix + "\x1f".join(parts).encode()
+
+
+# --- values ----------------------------------------------------------------------------------------
 
 
 def _text(v: Any) -> str | None:
     return None if v is None else str(v)
+
+
+def _first_text(attrs: Mapping[str, Any], keys: Iterable[str]) -> str | None:
+    """The text of the first of ``keys`` that is present and not empty."""
+    for key in keys:
+        v = attrs.get(key)
+        if v is not None and v != "":
+            return str(v)
+    return None
+
+
+_Fallback = TypeVar("_Fallback", bound=str | None)
+
+
+def _pick(attrs: Mapping[str, Any], keys: tuple[str, ...], fallback: _Fallback) -> str | _Fallback:
+    """The first of ``keys`` on the record, else ``fallback`` (the resource's, resolved once).
+
+    A falsy record value (0, False) gives way to the resource's, as in
+    ``_text(first(record, keys) or first(resource, keys))``.
+    """
+    for key in keys:
+        v = attrs.get(key)
+        if v is not None and v != "":
+            return str(v) if v else fallback
+    return fallback
 
 
 def normalise_model(raw: str | None) -> str | None:
@@ -93,6 +221,12 @@ def normalise_model(raw: str | None) -> str | None:
 
 def _number(v: Any, key: str) -> float:
     """A count or amount from an attribute; rejects what no real client sends."""
+    # Fast paths for what clients send: an int, or a float in range (NaN fails the comparisons).
+    if type(v) is int:
+        if 0 <= v <= MAX_COUNT:
+            return float(v)
+    elif type(v) is float and 0.0 <= v <= MAX_COUNT:
+        return v
     if isinstance(v, bool):
         raise _RecordError(f"{key}: not a number ({v!r})")
     if isinstance(v, str):
@@ -116,139 +250,252 @@ _ACTIVITY_VALUE: Final[tuple[Contribution, ...]] = (("value", 1),)
 
 def apply(event: UsageEvent | ActivityEvent, contributions: Iterable[Contribution], amount: float) -> None:
     """Add ``amount`` to ``event`` through ``contributions`` (tokens and requests are integers)."""
-    for column, sign in contributions:
-        if isinstance(event, ActivityEvent):
+    if isinstance(event, ActivityEvent):
+        for _column, sign in contributions:
             event.value += sign * amount
-        elif column == "cost_usd":
+        return
+    for column, sign in contributions:
+        if column == "cost_usd":
             event.cost_usd = (event.cost_usd or 0.0) + sign * amount
             event.cost_source = "reported"
         else:
             setattr(event, column, getattr(event, column) + sign * round(amount))
 
 
-def _apply_fields(event: UsageEvent, attrs: Mapping[str, Any], fields: tuple[FieldRule, ...]) -> bool:
-    """Apply every field rule present in ``attrs``; True if any token field was present."""
+#: The count columns (``USAGE_COLUMNS`` order: tokens, then requests) and the reported cost.
+_Usage = tuple[list[int], float | None]
+_NO_USAGE: Final[_Usage] = ([0, 0, 0, 0, 0, 0], None)
+
+
+def _usage(attrs: Mapping[str, Any], fields: tuple[FieldRule, ...]) -> _Usage | None:
+    """What the field rules present in ``attrs`` add up to; None if none is present.
+
+    The sums :func:`apply` of each present field to a fresh event would leave, without the event.
+    """
+    totals = [0, 0, 0, 0, 0, 0]
+    cost: float | None = None
     found = False
+    get = attrs.get
     for rule in fields:
         for key in rule.keys:
-            v = attrs.get(key)
-            if v is not None:
-                apply(event, rule.contributions, _number(v, key))
-                found = True
-                break
-    return found
+            v = get(key)
+            if v is None:
+                continue
+            amount: float
+            count: int
+            if type(v) is int and 0 <= v <= MAX_COUNT:
+                # The common case, inlined: round(_number(v)) is v, and v (< 2**53) adds to a float
+                # exactly as float(v) does.
+                count = amount = v
+            else:
+                amount = _number(v, key)
+                count = round(amount)
+            for index, sign in rule.columns:
+                totals[index] += sign * count
+            for sign in rule.cost_signs:
+                cost = (cost or 0.0) + sign * amount
+            found = True
+            break
+    return (totals, cost) if found else None
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+#: Every key the span and log paths look up in a record's attribute dict.
+_RECORD_KEYS: Final = frozenset(
+    {
+        *_SESSION_KEYS,
+        *_CONVERSATION_KEYS,
+        *_STREAM_CONVERSATION_KEYS,
+        *_USER_EMAIL_KEYS,
+        *_USER_ID_KEYS,
+        *_PROVIDER_KEYS,
+        *_SPAN_REQUEST_ID_KEYS,
+        *_ERROR_KEYS,
+        "gen_ai.operation.name",
+        *(key for rule in (CLAUDE_SPAN, SEMCONV_SPAN, TOKENSCALE_SPAN) for key in rule.model_keys),
+        *(
+            key
+            for rule in (CLAUDE_SPAN, SEMCONV_SPAN, TOKENSCALE_SPAN)
+            for f in rule.fields
+            for key in f.keys
+        ),
+        *(key for rule in LOG_RULES.values() for key in rule.model_keys),
+        *(key for rule in LOG_RULES.values() for f in rule.fields for key in f.keys),
+        *(key for rule in LOG_RULES.values() for key in rule.request_id_keys),
+        *(rule.duration_ms_key for rule in LOG_RULES.values() if rule.duration_ms_key is not None),
+        *(rule.require[0] for rule in LOG_RULES.values() if rule.require is not None),
+    }
+)
 
 
 class _Resource:
-    """What every record under one OTLP resource shares."""
+    """What every record under one OTLP resource shares, resolved once."""
 
-    __slots__ = ("attrs", "kept", "service_name", "tool")
+    __slots__ = (
+        "attrs",
+        "capture_content",
+        "conversation",
+        "email",
+        "kept",
+        "seeds",
+        "service_name",
+        "session",
+        "stream_tail",
+        "tenant",
+        "tool",
+        "user_id",
+    )
 
-    def __init__(self, resource: Any, options: MappingOptions) -> None:
-        self.attrs = attributes(resource.attributes)
-        self.service_name = str(self.attrs.get("service.name") or "unknown")
+    def __init__(self, resource: Any, tenant: str, options: MappingOptions) -> None:
+        attrs = attributes(resource.attributes)
+        self.attrs = attrs
+        self.tenant = tenant
+        self.capture_content = options.capture_content
+        self.service_name = str(attrs.get("service.name") or "unknown")
         self.tool = canonical_tool(self.service_name)
-        self.kept = _keep(self.attrs, options)
+        self.kept = dict(attrs) if options.capture_content else _without_content(attrs)
+        # A span's or log record's attribute dict can start as a copy of ``kept`` (saving a merge
+        # per event) when no key a record is looked up by is among them.
+        self.seeds = _RECORD_KEYS.isdisjoint(self.kept)
+        # The resource's answer to each identity pick: what a record without the keys gets.
+        self.session = _first_text(attrs, _SESSION_KEYS)
+        self.conversation = _first_text(attrs, _CONVERSATION_KEYS)
+        self.email = _first_text(attrs, _USER_EMAIL_KEYS)
+        self.user_id = _first_text(attrs, _USER_ID_KEYS)
+        # The stream after session and conversation: it must be a key every carrier has.
+        self.stream_tail = (
+            _first_text(attrs, _STREAM_CONVERSATION_KEYS)
+            or _text(attrs.get("service.instance.id"))
+            or self.service_name
+        )
+
+    def seed(self) -> dict[str, Any] | None:
+        """What a span's or log record's attribute dict starts as: a copy of ``kept`` if it
+        ``seeds``, so that the dict is already ``{**kept, **record}``."""
+        return self.kept.copy() if self.seeds else None
+
+    def kept_with(self, attrs: dict[str, Any], seeded: bool) -> dict[str, Any]:
+        """``{**resource kept, **record kept}``: record values win, resource keys keep their place.
+
+        ``seeded``: ``attrs`` already holds the resource's kept attributes (see :meth:`seed`).
+        """
+        kept = attrs if seeded else {**self.kept, **attrs}
+        if not self.capture_content and not SENSITIVE_KEYS.isdisjoint(attrs):
+            for key in SENSITIVE_KEYS.intersection(attrs):
+                del kept[key]  # only the record can hold it: the resource's kept has none
+        return kept
 
 
-def _keep(attrs: Mapping[str, Any], options: MappingOptions) -> dict[str, Any]:
-    if options.capture_content:
-        return dict(attrs)
+def _without_content(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in SENSITIVE_KEYS}
 
 
-def _pick(attrs: Mapping[str, Any], res: _Resource, keys: tuple[str, ...]) -> str | None:
-    """The first of ``keys`` on the record, else on its resource."""
-    return _text(_first(attrs, keys) or _first(res.attrs, keys))
+def _stream(attrs: Mapping[str, Any], session_id: str | None, tail: str) -> str:
+    """The stream groups the carriers of one client run: the session, else the record's
+    conversation, else ``tail`` (the resource's conversation, instance or service name)."""
+    if session_id:
+        return session_id
+    return _pick(attrs, _STREAM_CONVERSATION_KEYS, tail)
 
 
-def _stream(attrs: Mapping[str, Any], res: _Resource, session_id: str | None) -> str:
-    """The stream groups the carriers of one client run; it must be a key every carrier has."""
-    return (
-        session_id
-        or _pick(attrs, res, ("conversation.id",))
-        or _text(res.attrs.get("service.instance.id"))
-        or res.service_name
-    )
+def _check_time(time_ns: int) -> None:
+    if not MIN_TIME_NS <= time_ns < MAX_TIME_NS:
+        raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
 
 
 def _activity(
-    res: _Resource, attrs: Mapping[str, Any], *, tenant: str, metric: str, time_ns: int, dedupe_key: bytes
+    res: _Resource, attrs: Mapping[str, Any], metric: str, time_ns: int, dedupe_key: bytes, value: float
 ) -> ActivityEvent:
-    if not MIN_TIME_NS <= time_ns < MAX_TIME_NS:
-        raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
-    session_id = _pick(attrs, res, _SESSION_KEYS)
-    return ActivityEvent(
-        time_ns=time_ns,
-        tenant=tenant,
-        tool=res.tool,
-        stream=_stream(attrs, res, session_id),
-        service_name=res.service_name,
-        metric=metric,
-        dedupe_key=dedupe_key,
-        user_email=_pick(attrs, res, _USER_EMAIL_KEYS),
-        user_id=_pick(attrs, res, _USER_ID_KEYS),
-        session_id=session_id,
+    _check_time(time_ns)
+    session_id = _pick(attrs, _SESSION_KEYS, res.session)
+    stream = _stream(attrs, session_id, res.stream_tail)
+    return ActivityEvent(  # positional, in _ACTIVITY_EVENT_FIELDS order
+        time_ns,
+        res.tenant,
+        res.tool,
+        stream,
+        res.service_name,
+        metric,
+        dedupe_key,
+        value,
+        _pick(attrs, _USER_EMAIL_KEYS, res.email),
+        _pick(attrs, _USER_ID_KEYS, res.user_id),
+        session_id,
     )
 
 
 def _event(
     res: _Resource,
-    attrs: Mapping[str, Any],
-    *,
-    tenant: str,
-    carrier: str,
-    rank: int,
+    attrs: dict[str, Any],
+    seeded: bool,
+    rule: SpanRule | LogRule | MetricRule,
     time_ns: int,
     dedupe_key: bytes,
-    provider: str | None,
-    model_keys: tuple[str, ...],
-    options: MappingOptions,
+    requests: int,
+    usage: _Usage,
 ) -> UsageEvent:
-    """A usage event with identity, provider and model resolved from record then resource."""
-    if not MIN_TIME_NS <= time_ns < MAX_TIME_NS:
-        raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
+    """A usage event with identity, provider and model resolved from record then resource.
 
-    def pick(keys: tuple[str, ...]) -> str | None:
-        return _pick(attrs, res, keys)
-
-    session_id = pick(_SESSION_KEYS)
-    conversation_id = pick(_CONVERSATION_KEYS)
-    raw_model = _text(_first(attrs, model_keys))
+    The caller has checked ``time_ns``; request id, duration and error are left for it to set.
+    ``attrs`` becomes the event's attribute dict if ``seeded`` (see :meth:`_Resource.seed`).
+    """
+    session_id = _pick(attrs, _SESSION_KEYS, res.session)
+    stream = _stream(attrs, session_id, res.stream_tail)
+    raw_model = _first_text(attrs, rule.model_keys)
     model = normalise_model(raw_model)
-    kept = {**res.kept, **_keep(attrs, options)}
+    operation = attrs.get("gen_ai.operation.name")
+    kept = res.kept_with(attrs, seeded)
     if raw_model and raw_model != model:
         kept["model.raw"] = raw_model
-    return UsageEvent(
-        time_ns=time_ns,
-        tenant=tenant,
-        carrier=carrier,
-        rank=rank,
-        tool=res.tool,
-        stream=_stream(attrs, res, session_id),
-        service_name=res.service_name,
-        dedupe_key=dedupe_key,
-        user_email=pick(_USER_EMAIL_KEYS),
-        user_id=pick(_USER_ID_KEYS),
-        session_id=session_id,
-        conversation_id=conversation_id,
-        provider=_text(_first(attrs, ("gen_ai.provider.name", "gen_ai.system"))) or provider,
-        model=model,
-        operation=_text(attrs.get("gen_ai.operation.name")),
-        attributes=kept,
+    totals, cost = usage
+    return UsageEvent(  # positional, in _USAGE_EVENT_FIELDS order
+        time_ns,
+        res.tenant,
+        rule.carrier,
+        rule.rank,
+        res.tool,
+        stream,
+        res.service_name,
+        dedupe_key,
+        _pick(attrs, _USER_EMAIL_KEYS, res.email),
+        _pick(attrs, _USER_ID_KEYS, res.user_id),
+        session_id,
+        _pick(attrs, _CONVERSATION_KEYS, res.conversation),
+        _first_text(attrs, _PROVIDER_KEYS) or rule.provider,
+        model,
+        None if operation is None else str(operation),
+        None,  # request_id
+        requests,
+        totals[0],  # input_tokens
+        totals[1],  # cache_read_tokens
+        totals[2],  # cache_write_tokens
+        totals[3],  # output_tokens
+        totals[4],  # reasoning_tokens
+        cost,
+        None if cost is None else "reported",  # cost_source: a cost field means the client priced it
+        None,  # duration_ms
+        None,  # error_type
+        kept,
     )
 
 
 # --- traces --------------------------------------------------------------------------------------
 
 _STATUS_ERROR: Final = 2
+_USAGE_PREFIXES: Final = ("gen_ai.usage.", "llm.usage.")
+#: The usage keys of the span rules (each starts with one of ``_USAGE_PREFIXES``).
+_SPAN_USAGE_KEYS: Final = frozenset(
+    key for rule in (SEMCONV_SPAN, TOKENSCALE_SPAN) for field in rule.fields for key in field.keys
+)
 
 
 def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTIONS) -> MappingResult:
     """Usage events from spans that carry one request's usage each."""
     result = MappingResult()
+    events = result.events
     for resource_spans in request.resource_spans:
-        res = _Resource(resource_spans.resource, options)
+        res = _Resource(resource_spans.resource, tenant, options)
         for scope_spans in resource_spans.scope_spans:
             semconv = (
                 TOKENSCALE_SPAN
@@ -257,51 +504,60 @@ def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTI
             )
             for span in scope_spans.spans:
                 try:
-                    event = _span_event(span, semconv, res, tenant, options)
+                    event = _span_event(span, semconv, res)
                 except _RecordError as exc:
                     result.reject(f"span {span.name!r}: {exc}")
                     continue
                 if event is not None:
-                    result.events.append(event)
+                    events.append(event)
     return result
 
 
-def _span_event(
-    span: Any, semconv: SpanRule, res: _Resource, tenant: str, options: MappingOptions
-) -> UsageEvent | None:
+def _has_usage_key(keys: list[str]) -> bool:
+    """Whether any key starts with a usage prefix (cheap C-level tests before the exact one)."""
+    if not _SPAN_USAGE_KEYS.isdisjoint(keys):
+        return True
+    joined = "\n".join(keys)  # no usage prefix anywhere in it: none at the start of a key either
+    if _USAGE_PREFIXES[0] not in joined and _USAGE_PREFIXES[1] not in joined:
+        return False
+    return any(key.startswith(_USAGE_PREFIXES) for key in keys)
+
+
+def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | None:
     if span.name == CLAUDE_SPAN.carrier:
         rule = CLAUDE_SPAN
+        seed = res.seed()
+        attrs = attributes(span.attributes, seed)
     else:
-        # Cheap pre-check on keys before building the attribute dict.
-        if not any(kv.key.startswith(("gen_ai.usage.", "llm.usage.")) for kv in span.attributes):
+        # Only spans with usage keys are worth an attribute dict; the keys are read once for both.
+        kvs = list(span.attributes)
+        keys = keys_of(kvs)
+        if not _has_usage_key(keys):
             return None
         rule = semconv
-    attrs = attributes(span.attributes)
-    if rule is not CLAUDE_SPAN and attrs.get("gen_ai.operation.name") in NON_USAGE_OPERATIONS:
-        return None
-    time_ns = span.end_time_unix_nano or span.start_time_unix_nano
+        seed = res.seed()
+        attrs = attributes_of(keys, kvs, seed)
+        if attrs.get("gen_ai.operation.name") in NON_USAGE_OPERATIONS:
+            return None
+    start = span.start_time_unix_nano
+    end = span.end_time_unix_nano
+    time_ns = end or start
     if not time_ns:
         raise _RecordError("missing timestamp: end_time_unix_nano and start_time_unix_nano are 0")
-    event = _event(
-        res,
-        attrs,
-        tenant=tenant,
-        carrier=rule.carrier,
-        rank=rule.rank,
-        time_ns=time_ns,
-        dedupe_key=_digest(tenant, rule.carrier, span.trace_id, span.span_id),
-        provider=rule.provider,
-        model_keys=("gen_ai.response.model", "gen_ai.request.model", "model"),
-        options=options,
-    )
-    if not _apply_fields(event, attrs, rule.fields):
+    _check_time(time_ns)
+    usage = _usage(attrs, rule.fields)
+    if usage is None:
         return None
-    event.requests = 1
-    event.request_id = _text(_first(attrs, ("request_id", "gen_ai.response.id")))
-    if span.start_time_unix_nano and span.end_time_unix_nano >= span.start_time_unix_nano:
-        event.duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
-    if span.status.code == _STATUS_ERROR or "error.type" in attrs:
-        event.error_type = _text(attrs.get("error.type")) or "_OTHER"
+    dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + span.trace_id + _SEP + span.span_id + _SEP)
+    request_id = _first_text(attrs, _SPAN_REQUEST_ID_KEYS)
+    error_type = None
+    if "error.type" in attrs or span.status.code == _STATUS_ERROR:
+        error_type = _text(attrs.get("error.type")) or "_OTHER"
+    event = _event(res, attrs, seed is not None, rule, time_ns, dedupe_key, 1, usage)
+    event.request_id = request_id
+    if start and end >= start:
+        event.duration_ms = (end - start) / 1e6
+    event.error_type = error_type
     price_event(event, per_request=True)
     return event
 
@@ -313,23 +569,29 @@ def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTION
     """Usage events from log events that carry one request's usage each."""
     result = MappingResult()
     for resource_logs in request.resource_logs:
-        res = _Resource(resource_logs.resource, options)
+        res = _Resource(resource_logs.resource, tenant, options)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                name = _event_name(record, res.tool)
+                name, keys, kvs = _event_name(record, res.tool)
                 if not name:
                     continue
-                if name in ACTIVITY_LOG_RULES:
+                metric = ACTIVITY_LOG_RULES.get(name)
+                if metric is not None:
                     try:
-                        result.activity.append(_log_activity(record, ACTIVITY_LOG_RULES[name], res, tenant))
+                        result.activity.append(_log_activity(record, keys, kvs, metric, res))
                     except _RecordError as exc:
                         result.reject(f"log event {name!r}: {exc}")
                     continue
                 rule = LOG_RULES.get(name)
                 if rule is None:
                     continue
+                seed = res.seed()
+                if keys is None:
+                    attrs = attributes(record.attributes, seed)
+                else:
+                    attrs = attributes_of(keys, kvs, seed)
                 try:
-                    event = _log_event(record, rule, res, tenant, options)
+                    event = _log_event(record, attrs, seed is not None, rule, res)
                 except _RecordError as exc:
                     result.reject(f"log event {name!r}: {exc}")
                     continue
@@ -338,72 +600,71 @@ def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTION
     return result
 
 
-def _log_activity(record: Any, metric: str, res: _Resource, tenant: str) -> ActivityEvent:
+def _event_name(record: Any, tool: str) -> tuple[str, list[str] | None, list[Any]]:
+    """The record's event name, and its attribute keys and pairs if they had to be read for it."""
+    name: str = record.event_name
+    keys: list[str] | None = None
+    kvs: list[Any] = []
+    if not name:
+        kvs = list(record.attributes)
+        keys = keys_of(kvs)
+        if "event.name" in keys:
+            name = kvs[keys.index("event.name")].value.string_value  # the first, as the SDKs read it
+        if not name:
+            body: str = record.body.string_value  # "" unless the body is a string
+            if body.startswith("claude_code."):
+                return body, keys, kvs
+    # Claude Code names its events bare (``api_request``); qualify them by the client.
+    if name and "." not in name and tool == "claude_code":
+        return f"claude_code.{name}", keys, kvs
+    return name, keys, kvs
+
+
+def _log_activity(
+    record: Any, keys: list[str] | None, kvs: list[Any], metric: str, res: _Resource
+) -> ActivityEvent:
     time_ns = record.time_unix_nano or record.observed_time_unix_nano
     if not time_ns:
         raise _RecordError("missing timestamp: time_unix_nano and observed_time_unix_nano are 0")
-    event = _activity(
-        res,
-        attributes(record.attributes),
-        tenant=tenant,
-        metric=metric,
-        time_ns=time_ns,
-        dedupe_key=_digest(tenant, metric, res.service_name, record.SerializeToString(deterministic=True)),
-    )
-    event.value = 1.0
-    return event
-
-
-def _event_name(record: Any, tool: str) -> str:
-    name: str = record.event_name
-    if not name:
-        for kv in record.attributes:
-            if kv.key == "event.name":
-                name = kv.value.string_value
-                break
-    if not name:
-        body = record.body.string_value if record.body.WhichOneof("value") == "string_value" else ""
-        if body.startswith("claude_code."):
-            return body
-    # Claude Code names its events bare (``api_request``); qualify them by the client.
-    if name and "." not in name and tool == "claude_code":
-        return f"claude_code.{name}"
-    return name
+    if keys is None:
+        kvs = list(record.attributes)
+        keys = keys_of(kvs)
+    attrs = selected_attributes(keys, kvs, _ACTIVITY_KEYS)  # an activity event reads no other key
+    serialized = record.SerializeToString(deterministic=True)
+    dedupe_key = _hash(_prefix(res.tenant, metric, res.service_name) + serialized + _SEP)
+    return _activity(res, attrs, metric, time_ns, dedupe_key, 1.0)
 
 
 def _log_event(
-    record: Any, rule: LogRule, res: _Resource, tenant: str, options: MappingOptions
+    record: Any, attrs: dict[str, Any], seeded: bool, rule: LogRule, res: _Resource
 ) -> UsageEvent | None:
-    attrs = attributes(record.attributes)
     if rule.require is not None and attrs.get(rule.require[0]) != rule.require[1]:
         return None
     time_ns = record.time_unix_nano or record.observed_time_unix_nano
     if not time_ns:
         raise _RecordError("missing timestamp: time_unix_nano and observed_time_unix_nano are 0")
-    event = _event(
-        res,
-        attrs,
-        tenant=tenant,
-        carrier=rule.carrier,
-        rank=rule.rank,
-        time_ns=time_ns,
-        dedupe_key=_digest(
-            tenant, rule.carrier, res.service_name, record.SerializeToString(deterministic=True)
-        ),
-        provider=rule.provider,
-        model_keys=rule.model_keys,
-        options=options,
-    )
-    if not _apply_fields(event, attrs, rule.fields) and rule.needs_usage:
-        return None
-    event.requests = 1
-    event.request_id = _text(_first(attrs, rule.request_id_keys))
-    if rule.duration_ms_key is not None and rule.duration_ms_key in attrs:
-        event.duration_ms = _number(attrs[rule.duration_ms_key], rule.duration_ms_key)
+    _check_time(time_ns)
+    usage = _usage(attrs, rule.fields)
+    if usage is None:
+        if rule.needs_usage:
+            return None
+        usage = _NO_USAGE
+    duration_key = rule.duration_ms_key
+    duration_ms = None
+    if duration_key is not None and duration_key in attrs:
+        duration_ms = _number(attrs[duration_key], duration_key)
+    request_id = _first_text(attrs, rule.request_id_keys)
+    error_type = None
     if not rule.needs_usage:
-        event.error_type = _text(_first(attrs, ("error.type", "status_code", "error"))) or "_OTHER"
+        error_type = _first_text(attrs, _ERROR_KEYS) or "_OTHER"
     elif "error.type" in attrs:
-        event.error_type = _text(attrs["error.type"])
+        error_type = _text(attrs["error.type"])
+    serialized = record.SerializeToString(deterministic=True)
+    dedupe_key = _hash(_prefix(res.tenant, rule.carrier, res.service_name) + serialized + _SEP)
+    event = _event(res, attrs, seeded, rule, time_ns, dedupe_key, 1, usage)
+    event.request_id = request_id
+    event.duration_ms = duration_ms
+    event.error_type = error_type
     price_event(event, per_request=True)
     return event
 
@@ -411,43 +672,50 @@ def _log_event(
 # --- metrics -------------------------------------------------------------------------------------
 
 
+class _Metric:
+    """What every point of one metric shares."""
+
+    __slots__ = ("kind", "name", "series_prefix", "temporality")
+
+    def __init__(self, name: str, kind: str, temporality: int, res_key: bytes) -> None:
+        self.name = name
+        self.kind = kind
+        self.temporality = temporality
+        #: What every series key of the metric starts with: the resource's key and the name.
+        self.series_prefix = res_key + _SEP + _prefix(name)
+
+
 def map_metrics(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTIONS) -> MappingResult:
     """Usage increments from metric points: delta points directly, cumulative ones as
     :class:`CumulativePoint` for the writer to difference against the stored series state."""
     result = MappingResult()
     for resource_metrics in request.resource_metrics:
-        res = _Resource(resource_metrics.resource, options)
+        res = _Resource(resource_metrics.resource, tenant, options)
         res_key: bytes | None = None
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                rule: MetricRule | ActivityRule | None = METRIC_RULES.get(metric.name)
+                name: str = metric.name
+                rule: MetricRule | ActivityRule | None = METRIC_RULES.get(name)
                 if rule is None:
-                    rule = ACTIVITY_METRIC_RULES.get(metric.name)
+                    rule = ACTIVITY_METRIC_RULES.get(name)
                     if rule is None:
                         continue
                 kind = metric.WhichOneof("data")
                 if kind not in ("sum", "histogram"):
-                    result.reject(f"metric {metric.name!r}: unsupported kind {kind!r}", _points(metric))
+                    result.reject(f"metric {name!r}: unsupported kind {kind!r}", _points(metric))
                     continue
                 data = getattr(metric, kind)
                 if res_key is None:
-                    res_key = _digest(tenant, *sorted(f"{k}={v!r}" for k, v in res.attrs.items()))
+                    res_key = _hash(_attribute_parts(_prefix(tenant), res.attrs))
+                shared = _Metric(name, kind, data.aggregation_temporality, res_key)
                 for point in data.data_points:
                     try:
-                        _metric_point(
-                            result,
-                            metric.name,
-                            rule,
-                            kind,
-                            data.aggregation_temporality,
-                            point,
-                            res,
-                            res_key,
-                            tenant,
-                            options,
-                        )
+                        if isinstance(rule, ActivityRule):
+                            _activity_point(result, shared, rule, point, res)
+                        else:
+                            _metric_point(result, shared, rule, point, res)
                     except _RecordError as exc:
-                        result.reject(f"metric {metric.name!r}: {exc}")
+                        result.reject(f"metric {name!r}: {exc}")
     return result
 
 
@@ -456,6 +724,9 @@ def _point_value(point: Any, kind: str) -> tuple[float, int]:
     if not point.time_unix_nano:
         raise _RecordError("missing timestamp: time_unix_nano is 0")
     if kind == "sum":
+        v = point.as_double
+        if v:  # non-zero: as_double is the member that is set (WhichOneof costs three reads)
+            return _number(v, "as_double"), 0
         which = point.WhichOneof("value")
         if which is None:
             raise _RecordError("data point has no value")
@@ -463,45 +734,31 @@ def _point_value(point: Any, kind: str) -> tuple[float, int]:
     return _number(point.sum, "sum"), int(_number(point.count, "count"))
 
 
-def _series_key(res_key: bytes, name: str, attrs: Mapping[str, Any]) -> bytes:
-    return _digest(res_key, name, *sorted(f"{k}={v!r}" for k, v in attrs.items()))
+def _point_keys(
+    shared: _Metric, attrs: Mapping[str, Any], start_ns: int, time_ns: int
+) -> tuple[bytes, bytes]:
+    """The point's series key, and its dedupe key (the series key and the point's times)."""
+    series_key = _hash(_attribute_parts(shared.series_prefix, attrs))
+    return series_key, _hash(series_key + _SEP + f"{start_ns}\x1f{time_ns}\x1f".encode())
 
 
 def _activity_point(
-    result: MappingResult,
-    name: str,
-    rule: ActivityRule,
-    kind: str,
-    temporality: int,
-    point: Any,
-    attrs: Mapping[str, Any],
-    res: _Resource,
-    res_key: bytes,
-    tenant: str,
+    result: MappingResult, shared: _Metric, rule: ActivityRule, point: Any, res: _Resource
 ) -> None:
+    attrs = attributes(point.attributes)
     metric = rule.metric if rule.type_key is None else rule.by_type.get(str(attrs.get(rule.type_key, "")))
     if metric is None:
         return
-    amount, _ = _point_value(point, kind)
-    series_key = _series_key(res_key, name, attrs)
-    event = _activity(
-        res,
-        attrs,
-        tenant=tenant,
-        metric=metric,
-        time_ns=point.time_unix_nano,
-        dedupe_key=_digest(series_key, str(point.start_time_unix_nano), str(point.time_unix_nano)),
-    )
+    amount, _ = _point_value(point, shared.kind)
+    start_ns = point.start_time_unix_nano
+    time_ns = point.time_unix_nano
+    series_key, dedupe_key = _point_keys(shared, attrs, start_ns, time_ns)
+    event = _activity(res, attrs, metric, time_ns, dedupe_key, 0.0)
+    temporality = shared.temporality
     if temporality == _TEMPORALITY_CUMULATIVE:
+        # positional, in _CUMULATIVE_POINT_FIELDS order
         result.cumulative.append(
-            CumulativePoint(
-                series_key=series_key,
-                start_ns=point.start_time_unix_nano,
-                time_ns=point.time_unix_nano,
-                value=amount,
-                contributions=_ACTIVITY_VALUE,
-                event=event,
-            )
+            CumulativePoint(series_key, start_ns, time_ns, amount, _ACTIVITY_VALUE, event)
         )
     elif temporality == _TEMPORALITY_DELTA:
         if amount:
@@ -517,21 +774,9 @@ def _points(metric: Any) -> int:
 
 
 def _metric_point(
-    result: MappingResult,
-    name: str,
-    rule: MetricRule | ActivityRule,
-    kind: str,
-    temporality: int,
-    point: Any,
-    res: _Resource,
-    res_key: bytes,
-    tenant: str,
-    options: MappingOptions,
+    result: MappingResult, shared: _Metric, rule: MetricRule, point: Any, res: _Resource
 ) -> None:
     attrs = attributes(point.attributes)
-    if isinstance(rule, ActivityRule):
-        _activity_point(result, name, rule, kind, temporality, point, attrs, res, res_key, tenant)
-        return
     if rule.type_key is not None:
         contributions = rule.by_type.get(str(attrs.get(rule.type_key, "")))
         if contributions is None:
@@ -540,34 +785,21 @@ def _metric_point(
     else:
         contributions = rule.contributions
         count_requests = rule.count_requests_for is not None
-    amount, count = _point_value(point, kind)
-    series_key = _series_key(res_key, name, attrs)
-    event = _event(
-        res,
-        attrs,
-        tenant=tenant,
-        carrier=rule.carrier,
-        rank=rule.rank,
-        time_ns=point.time_unix_nano,
-        dedupe_key=_digest(series_key, str(point.start_time_unix_nano), str(point.time_unix_nano)),
-        provider=rule.provider,
-        model_keys=rule.model_keys,
-        options=options,
-    )
-    event.attributes["metric.name"] = name
+    amount, count = _point_value(point, shared.kind)
+    start_ns = point.start_time_unix_nano
+    time_ns = point.time_unix_nano
+    _check_time(time_ns)
+    series_key, dedupe_key = _point_keys(shared, attrs, start_ns, time_ns)
+    event = _event(res, attrs, False, rule, time_ns, dedupe_key, 0, _NO_USAGE)
+    event.attributes["metric.name"] = shared.name
     if rule.cost_reported_elsewhere:
         event.cost_source = "reported"
+    temporality = shared.temporality
     if temporality == _TEMPORALITY_CUMULATIVE:
+        # positional, in _CUMULATIVE_POINT_FIELDS order
         result.cumulative.append(
             CumulativePoint(
-                series_key=series_key,
-                start_ns=point.start_time_unix_nano,
-                time_ns=point.time_unix_nano,
-                value=amount,
-                contributions=contributions,
-                event=event,
-                count=count,
-                counts_requests=count_requests,
+                series_key, start_ns, time_ns, amount, contributions, event, count, count_requests
             )
         )
         return

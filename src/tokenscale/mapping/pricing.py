@@ -136,9 +136,10 @@ def price_event(event: UsageEvent, *, per_request: bool) -> None:
     prompt = event.input_tokens + event.cache_read_tokens + event.cache_write_tokens
     if prompt == 0 and event.output_tokens == 0:
         return
-    rates = rates_for(event.provider, event.model, prompt if per_request else 0)
-    if rates is None:
+    found = _model(event.provider, event.model)  # rates_for, inlined: this runs once per row
+    if found is None:
         return
+    rates = found.tiers[bisect.bisect_left(found.thresholds, prompt if per_request else 0)]
     event.cost_usd = (
         event.input_tokens * rates.input
         + event.cache_read_tokens * rates.cache_read

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from tokenscale.mapping.model import TOKEN_FIELDS
+
 __all__ = [
     "ACTIVITY_LOG_RULES",
     "ACTIVITY_METRIC_RULES",
@@ -30,6 +32,7 @@ __all__ = [
     "SENSITIVE_KEYS",
     "TOKENSCALE_SCOPE_PREFIX",
     "TOKENSCALE_SPAN",
+    "USAGE_COLUMNS",
     "ActivityRule",
     "Contribution",
     "FieldRule",
@@ -54,12 +57,25 @@ _REASONING_ADDITIVE: Final = (("output_tokens", 1), ("reasoning_tokens", 1))
 _COST: Final = (("cost_usd", 1),)
 
 
+#: The columns a field rule can add to other than ``cost_usd``, as :attr:`FieldRule.columns` indexes them.
+USAGE_COLUMNS: Final = (*TOKEN_FIELDS, "requests")
+
+
 @dataclass(frozen=True, slots=True)
 class FieldRule:
     """The first of ``keys`` present on a record contributes ``contributions`` per unit."""
 
     keys: tuple[str, ...]
     contributions: tuple[Contribution, ...]
+    #: ``contributions`` compiled once for the mapping's per-record loop: ``(index in USAGE_COLUMNS,
+    #: sign)`` of each count column, and the signs of the ``cost_usd`` contributions.
+    columns: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    cost_signs: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        columns = tuple((USAGE_COLUMNS.index(c), s) for c, s in self.contributions if c != "cost_usd")
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "cost_signs", tuple(s for c, s in self.contributions if c == "cost_usd"))
 
 
 # --- per-request carriers ------------------------------------------------------------------------
@@ -178,6 +194,7 @@ class SpanRule:
     rank: int
     fields: tuple[FieldRule, ...]
     provider: str | None = None
+    model_keys: tuple[str, ...] = ("gen_ai.response.model", "gen_ai.request.model", "model")
 
 
 CLAUDE_SPAN: Final = SpanRule(
