@@ -18,7 +18,6 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -29,8 +28,6 @@ from typing import Any, Final
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
@@ -45,28 +42,20 @@ _NS_PER_DAY: Final = 86_400 * 10**9
 _NS_PER_HOUR: Final = 3_600 * 10**9
 _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
-_PACK_INT8: Final = struct.Struct(">q").pack
 _COST_QUANTUM: Final = Decimal("1e-10")  # usage_events.cost_usd is numeric(20, 10)
 
 
-class _TimeNsDumper(Dumper):
-    """``timestamptz`` (binary) from integer nanoseconds since the Unix epoch (truncated to us)."""
-
-    format = Format.BINARY
-    oid = psycopg.postgres.types["timestamptz"].oid
-
-    def dump(self, obj: int) -> bytes:
-        return _PACK_INT8(obj // 1000 - _PG_EPOCH_US)
+def _wire_types(types: Iterable[str]) -> list[str]:
+    """The types to encode COPY columns with. Binary COPY carries no type information, so values are
+    sent in their columns' wire format with psycopg's C encoders: a timestamptz as its int8
+    microseconds since 2000-01-01 (see :func:`_pg_time`), a jsonb as its version byte followed by
+    the JSON text (bytes, see :func:`_event_rows`)."""
+    return [{"timestamptz": "int8", "jsonb": "bytea"}.get(t, t) for t in types]
 
 
-class _JsonbDumper(Dumper):
-    """``jsonb`` (binary) from JSON text already encoded as UTF-8 bytes."""
-
-    format = Format.BINARY
-    oid = psycopg.postgres.types["jsonb"].oid
-
-    def dump(self, obj: bytes) -> bytes:
-        return b"\x01" + obj
+def _pg_time(time_ns: int) -> int:
+    """A binary timestamptz (microseconds since 2000-01-01) of nanoseconds since the Unix epoch."""
+    return time_ns // 1000 - _PG_EPOCH_US
 
 
 #: usage_events columns, in COPY order, with their PostgreSQL types.
@@ -100,7 +89,8 @@ _EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("attributes", "jsonb"),
     ("dedupe_key", "bytea"),
 )
-_EVENT_TYPES: Final = [t for _, t in _EVENT_COLUMNS]
+_EVENT_TYPES: Final = _wire_types(t for _, t in _EVENT_COLUMNS)
+_COST_AT: Final = [n for n, _ in _EVENT_COLUMNS].index("cost_usd")
 
 _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("time", "timestamptz"),
@@ -115,7 +105,7 @@ _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("value", "float8"),
     ("dedupe_key", "bytea"),
 )
-_ACTIVITY_TYPES: Final = [t for _, t in _ACTIVITY_COLUMNS]
+_ACTIVITY_TYPES: Final = _wire_types(t for _, t in _ACTIVITY_COLUMNS)
 
 
 def _copy_sql(table: sql.Composable, columns: tuple[tuple[str, str], ...]) -> sql.Composed:
@@ -195,20 +185,33 @@ class _Rollup:
             updates=sql.SQL(", ").join(updates),
         )
 
-    def add_sql(self) -> sql.Composed:
-        """Adds increments computed in Python: one array per column, one element per group."""
-        types = ("timestamptz", *["text"] * len(self.keys), *["int8"] * len(_SUMS), "numeric", "int8", "int8")
-        return sql.SQL(
-            """INSERT INTO {table} AS d ({cols})
-SELECT * FROM unnest({arrays}) AS v({cols}) ORDER BY {order}
-{conflict}"""
+    @property
+    def types(self) -> tuple[str, ...]:
+        return ("timestamptz", *["text"] * len(self.keys), *["int8"] * len(_SUMS), "numeric", "int8", "int8")
+
+    def stage_sql(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+        """CREATE and COPY statements of a temporary table of increments computed in Python (one row
+        per group, emptied at every commit), and the upsert that adds them, in key order."""
+        stage = sql.Identifier(f"tokenscale_{self.table}_stage")
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+            stage,
+            sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+                for c, t in zip(self.columns, self.types, strict=True)
+            ),
+        )
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, cols)
+        upsert = sql.SQL(
+            "INSERT INTO {table} AS d ({cols}) SELECT {cols} FROM {stage} ORDER BY {order} {conflict}"
         ).format(
             table=sql.Identifier("tokenscale", self.table),
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
-            arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types),
+            cols=cols,
+            stage=stage,
             order=sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:])),
             conflict=self._conflict(),
         )
+        return create, copy, upsert
 
     def subtract_sql(self, source: str) -> sql.Composed:
         """Subtracts the rows of CTE ``source``."""
@@ -240,8 +243,10 @@ GROUP BY 1, {keys} ORDER BY {keys}, 1
 
 _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "provider", "model"))
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
-_ADD_DAILY: Final = _DAILY.add_sql()
-_ADD_HOURLY: Final = _HOURLY.add_sql()
+_DAILY_STAGE: Final = _DAILY.stage_sql()
+_HOURLY_STAGE: Final = _HOURLY.stage_sql()
+#: Both rollup staging tables, in one round trip (they persist for the session once created).
+_CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([_DAILY_STAGE[0], _HOURLY_STAGE[0]])
 
 _UPSERT_STREAMS: Final = """
 INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
@@ -409,12 +414,14 @@ class UsageWriter:
             log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
             stored = _insert_new(conn, events, rows, counted)
         if keeps_rollups:
-            _add_to_rollups(conn, [e for e, s in zip(events, stored, strict=True) if s])
+            _add_to_rollups(
+                conn, [(e, row[_COST_AT]) for e, row, s in zip(events, rows, stored, strict=True) if s]
+            )
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
         rows = [
             (
-                a.time_ns,
+                _pg_time(a.time_ns),
                 a.tenant,
                 a.tool,
                 a.stream,
@@ -457,14 +464,11 @@ def _copy(
     types: Sequence[str],
     rows: Iterable[Sequence[Any]],
 ) -> None:
-    """Binary COPY of ``rows``: times as integer nanoseconds, jsonb as encoded JSON bytes."""
-    with conn.cursor() as cur:
-        cur.adapters.register_dumper(None, _TimeNsDumper)
-        cur.adapters.register_dumper(None, _JsonbDumper)
-        with cur.copy(statement) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+    """Binary COPY of ``rows``, encoded as ``types`` (wire types: see :func:`_wire_types`)."""
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
@@ -531,7 +535,7 @@ def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[t
     dumps = orjson.dumps
     return [
         (
-            e.time_ns,
+            e.time_ns // 1000 - _PG_EPOCH_US,  # _pg_time, inlined
             e.tenant,
             e.carrier,
             e.rank,
@@ -557,7 +561,7 @@ def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[t
             e.cost_source,
             e.duration_ms,
             e.error_type,
-            dumps(e.attributes, default=str),
+            b"\x01" + dumps(e.attributes, default=str),
             e.dedupe_key,
         )
         for e, c in zip(events, counted, strict=True)
@@ -576,44 +580,40 @@ def _insert_new(
     return [c and (e.dedupe_key, e.time_ns // 1000) in new for e, c in zip(events, counted, strict=True)]
 
 
-def _add_to_rollups(conn: psycopg.Connection[Any], events: list[UsageEvent]) -> None:
-    """Add the (stored, counted) ``events`` to ``usage_daily`` and ``usage_hourly``: summed here per
-    bucket and key, then one upsert per table in key order."""
+def _add_to_rollups(conn: psycopg.Connection[Any], events: list[tuple[UsageEvent, Decimal | None]]) -> None:
+    """Add the (stored, counted) ``events`` (with their stored costs) to ``usage_daily`` and
+    ``usage_hourly``: summed here per bucket and key, COPYed into staging tables, then one upsert
+    per rollup in key order (``usage_hourly``, whose few rows every export of a tenant shares, last:
+    its row locks are then held only until the commit)."""
     if not events:
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
-    for e in events:
-        cost = _cost(e.cost_usd)
-        unpriced = (
-            cost is None
-            and e.cost_source is None
-            and e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens > 0
-        )
+    for e, cost in events:
+        inp, cr, cw, out = e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens
+        unpriced = 1 if cost is None and e.cost_source is None and inp + cr + cw + out > 0 else 0
+        day = e.time_ns // _NS_PER_DAY * _NS_PER_DAY
         for groups, key in (
-            (daily, (e.time_ns // _NS_PER_DAY * 86_400, e.tenant, e.tool, e.user_email, e.provider, e.model)),
-            (hourly, (e.time_ns // _NS_PER_HOUR * 3_600, e.tenant)),
+            (daily, (day, e.tenant, e.tool, e.user_email, e.provider, e.model)),
+            (hourly, (e.time_ns // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant)),
         ):
             g = groups.get(key)
             if g is None:
-                g = groups[key] = [0, 0, 0, 0, 0, 0, None, 0, 0]
+                groups[key] = [e.requests, inp, cr, cw, out, e.reasoning_tokens, cost, unpriced, 1]
+                continue
             g[0] += e.requests
-            g[1] += e.input_tokens
-            g[2] += e.cache_read_tokens
-            g[3] += e.cache_write_tokens
-            g[4] += e.output_tokens
+            g[1] += inp
+            g[2] += cr
+            g[3] += cw
+            g[4] += out
             g[5] += e.reasoning_tokens
             if cost is not None:
                 g[6] = cost if g[6] is None else g[6] + cost
             g[7] += unpriced
             g[8] += 1
-    # The hourly rows are few and shared by every export of a tenant: upserted last, so their
-    # row locks are held only until the commit.
-    for statement, groups in ((_ADD_DAILY, daily), (_ADD_HOURLY, hourly)):
-        keys = list(groups)
-        sums = list(groups.values())
-        starts = {k[0]: datetime.fromtimestamp(k[0], UTC) for k in keys}
-        params: list[list[Any]] = [[starts[k[0]] for k in keys]]
-        params += [[k[i] for k in keys] for i in range(1, len(keys[0]))]
-        params += [[s[i] for s in sums] for i in range(9)]
-        conn.execute(statement, params)
+    conn.execute(_CREATE_ROLLUP_STAGES)
+    for (_, copy, _), rollup, groups in ((_DAILY_STAGE, _DAILY, daily), (_HOURLY_STAGE, _HOURLY, hourly)):
+        rows = [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()]
+        _copy(conn, copy, _wire_types(rollup.types), rows)
+    conn.execute(_DAILY_STAGE[2])
+    conn.execute(_HOURLY_STAGE[2])
