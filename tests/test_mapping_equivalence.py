@@ -13,6 +13,7 @@ intended change of the mapping's semantics (then update the digests, and say so 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,48 +30,9 @@ from tokenscale.mapping._values import attributes
 from tokenscale.mapping.model import ActivityEvent, CumulativePoint, MappingResult, UsageEvent
 from tokenscale.otlp import decode_request
 
-USAGE_FIELDS = (
-    "time_ns",
-    "tenant",
-    "carrier",
-    "rank",
-    "tool",
-    "stream",
-    "service_name",
-    "dedupe_key",
-    "user_email",
-    "user_id",
-    "session_id",
-    "conversation_id",
-    "provider",
-    "model",
-    "operation",
-    "request_id",
-    "requests",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "cost_source",
-    "duration_ms",
-    "error_type",
-    "attributes",
-)
-ACTIVITY_FIELDS = (
-    "time_ns",
-    "tenant",
-    "tool",
-    "stream",
-    "service_name",
-    "metric",
-    "dedupe_key",
-    "value",
-    "user_email",
-    "user_id",
-    "session_id",
-)
+#: Every stored field, in declaration order (a reordering changes the digests: on purpose).
+USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(UsageEvent))
+ACTIVITY_FIELDS = tuple(f.name for f in dataclasses.fields(ActivityEvent))
 
 
 def render_event(event: UsageEvent | ActivityEvent) -> str:

@@ -31,7 +31,14 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
-from tokenscale.mapping import ActivityEvent, MappingResult, SeriesState, UsageEvent, resolve_cumulative
+from tokenscale.mapping import (
+    TOKEN_FIELDS,
+    ActivityEvent,
+    MappingResult,
+    SeriesState,
+    UsageEvent,
+    resolve_cumulative,
+)
 from tokenscale.store.backend import Backend, recorded_backend
 
 __all__ = ["UsageWriter", "open_pool"]
@@ -142,14 +149,7 @@ _CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE, _INSERT_ACTIVITY = _stage_sql(
 )
 
 # The sums the rollups keep (tokenscale maintains them on back ends without continuous aggregates).
-_SUMS: Final = (
-    "requests",
-    "input_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+_SUMS: Final = ("requests", *TOKEN_FIELDS)
 _UNPRICED: Final = (
     "cost_usd IS NULL AND cost_source IS NULL AND "
     "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0"
