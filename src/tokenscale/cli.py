@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http-port", type=int, help="OTLP/HTTP port (env TOKENSCALE_HTTP_PORT; default 4318)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="receiver processes sharing both ports (env TOKENSCALE_WORKERS; default 1)",
+    )
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     _add_database_options(migrate)
@@ -80,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         key: getattr(args, key, None)
-        for key in ("database_url", "data_dir", "host", "grpc_port", "http_port", "require_auth")
+        for key in ("database_url", "data_dir", "host", "grpc_port", "http_port", "workers", "require_auth")
     }
     return load_settings(overrides, config_file=getattr(args, "config", None))
 
@@ -210,6 +218,28 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    with _database(settings, owner=True) as url:
+        backend = _migrate(url)
+        _apply_policies(url, backend, settings)
+        if settings.workers > 1:
+            from tokenscale.workers import serve_workers  # noqa: PLC0415
+
+            return serve_workers(settings, url, backend)
+        with _service(settings, url, backend) as (receiver, retention):
+            asyncio.run(_serve(receiver, retention() if retention is not None else None))
+    return 0
+
+
+@contextlib.contextmanager
+def _service(
+    settings: Settings, url: str, backend: Any, *, worker: int | None = None
+) -> Iterator[tuple[Any, Callable[[], Coroutine[Any, Any, None]] | None]]:
+    """Everything ``serve`` serves, composed on ``url`` (already migrated): the receiver (not yet
+    started) with every route and service, and the hourly retention task if one is due.
+
+    ``worker`` is the index of one of several processes of ``serve --workers N``: its receiver binds
+    with SO_REUSEPORT, its ``/metrics`` names it, and only worker 1 runs the retention task.
+    The database pools are closed when the block ends."""
     from tokenscale.api.grpc_service import UsageApiServicer  # noqa: PLC0415
     from tokenscale.api.http import create_api_routes  # noqa: PLC0415
     from tokenscale.api.service import UsageApiService  # noqa: PLC0415
@@ -227,42 +257,46 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
-    with _database(settings, owner=True) as url:
-        backend = _migrate(url)
-        _apply_policies(url, backend, settings)
-        pool = open_pool(url)
-        # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
-        read_pool = open_pool(url, max_size=4)
-        try:
-            registry = Registry()
-            writer = InstrumentedWriter(UsageWriter(pool), registry)
-            options = MappingOptions(capture_content=settings.capture_content)
-            pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
-            auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
-            api = UsageApiService(read_pool, auth, UsageWriter(pool))
-            receiver = Receiver(
-                pipeline,
-                host=settings.host,
-                grpc_port=settings.grpc_port,
-                http_port=settings.http_port,
-                max_body_bytes=settings.max_body_bytes,
-                tenant_for=auth.tenant_for,
-                grpc_services=[UsageApiServicer(api).add_to_server],
-            )
-            receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
-            receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
-            receiver.http_app.router.routes.extend(create_api_routes(api))
-            receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
-            retention = (
-                _enforce_retention_hourly(pool, backend, settings.retention_days)
-                if settings.retention_days and backend.keeps_rollups
-                else None
-            )
-            asyncio.run(_serve(receiver, retention))
-        finally:
-            read_pool.close()
-            pool.close()
-    return 0
+    pool = open_pool(url)
+    # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
+    read_pool = open_pool(url, max_size=4)
+    try:
+        # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
+        # worker's counters must stay series of their own.
+        registry = Registry(const_labels={"worker": str(worker)} if worker is not None else None)
+        if worker is not None:
+            registry.gauge(
+                "tokenscale_worker_info",
+                "This process of `tokenscale serve --workers N` (every other metric counts this "
+                "process alone).",
+                ("pid",),
+            ).labels(str(os.getpid())).set(1)
+        writer = InstrumentedWriter(UsageWriter(pool), registry)
+        options = MappingOptions(capture_content=settings.capture_content)
+        pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
+        auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
+        api = UsageApiService(read_pool, auth, UsageWriter(pool))
+        receiver = Receiver(
+            pipeline,
+            host=settings.host,
+            grpc_port=settings.grpc_port,
+            http_port=settings.http_port,
+            max_body_bytes=settings.max_body_bytes,
+            tenant_for=auth.tenant_for,
+            grpc_services=[UsageApiServicer(api).add_to_server],
+            reuse_port=worker is not None,
+        )
+        receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
+        receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
+        receiver.http_app.router.routes.extend(create_api_routes(api))
+        receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
+        retention: Callable[[], Coroutine[Any, Any, None]] | None = None
+        if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
+            retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
+        yield receiver, retention
+    finally:
+        read_pool.close()
+        pool.close()
 
 
 async def _serve(receiver: Any, background: Coroutine[Any, Any, None] | None = None) -> None:
@@ -281,25 +315,37 @@ async def _serve(receiver: Any, background: Coroutine[Any, Any, None] | None = N
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+    """One JSON object per line: time, level, logger, message (and the exception, if any), and
+    ``worker`` and ``pid`` in a worker process of ``serve --workers N``."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry.update(worker=self.worker, pid=record.process)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, *, worker: int | None = None) -> None:
+    """Logging to stderr as ``settings`` say; a worker process (``worker``) names itself in each line."""
     handler = logging.StreamHandler()
     if settings.log_format == "json":
-        formatter: logging.Formatter = _JsonFormatter()
+        formatter: logging.Formatter = _JsonFormatter(worker)
         formatter.converter = time.gmtime
+    elif worker is not None:
+        formatter = logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s [worker {worker}, pid %(process)d]: %(message)s"
+        )
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)

@@ -37,6 +37,9 @@ class Settings:
     grpc_port: int = 4317
     #: OTLP/HTTP port (and the HTTP/JSON API); 0 picks a free port.
     http_port: int = 4318
+    #: Receiver processes of ``serve`` sharing both ports (SO_REUSEPORT), to decode and map on more
+    #: than one core; each has its own database pool and its own ``/metrics`` counters.
+    workers: int = 1
     #: Where the embedded PostgreSQL cluster and other local state live (default
     #: ``$XDG_DATA_HOME/tokenscale``, else ``~/.local/share/tokenscale``, for root ``/var/lib/tokenscale``).
     data_dir: Path = field(default_factory=default_data_dir)
@@ -130,4 +133,6 @@ def load_settings(
     for name in ("retention_days", "compress_after_days", "max_body_bytes"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"setting {name!r}: must not be negative")
+    if settings.workers < 1:
+        raise ConfigError("setting 'workers': must be at least 1")
     return settings

@@ -319,14 +319,25 @@ class Registry:
     ``counter``/``gauge``/``histogram`` return the existing family of that name when it has the
     same kind and labels (so independent components can share metrics), else raise ``ValueError``.
     Collect hooks run before each rendering, to refresh gauges read from elsewhere. Thread-safe.
+    ``const_labels`` are added to every sample (e.g. ``worker`` in one of several processes serving
+    one port, so that each process's counters stay series of their own).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, const_labels: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._hooks: list[Callable[[], None]] = []
+        self._const_names = frozenset(const_labels or {})
+        for label in self._const_names:
+            if not _LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError(f"invalid constant label name {label!r}")
+        self._const = ",".join(f'{n}="{_escape_label(v)}"' for n, v in (const_labels or {}).items())
 
     def _get_or_create(self, kind: type[M], name: str, labelnames: Sequence[str], make: Callable[[], M]) -> M:
+        if clash := self._const_names.intersection(labelnames):
+            raise ValueError(
+                f"metric {name!r}: {', '.join(sorted(clash))} is a constant label of the registry"
+            )
         with self._lock:
             existing = self._metrics.get(name)
             if existing is None:
@@ -385,7 +396,21 @@ class Registry:
                 hook()
             except Exception:  # a broken hook must not take /metrics down
                 log.warning("a metrics collect hook failed", exc_info=True)
-        return "".join(metric.render() for metric in metrics)
+        text = "".join(metric.render() for metric in metrics)
+        if not self._const:
+            return text
+        lines = text.split("\n")[:-1]  # not splitlines(): label values may hold other line breaks
+        return "".join(
+            (line if line.startswith("#") else _add_labels(line, self._const)) + "\n" for line in lines
+        )
+
+
+def _add_labels(sample: str, labels: str) -> str:
+    """One sample line with ``labels`` (``a="b",c="d"``) first in its label set."""
+    cut = min(i for i in (sample.find("{"), sample.find(" ")) if i >= 0)  # the end of the metric name
+    if sample[cut] == "{":
+        return f"{sample[: cut + 1]}{labels},{sample[cut + 1 :]}"
+    return f"{sample[:cut]}{{{labels}}}{sample[cut:]}"
 
 
 class ServiceMetrics:

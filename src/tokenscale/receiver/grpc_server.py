@@ -158,17 +158,19 @@ def create_grpc_server(
     tenant_for: TenantResolver = default_tenant_for,
     max_message_bytes: int,
     retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server (not yet bound or started) serving OTLP; call it inside the running loop.
 
     gzip-compressed requests (``grpc-encoding: gzip``) are decompressed by gRPC itself;
-    ``max_message_bytes`` bounds the decompressed message.
+    ``max_message_bytes`` bounds the decompressed message. ``reuse_port`` binds with SO_REUSEPORT,
+    for the worker processes of ``tokenscale serve --workers N`` that share one port.
     """
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            # Without this a second receiver could silently share the port.
-            ("grpc.so_reuseport", 0),
+            # Off by default: without it a second receiver could silently share the port.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     add_otlp_services(server, pipeline, tenant_for, retry_after)

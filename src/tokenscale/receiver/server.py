@@ -51,7 +51,9 @@ class Receiver:
 
     Port 0 picks a free port; after :meth:`start` the chosen ones are in :attr:`grpc_port` and
     :attr:`http_port`. ``tenant_for`` is the single tenant resolver both transports use.
-    :attr:`http_app` may be given more routes before :meth:`start`.
+    :attr:`http_app` may be given more routes before :meth:`start`. ``reuse_port`` binds both ports
+    with SO_REUSEPORT so that several processes (``tokenscale serve --workers N``) share them; off,
+    a port already in use is an error.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Receiver:
         retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         grpc_services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.host = host
@@ -75,6 +78,7 @@ class Receiver:
         self.tenant_for = tenant_for
         self.retry_after = retry_after
         self.grace_seconds = grace_seconds
+        self.reuse_port = reuse_port
         #: More gRPC services for the same server (each adds itself, e.g. tokenscale's own API).
         self.grpc_services = list(grpc_services)
         self.http_app: Starlette = create_http_app(
@@ -117,6 +121,7 @@ class Receiver:
             tenant_for=self.tenant_for,
             max_message_bytes=self.max_body_bytes,
             retry_after=self.retry_after,
+            reuse_port=self.reuse_port,
         )
         for add_service in self.grpc_services:
             add_service(server)
@@ -133,7 +138,7 @@ class Receiver:
 
     async def _start_http(self) -> None:
         # Binding here, not in uvicorn, turns a busy port into an OSError instead of sys.exit().
-        sock = _bind_tcp(self.host, self.http_port)
+        sock = _bind_tcp(self.host, self.http_port, reuse_port=self.reuse_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.http_app,
@@ -215,14 +220,17 @@ def _grpc_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket bound to ``host:port`` (port 0 picks a free one)."""
+def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port`` (port 0 picks a free one), with
+    SO_REUSEPORT when ``reuse_port`` (other processes of the same user may then bind it too)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:
         sock.close()
