@@ -48,6 +48,8 @@ class Context:
     repeat: int = 1
     #: Scale factor for the reports data set (1.0 = the documented full size).
     report_scale: float = 1.0
+    #: Receiver processes in the ingest and soak benchmarks (``tokenscale serve --workers N``).
+    workers: int = 1
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 

@@ -108,7 +108,8 @@ def start_server(backend: BackendName) -> Iterator[DbServer]:
                 ts = conn.execute(
                     "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
                 ).fetchone()
-            fields = proc_stat(backend_pid)
+                # While connected: once the connection closes its backend may be gone already.
+                fields = proc_stat(backend_pid)
             postmaster = int(fields[1]) if fields else 0
             yield DbServer(
                 backend=backend,

@@ -20,6 +20,11 @@ In between, **writer alone** writes the same pre-mapped results through tokensca
 of migration 0013: together they say where the gap between ingest and the ceiling is.
 Offline, per-stage costs of the Python pipeline (decode, mapping, row encoding) show what one core
 can do at most; ``--profile`` attaches py-spy to the receiver and names the hot functions.
+
+``--workers N`` runs the receiver as N processes sharing both ports with SO_REUSEPORT, as
+``tokenscale serve --workers N`` does; the generator reconnects each stream until stream ``s`` reached
+worker ``s mod N`` (the kernel picks a worker per connection, so 4 streams over 2 workers would often
+be 3 + 1), and the receiver's CPU and RSS are the sums over the workers.
 """
 
 from __future__ import annotations
@@ -80,6 +85,9 @@ __all__ = [
 ]
 
 NAME: Final = "ingest"
+#: With several receiver processes: which process a connection reached (gRPC method, HTTP path).
+_PID_METHOD: Final = "/tokenscale.bench.Worker/Pid"
+_PID_PATH: Final = "/bench/pid"
 TRANSPORTS: Final = ("grpc", "http")
 _GRPC_METHODS: Final[dict[Signal, str]] = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -105,8 +113,26 @@ def sizes_for(ctx: Context) -> Sizes:
 # -- the receiver process --------------------------------------------------------------------------
 
 
-def _receiver_main(url: str, log_file: str, control: Connection) -> None:
-    """Serve OTLP into ``url`` the way ``tokenscale serve`` does, until told to stop."""
+def _add_pid_service(server: Any) -> None:
+    """A gRPC method answering this process's pid (raw bytes in, decimal bytes out)."""
+    import grpc  # noqa: PLC0415
+
+    async def pid(request: bytes, context: Any) -> bytes:
+        return str(os.getpid()).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "tokenscale.bench.Worker", {"Pid": grpc.unary_unary_rpc_method_handler(pid)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+def _receiver_main(
+    url: str, log_file: str, grpc_port: int, http_port: int, reuse_port: bool, control: Connection
+) -> None:
+    """Serve OTLP into ``url`` the way ``tokenscale serve`` does, until told to stop.
+
+    ``reuse_port``: bind with SO_REUSEPORT as a worker of ``tokenscale serve --workers N`` does, and
+    answer :data:`_PID_METHOD` / :data:`_PID_PATH` so that the generator can spread its streams."""
     logging.basicConfig(
         filename=log_file, level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -120,7 +146,23 @@ def _receiver_main(url: str, log_file: str, control: Connection) -> None:
     pipeline = ExportPipeline(UsageWriter(pool), MappingOptions())
 
     async def serve() -> None:
-        receiver = Receiver(pipeline, "127.0.0.1", grpc_port=0, http_port=0)
+        receiver = Receiver(
+            pipeline,
+            "127.0.0.1",
+            grpc_port=grpc_port,
+            http_port=http_port,
+            reuse_port=reuse_port,
+            grpc_services=[_add_pid_service] if reuse_port else (),
+        )
+        if reuse_port:
+            from starlette.requests import Request  # noqa: PLC0415
+            from starlette.responses import PlainTextResponse, Response  # noqa: PLC0415
+            from starlette.routing import Route  # noqa: PLC0415
+
+            async def pid(request: Request) -> Response:
+                return PlainTextResponse(str(os.getpid()))
+
+            receiver.http_app.router.routes.append(Route(_PID_PATH, pid, methods=["GET"]))
         await receiver.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -163,6 +205,9 @@ class GenArgs:
     #: Added to every request counter (warm-up ones too): runs against one database with different
     #: offsets send distinct records (the same counter is the same record, which dedupe drops).
     first_counter: int = 0
+    #: The pids of several receiver processes sharing the port: stream s is reconnected until its
+    #: connection reached ``worker_pids[s % len(worker_pids)]``. Empty: one receiver.
+    worker_pids: tuple[int, ...] = ()
 
 
 class _Sender:
@@ -209,11 +254,32 @@ class _Sender:
             return f"HTTP {reply.status}: {body[:200]!r}"
         return _partial_failure(self.args.signal, body)
 
+    def worker_pid(self) -> int:
+        """The pid of the receiver process this stream's connection reached (see ``reuse_port``)."""
+        if self._http is None:
+            return int(self._channel.unary_unary(_PID_METHOD)(b"", timeout=30))
+        self._http.request("GET", _PID_PATH)
+        return int(self._http.getresponse().read())
+
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
         if self._http is not None:
             self._http.close()
+
+
+def _open_stream(args: GenArgs, s: int) -> _Sender:
+    """Stream ``s``'s connection; with ``worker_pids``, reconnected until it reached worker ``s mod N``."""
+    sender = _Sender(args)
+    if not args.worker_pids:
+        return sender
+    want = args.worker_pids[s % len(args.worker_pids)]
+    for _ in range(200):
+        if sender.worker_pid() == want:
+            return sender
+        sender.close()
+        sender = _Sender(args)
+    raise RuntimeError(f"no connection reached the receiver process {want} in 200 tries")
 
 
 def _partial_failure(signal: Signal, response: bytes) -> str | None:
@@ -231,7 +297,7 @@ def _partial_failure(signal: Signal, response: bytes) -> str | None:
 def _generator_main(args: GenArgs, control: Connection) -> None:
     """Warm up, report ready, wait for go, send, report what happened."""
     workload = build_workload(args.signal, quick=args.quick, base_ns=args.base_ns)
-    senders = [_Sender(args) for _ in range(args.streams)]
+    senders = [_open_stream(args, s) for s in range(args.streams)]
     errors: list[str] = []
     warm_rows = 0
     for s, sender in enumerate(senders):
@@ -334,6 +400,9 @@ class IngestResult:
     error_samples: list[str]
     rss_timeline: list[tuple[float, float]]
     profile: dict[str, Any] | None = None
+    #: Receiver processes (``--workers``); CPU cores and RSS above are sums over them.
+    workers: int = 1
+    receiver_cores_each: list[float] | None = None
 
 
 def _wait(conn: Connection, timeout: float, what: str) -> Any:
@@ -365,12 +434,39 @@ def serving(url: str, log_file: Path) -> Iterator[tuple[int, int, int]]:
     """A receiver process on ``url`` (composed as ``tokenscale serve`` does): (pid, gRPC port, HTTP port).
 
     Stopped, its rows committed, when the block ends."""
-    with _process(_receiver_main, url, str(log_file)) as (proc, control):
+    with _process(_receiver_main, url, str(log_file), 0, 0, False) as (proc, control):
         answer = _wait(control, 60, "receiver")
         assert proc.pid is not None
         yield proc.pid, answer[1], answer[2]
         control.send("stop")
         _wait(control, 60, "receiver (stopping)")
+
+
+@contextlib.contextmanager
+def _receivers(
+    url: str, log_file: Path, workers: int
+) -> Iterator[tuple[list[mp.process.BaseProcess], int, int]]:
+    """``workers`` receiver processes on one pair of ports: (processes, gRPC port, HTTP port).
+
+    One binds as ``tokenscale serve`` does; several bind with SO_REUSEPORT as the workers of
+    ``tokenscale serve --workers N`` do (the first picks free ports, the others join them).
+    Stopped, their rows committed, when the block ends."""
+    with contextlib.ExitStack() as stack:
+        reuse = workers > 1
+        first, control = stack.enter_context(_process(_receiver_main, url, str(log_file), 0, 0, reuse))
+        answer = _wait(control, 60, "receiver")
+        grpc_port, http_port = answer[1], answer[2]
+        started = [(first, control)]
+        for _ in range(workers - 1):
+            started.append(
+                stack.enter_context(_process(_receiver_main, url, str(log_file), grpc_port, http_port, True))
+            )
+            _wait(started[-1][1], 60, "receiver")
+        yield [proc for proc, _ in started], grpc_port, http_port
+        for _, control in started:
+            control.send("stop")
+        for _, control in started:
+            _wait(control, 60, "receiver (stopping)")
 
 
 class LoadGenerator:
@@ -435,48 +531,49 @@ def measure_ingest(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"receiver-{label}.log"
     log_file.unlink(missing_ok=True)
-    with (
-        database(server, f"ingest_{signal}_{transport}") as url,
-        _process(_receiver_main, url, str(log_file)) as (rproc, rctl),
-    ):
-        answer = _wait(rctl, 60, "receiver")
-        grpc_port, http_port = answer[1], answer[2]
-        args = GenArgs(
-            signal=signal,
-            transport=transport,
-            port=grpc_port if transport == "grpc" else http_port,
-            streams=sizes.streams,
-            requests=sizes.requests,
-            warmup=sizes.warmup,
-            quick=ctx.quick,
-            base_ns=base_ns,
-            duration=duration,
-        )
-        assert rproc.pid is not None
-        with _process(_generator_main, args) as (gproc, gctl):
-            ready = _wait(gctl, 300, "load generator")
-            warm_rows, warm_errors = ready[1], ready[2]
-            assert gproc.pid is not None
-            spy = _start_py_spy(rproc.pid, label) if profile else None
-            rss_start, _ = rss_kib(rproc.pid)
-            cpu_r0, cpu_g0 = cpu_seconds(rproc.pid), cpu_seconds(gproc.pid)
-            cpu_p0 = postgres_cpu_seconds(server.postmaster_pid)
-            t0 = time.monotonic()
-            gctl.send("go")
-            timeline: list[tuple[float, float]] = []
-            sample_every = 1.0 if duration else 0.25
-            while not gctl.poll(sample_every):
-                if not gproc.is_alive():
-                    raise RuntimeError("the load generator died")
-                timeline.append((round(time.monotonic() - t0, 2), rss_kib(rproc.pid)[0] / 1024))
-            gen = gctl.recv()
-            cpu_r1, cpu_g1 = cpu_seconds(rproc.pid), cpu_seconds(gproc.pid)
-            cpu_p1 = postgres_cpu_seconds(server.postmaster_pid)
-            rss_now, rss_peak = rss_kib(rproc.pid)
-            timeline.append((round(time.monotonic() - t0, 2), rss_now / 1024))
-            prof = _stop_py_spy(spy, gen["t_end"] - gen["t_start"]) if spy else None
-        rctl.send("stop")
-        _wait(rctl, 60, "receiver (stopping)")
+    workers = max(1, ctx.workers)
+    with database(server, f"ingest_{signal}_{transport}") as url:
+        with _receivers(url, log_file, workers) as (rprocs, grpc_port, http_port):
+            pids: list[int] = [p.pid for p in rprocs if p.pid is not None]
+            args = GenArgs(
+                signal=signal,
+                transport=transport,
+                port=grpc_port if transport == "grpc" else http_port,
+                streams=sizes.streams,
+                requests=sizes.requests,
+                warmup=sizes.warmup,
+                quick=ctx.quick,
+                base_ns=base_ns,
+                duration=duration,
+                worker_pids=tuple(pids) if workers > 1 else (),
+            )
+
+            def rss() -> tuple[int, int]:
+                each = [rss_kib(pid) for pid in pids]
+                return sum(r[0] for r in each), sum(r[1] for r in each)
+
+            with _process(_generator_main, args) as (gproc, gctl):
+                ready = _wait(gctl, 300, "load generator")
+                warm_rows, warm_errors = ready[1], ready[2]
+                assert gproc.pid is not None
+                spy = _start_py_spy(pids[0], label) if profile else None
+                rss_start, _ = rss()
+                cpu_r0, cpu_g0 = [cpu_seconds(pid) for pid in pids], cpu_seconds(gproc.pid)
+                cpu_p0 = postgres_cpu_seconds(server.postmaster_pid)
+                t0 = time.monotonic()
+                gctl.send("go")
+                timeline: list[tuple[float, float]] = []
+                sample_every = 1.0 if duration else 0.25
+                while not gctl.poll(sample_every):
+                    if not gproc.is_alive():
+                        raise RuntimeError("the load generator died")
+                    timeline.append((round(time.monotonic() - t0, 2), rss()[0] / 1024))
+                gen = gctl.recv()
+                cpu_r1, cpu_g1 = [cpu_seconds(pid) for pid in pids], cpu_seconds(gproc.pid)
+                cpu_p1 = postgres_cpu_seconds(server.postmaster_pid)
+                rss_now, rss_peak = rss()
+                timeline.append((round(time.monotonic() - t0, 2), rss_now / 1024))
+                prof = _stop_py_spy(spy, gen["t_end"] - gen["t_start"]) if spy else None
         rows_in_db = _count_rows(url)
     seconds = gen["t_end"] - gen["t_start"]
     lat = gen["latencies_ms"]
@@ -492,7 +589,7 @@ def measure_ingest(
         items_per_s=gen["items"] / seconds,
         latency_p50_ms=percentile(lat, 50),
         latency_p95_ms=percentile(lat, 95),
-        receiver_cores=(cpu_r1 - cpu_r0) / seconds,
+        receiver_cores=(sum(cpu_r1) - sum(cpu_r0)) / seconds,
         postgres_cores=(cpu_p1 - cpu_p0) / seconds,
         generator_cores=(cpu_g1 - cpu_g0) / seconds,
         receiver_rss_start_mib=rss_start / 1024,
@@ -505,6 +602,8 @@ def measure_ingest(
         + ([f"receiver log: {log_file}"] if log_file.exists() and log_file.stat().st_size else []),
         rss_timeline=timeline,
         profile=prof,
+        workers=workers,
+        receiver_cores_each=[(b - a) / seconds for a, b in zip(cpu_r0, cpu_r1, strict=True)],
     )
 
 
@@ -975,11 +1074,13 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
             ingests.append(record)
             item = ITEM_NAMES[signal]
             ok = mid.rows_in_db == mid.rows_expected and mid.errors == 0
+            workers_cell = {"receiver processes": mid.workers} if mid.workers > 1 else {}
             out.rows.append(
                 {
                     "backend": server.backend,
                     "signal (items)": f"{signal} ({item})",
                     "transport": transport,
+                    **workers_cell,
                     "items/export": round(mid.items / max(mid.requests, 1)),
                     "ingest items/s": mid.items_per_s,
                     "ingest rows/s": mid.rows_per_s,
@@ -1000,8 +1101,16 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
                     f"{server.backend} {signal}/{transport}: {mid.rows_in_db} rows stored, "
                     f"{mid.rows_expected} expected, {mid.errors} errors {mid.error_samples}"
                 )
+            if mid.workers > 1:
+                each = ", ".join(f"{c:.2f}" for c in mid.receiver_cores_each or [])
+                out.notes.append(
+                    f"{server.backend} {signal}/{transport}: {mid.workers} receiver processes sharing the "
+                    f"ports (SO_REUSEPORT), the {sizes.streams} streams spread over them round-robin; "
+                    f"receiver cores per process {each} (sum {mid.receiver_cores:.2f}); RSS is the sum"
+                )
             if mid.profile and mid.profile.get("samples"):
-                out.notes.append(_profile_note(f"{server.backend} {signal}/{transport}", mid.profile))
+                label = f"{server.backend} {signal}/{transport}" + (" (worker 1)" if mid.workers > 1 else "")
+                out.notes.append(_profile_note(label, mid.profile))
     for stage_signal, costs in stages.items():
         out.notes.append(
             f"{server.backend} {stage_signal} one-core Python cost per row: "
@@ -1011,6 +1120,7 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
         )
     out.data = {
         "sizes": asdict(sizes),
+        "receiver_processes": max(1, ctx.workers),
         "ceilings": ceilings,
         "ingest": ingests,
         "stages": stages,

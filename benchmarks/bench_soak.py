@@ -50,6 +50,7 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
         rows=[
             {
                 "backend": server.backend,
+                **({"receiver processes": result.workers} if result.workers > 1 else {}),
                 "seconds": round(s["seconds"]),
                 "spans/s": s["rows_per_s"],
                 "RSS @10% MiB": s["rss_at_10pct_mib"],

@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=1, metavar="N", help="ingest: N paired runs, medians (default 1)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ingest and soak: N receiver processes sharing the ports, as `serve --workers N` (default 1)",
+    )
+    parser.add_argument(
         "--report-scale",
         type=float,
         default=1.0,
@@ -73,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile=args.profile,
         repeat=max(1, args.repeat),
         report_scale=args.report_scale,
+        workers=max(1, args.workers),
     )
     names = args.only or list(BENCHMARKS)
     modules: dict[str, ModuleType] = {name: importlib.import_module(BENCHMARKS[name]) for name in names}
@@ -116,7 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "mode": "quick" if ctx.quick else "full",
                 "machine": machine,
                 "servers": servers,
-                "options": {"soak": ctx.soak_seconds, "repeat": ctx.repeat, "report_scale": ctx.report_scale},
+                "options": {
+                    "soak": ctx.soak_seconds,
+                    "repeat": ctx.repeat,
+                    "report_scale": ctx.report_scale,
+                    "workers": ctx.workers,
+                },
                 "results": {
                     b: {"rows": out.rows, "notes": out.notes, "skipped": out.skipped, "data": out.data}
                     for b, out in by_backend.items()
