@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -131,29 +132,37 @@ def list_budgets(conn: Connection, tenant: str | None = None) -> list[Budget]:
 
 _TOKENS: Final = sql.SQL("input_tokens + cache_read_tokens + cache_write_tokens + output_tokens")
 
-# Whole UTC hours from usage_hourly, the partial first and last hour from usage_events.
+# Whole UTC hours from usage_hourly, the partial first and last hour from usage_events. The bounds
+# are parameters (not expressions of now()), so PostgreSQL prunes usage_events to the partitions or
+# chunks of the two edge hours when it plans the query, however many there are.
 _WINDOW_TOKENS: Final = sql.SQL(
-    """WITH w AS (
-    SELECT now() AS hi, now() - make_interval(days => %(days)s) AS lo
-), b AS (
-    SELECT hi, lo, date_trunc('hour', hi, 'UTC') AS hi_hour,
-           CASE WHEN date_trunc('hour', lo, 'UTC') = lo THEN lo
-                ELSE date_trunc('hour', lo, 'UTC') + INTERVAL '1 hour' END AS lo_hour
-    FROM w
-)
-SELECT
-    (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_hourly h, b
-     WHERE h.tenant = %(tenant)s AND h.hour >= b.lo_hour AND h.hour < b.hi_hour)
-  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
-     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.lo AND e.time < b.lo_hour)
-  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e, b
-     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= b.hi_hour AND e.time <= b.hi)"""
+    """SELECT
+    (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_hourly h
+     WHERE h.tenant = %(tenant)s AND h.hour >= %(lo_hour)s AND h.hour < %(hi_hour)s)
+  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time < %(lo_hour)s)
+  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e
+     WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(hi_hour)s AND e.time <= %(hi)s)"""
 ).format(tokens=_TOKENS)
+
+
+def window_bounds(now: datetime, window_days: int) -> dict[str, datetime]:
+    """The rolling window ending ``now``: its ends and the whole UTC hours inside it."""
+    hi = now.astimezone(UTC)
+    lo = hi - timedelta(days=window_days)
+    hi_hour = hi.replace(minute=0, second=0, microsecond=0)
+    lo_hour = lo.replace(minute=0, second=0, microsecond=0)
+    if lo_hour < lo:
+        lo_hour += timedelta(hours=1)
+    return {"lo": lo, "hi": hi, "lo_hour": lo_hour, "hi_hour": hi_hour}
 
 
 def window_tokens(conn: Connection, tenant: str, window_days: int) -> int:
     """Tokens ``tenant`` used in the last ``window_days`` days (rolling, ending now)."""
-    row = conn.execute(_WINDOW_TOKENS, {"tenant": tenant, "days": window_days}).fetchone()
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None
+    bounds = window_bounds(now_row[0], window_days)
+    row = conn.execute(_WINDOW_TOKENS, {"tenant": tenant, **bounds}).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
