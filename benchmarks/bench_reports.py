@@ -110,11 +110,14 @@ CROSS JOIN LATERAL (SELECT (u + d / 91 + CASE WHEN k %% 5 = 4 THEN 1 + u %% 3 EL
                            50 + (k * 613 + u * 3 + d) %% 3000 AS outp) AS v
 """
 
-# Exactly the sums the writer keeps (store/writer.py, _rollup_sql), built in one pass.
-_BUILD_DAILY: Final = """
-INSERT INTO tokenscale.usage_daily (day, tenant, tool, user_email, provider, model, requests, input_tokens,
-    cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, unpriced_events, events)
-SELECT date_trunc('day', time, 'UTC'), tenant, tool, user_email, provider, model,
+
+def _build_rollup(table: str, bucket: str, keys: str) -> str:
+    """Fills ``table`` with exactly the sums the writer keeps (store/writer.py), in one pass."""
+    n_keys = keys.count(",") + 1
+    return f"""
+INSERT INTO tokenscale.{table} ({bucket}, {keys}, requests, input_tokens, cache_read_tokens,
+    cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, unpriced_events, events)
+SELECT date_trunc('{bucket}', time, 'UTC'), {keys},
        sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(reasoning_tokens), sum(cost_usd),
        count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
@@ -122,23 +125,12 @@ SELECT date_trunc('day', time, 'UTC'), tenant, tool, user_email, provider, model
        count(*)
 FROM tokenscale.usage_events
 WHERE counted AND time >= %(from)s AND time < %(to)s
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY {", ".join(str(i) for i in range(1, n_keys + 2))}
 """
 
-# usage_hourly (migration 0015, where present): the tenant's sums per UTC hour, as the writer keeps them.
-_BUILD_HOURLY: Final = """
-INSERT INTO tokenscale.usage_hourly (hour, tenant, requests, input_tokens, cache_read_tokens,
-    cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, unpriced_events, events)
-SELECT date_trunc('hour', time, 'UTC'), tenant,
-       sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
-       sum(output_tokens), sum(reasoning_tokens), sum(cost_usd),
-       count(*) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
-                        AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0),
-       count(*)
-FROM tokenscale.usage_events
-WHERE counted AND time >= %(from)s AND time < %(to)s
-GROUP BY 1, 2
-"""
+
+_BUILD_DAILY: Final = _build_rollup("usage_daily", "day", "tenant, tool, user_email, provider, model")
+_BUILD_HOURLY: Final = _build_rollup("usage_hourly", "hour", "tenant")
 
 _SUMS: Final = (
     "sum(requests)::bigint, sum(input_tokens)::bigint, sum(cache_read_tokens)::bigint, "
