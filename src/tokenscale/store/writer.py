@@ -318,7 +318,7 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
 
 
 class UsageWriter:
-    """Commits mapping results to ``usage_events`` (and, where needed, ``usage_daily``)."""
+    """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
     def __init__(self, pool: ConnectionPool, *, timeout: float = 10.0) -> None:
         self._pool = pool
@@ -514,8 +514,8 @@ def _best_ranks(
             conn.execute(_RETRACT, params)
     if len(best) < len(keys):
         known = [k for k in keys if k not in best]
-        params3 = ([k[0] for k in known], [k[1] for k in known], [k[2] for k in known])
-        for tenant, tool, stream, rank in conn.execute(_SELECT_STREAMS, params3):
+        known_columns = ([k[0] for k in known], [k[1] for k in known], [k[2] for k in known])
+        for tenant, tool, stream, rank in conn.execute(_SELECT_STREAMS, known_columns):
             best[(tenant, tool, stream)] = rank
     return best
 
