@@ -34,7 +34,6 @@ import contextlib
 import datetime as dt
 import http.client
 import itertools
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -47,7 +46,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from decimal import Decimal
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
@@ -67,7 +65,7 @@ from benchmarks._common import (
 )
 from benchmarks._servers import DbServer, database
 from benchmarks._workload import ITEM_NAMES, SIGNALS, WARMUP_BASE, Workload, build_workload, parse
-from tokenscale.mapping import MappingResult, UsageEvent, map_request
+from tokenscale.mapping import MappingResult, map_request
 from tokenscale.mapping.model import Signal
 
 __all__ = [
@@ -94,7 +92,8 @@ _GRPC_METHODS: Final[dict[Signal, str]] = {
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
 }
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: The origin of binary timestamptz values (the COPY rows' times).
+_PG_EPOCH: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -609,97 +608,9 @@ def measure_ingest(
 
 # -- the raw COPY ceiling --------------------------------------------------------------------------
 
-_TABLE_COLUMNS: Final = (
-    ("time", "timestamptz"),
-    ("tenant", "text"),
-    ("source", "text"),
-    ("rank", "int2"),
-    ("counted", "bool"),
-    ("tool", "text"),
-    ("stream", "text"),
-    ("service_name", "text"),
-    ("user_email", "text"),
-    ("user_id", "text"),
-    ("session_id", "text"),
-    ("conversation_id", "text"),
-    ("provider", "text"),
-    ("model", "text"),
-    ("operation", "text"),
-    ("request_id", "text"),
-    ("requests", "int4"),
-    ("input_tokens", "int8"),
-    ("cache_read_tokens", "int8"),
-    ("cache_write_tokens", "int8"),
-    ("output_tokens", "int8"),
-    ("reasoning_tokens", "int8"),
-    ("cost_usd", "numeric"),
-    ("cost_source", "text"),
-    ("duration_ms", "float8"),
-    ("error_type", "text"),
-    ("attributes", "jsonb"),
-    ("dedupe_key", "bytea"),
-)
-_COPY_SQL: Final = (
-    f"COPY tokenscale.usage_events ({', '.join(c for c, _ in _TABLE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-)
-_COPY_TYPES: Final = [t for _, t in _TABLE_COLUMNS]
-_ACTIVITY_COLUMNS: Final = (
-    ("time", "timestamptz"),
-    ("tenant", "text"),
-    ("tool", "text"),
-    ("stream", "text"),
-    ("service_name", "text"),
-    ("user_email", "text"),
-    ("user_id", "text"),
-    ("session_id", "text"),
-    ("metric", "text"),
-    ("value", "float8"),
-    ("dedupe_key", "bytea"),
-)
-_ACTIVITY_LIST: Final = ", ".join(c for c, _ in _ACTIVITY_COLUMNS)
-_COPY_ACTIVITY_SQL: Final = f"COPY tokenscale.activity_events ({_ACTIVITY_LIST}) FROM STDIN (FORMAT BINARY)"
-_COPY_ACTIVITY_TYPES: Final = [t for _, t in _ACTIVITY_COLUMNS]
-
 Rows = list[tuple[Any, ...]]
 #: One export's rows: (usage_events rows, activity_events rows).
 Batch = tuple[Rows, Rows]
-
-
-def _time(time_ns: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
-
-
-def _table_row(e: UsageEvent, dumps: Any) -> tuple[Any, ...]:
-    return (
-        _time(e.time_ns),
-        e.tenant,
-        e.carrier,
-        e.rank,
-        True,  # one carrier per stream in these workloads: every row is counted
-        e.tool,
-        e.stream,
-        e.service_name,
-        e.user_email,
-        e.user_id,
-        e.session_id,
-        e.conversation_id,
-        e.provider,
-        e.model,
-        e.operation,
-        e.request_id,
-        e.requests,
-        e.input_tokens,
-        e.cache_read_tokens,
-        e.cache_write_tokens,
-        e.output_tokens,
-        e.reasoning_tokens,
-        None if e.cost_usd is None else Decimal(repr(e.cost_usd)),
-        e.cost_source,
-        e.duration_ms,
-        e.error_type,
-        dumps(e.attributes),
-        e.dedupe_key,
-    )
 
 
 def map_requests(workload: Workload, counters: range) -> list[MappingResult]:
@@ -710,37 +621,29 @@ def map_requests(workload: Workload, counters: range) -> list[MappingResult]:
 
 
 def ceiling_batches(mapped: list[MappingResult]) -> list[Batch]:
-    """The table rows of mapped requests: what the receiver stores, ready for a raw COPY."""
-    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
-    out: list[Batch] = []
-    for result in mapped:
-        activity = [
-            (_time(a.time_ns), a.tenant, a.tool, a.stream, a.service_name, a.user_email, a.user_id,
-             a.session_id, a.metric, a.value, a.dedupe_key)
-            for a in getattr(result, "activity", ())
-        ]  # fmt: skip
-        out.append(([_table_row(e, dumps) for e in result.events], activity))
-    return out
+    """The table rows of mapped requests, encoded as the receiver's writer encodes them, ready for a
+    raw COPY (every row counted: one carrier per stream in these workloads)."""
+    from tokenscale.store import writer  # noqa: PLC0415
+
+    return [
+        (writer._event_rows(r.events, [True] * len(r.events)), writer._activity_rows(r.activity))
+        for r in mapped
+    ]
 
 
 _BATCHES: list[Batch] = []  # handed to forked COPY workers without pickling
 
 
 def _copy_worker(url: str, worker: int, workers: int, barrier: Any, done: Any, release: Any) -> None:
+    from tokenscale.store import writer  # noqa: PLC0415
+
     with psycopg.connect(url) as conn:
         barrier.wait()
         for i in range(worker, len(_BATCHES), workers):
             usage, activity = _BATCHES[i]
-            with conn.cursor() as cur:
-                with cur.copy(_COPY_SQL) as copy:
-                    copy.set_types(_COPY_TYPES)
-                    for row in usage:
-                        copy.write_row(row)
-                if activity:
-                    with cur.copy(_COPY_ACTIVITY_SQL) as copy:
-                        copy.set_types(_COPY_ACTIVITY_TYPES)
-                        for row in activity:
-                            copy.write_row(row)
+            writer._copy(conn, writer._COPY_EVENTS, writer._EVENT_TYPES, usage)
+            if activity:
+                writer._copy(conn, writer._COPY_ACTIVITY, writer._ACTIVITY_TYPES, activity)
             conn.commit()
         done.put(time.monotonic())
         release.wait()  # keep the session (and its CPU time) alive until the parent has read it
@@ -748,7 +651,9 @@ def _copy_worker(url: str, worker: int, workers: int, barrier: Any, done: Any, r
 
 def _prepare_days(url: str, batches: list[Batch]) -> None:
     """Create the partitions the rows need (plain PostgreSQL; the receiver does it too)."""
-    days = sorted({row[0].date() for usage, _ in batches for row in usage})
+    days = sorted(
+        {(_PG_EPOCH + dt.timedelta(microseconds=row[0])).date() for usage, _ in batches for row in usage}
+    )
     with psycopg.connect(url) as conn:
         has = conn.execute("SELECT to_regproc('tokenscale.ensure_partitions') IS NOT NULL").fetchone()
         if has and has[0]:

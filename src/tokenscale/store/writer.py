@@ -115,28 +115,33 @@ _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 _ACTIVITY_TYPES: Final = _wire_types(t for _, t in _ACTIVITY_COLUMNS)
 
 
-def _copy_sql(table: sql.Composable, columns: tuple[tuple[str, str], ...]) -> sql.Composed:
+def _copy_sql(table: sql.Composable, columns: Sequence[tuple[str, str]]) -> sql.Composed:
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         table, sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
     )
 
 
-def _stage_sql(
-    stage: str, table: str, columns: tuple[tuple[str, str], ...], returning: str | None
-) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-    """CREATE, COPY and INSERT statements of a temporary staging table (emptied at every commit)
-    whose rows are inserted into ``tokenscale.<table>`` unless already there."""
-    names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
+def _temp_table_sql(stage: str, columns: Sequence[tuple[str, str]]) -> tuple[sql.Composed, sql.Composed]:
+    """CREATE and COPY statements of a temporary table emptied at every commit."""
     create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
         sql.Identifier(stage),
         sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns),
     )
+    return create, _copy_sql(sql.Identifier(stage), columns)
+
+
+def _stage_sql(
+    stage: str, table: str, columns: tuple[tuple[str, str], ...], returning: str | None
+) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """CREATE, COPY and INSERT statements of a temporary staging table whose rows are inserted into
+    ``tokenscale.<table>`` unless already there."""
+    names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
     insert = sql.SQL(
         "INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT (dedupe_key, time) DO NOTHING"
     ).format(table=sql.Identifier("tokenscale", table), names=names, stage=sql.Identifier(stage))
     if returning:
         insert = sql.SQL("{} RETURNING {}").format(insert, sql.SQL(returning))
-    return create, _copy_sql(sql.Identifier(stage), columns), insert
+    return (*_temp_table_sql(stage, columns), insert)
 
 
 _COPY_EVENTS: Final = _copy_sql(sql.Identifier("tokenscale", "usage_events"), _EVENT_COLUMNS)
@@ -157,6 +162,16 @@ _UNPRICED: Final = (
 
 
 @dataclass(frozen=True, slots=True)
+class _RollupStage:
+    """The statements that add a rollup's increments through its temporary table."""
+
+    create: sql.Composed
+    copy: sql.Composed
+    wire_types: list[str]
+    upsert: sql.Composed
+
+
+@dataclass(frozen=True, slots=True)
 class _Rollup:
     """A rollup table: its time bucket column and width, and the keys it groups by."""
 
@@ -165,8 +180,21 @@ class _Rollup:
     keys: tuple[str, ...]
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        return (self.bucket, *self.keys, *_SUMS, "cost_usd", "unpriced_events", "events")
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """(name, type) of every column: the bucket, the keys, then the sums."""
+        return (
+            (self.bucket, "timestamptz"),
+            *((k, "text") for k in self.keys),
+            *((c, "int8") for c in _SUMS),
+            ("cost_usd", "numeric"),
+            ("unpriced_events", "int8"),
+            ("events", "int8"),
+        )
+
+    @property
+    def unique_key(self) -> sql.Composed:
+        """The columns of the rollup's unique index, in its order (also the upserts' row order)."""
+        return sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:]))
 
     def _conflict(self) -> sql.Composed:
         updates: list[sql.Composable] = [
@@ -181,37 +209,25 @@ class _Rollup:
         updates.append(sql.SQL("unpriced_events = d.unpriced_events + excluded.unpriced_events"))
         updates.append(sql.SQL("events = d.events + excluded.events"))
         return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {updates}").format(
-            key=sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:])),
-            updates=sql.SQL(", ").join(updates),
+            key=self.unique_key, updates=sql.SQL(", ").join(updates)
         )
 
-    @property
-    def types(self) -> tuple[str, ...]:
-        return ("timestamptz", *["text"] * len(self.keys), *["int8"] * len(_SUMS), "numeric", "int8", "int8")
-
-    def stage_sql(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-        """CREATE and COPY statements of a temporary table of increments computed in Python (one row
-        per group, emptied at every commit), and the upsert that adds them, in key order."""
-        stage = sql.Identifier(f"tokenscale_{self.table}_stage")
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
-        create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-            stage,
-            sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-                for c, t in zip(self.columns, self.types, strict=True)
-            ),
-        )
-        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, cols)
+    def stage(self) -> _RollupStage:
+        """A temporary table of increments computed in Python (one row per group, emptied at every
+        commit), and the upsert that adds them in key order."""
+        stage = f"tokenscale_{self.table}_stage"
+        create, copy = _temp_table_sql(stage, self.columns)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c, _ in self.columns)
         upsert = sql.SQL(
             "INSERT INTO {table} AS d ({cols}) SELECT {cols} FROM {stage} ORDER BY {order} {conflict}"
         ).format(
             table=sql.Identifier("tokenscale", self.table),
             cols=cols,
-            stage=stage,
-            order=sql.SQL(", ").join(sql.Identifier(c) for c in ("tenant", self.bucket, *self.keys[1:])),
+            stage=sql.Identifier(stage),
+            order=self.unique_key,
             conflict=self._conflict(),
         )
-        return create, copy, upsert
+        return _RollupStage(create, copy, _wire_types(t for _, t in self.columns), upsert)
 
     def subtract_sql(self, source: str) -> sql.Composed:
         """Subtracts the rows of CTE ``source``."""
@@ -227,7 +243,7 @@ GROUP BY 1, {keys} ORDER BY {keys}, 1
 {conflict}"""
         ).format(
             table=sql.Identifier("tokenscale", self.table),
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c, _ in self.columns),
             unit=sql.Literal(self.bucket),
             keys=keys,
             sums=sql.SQL(", ").join(sums),
@@ -243,10 +259,10 @@ GROUP BY 1, {keys} ORDER BY {keys}, 1
 
 _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "provider", "model"))
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
-_DAILY_STAGE: Final = _DAILY.stage_sql()
-_HOURLY_STAGE: Final = _HOURLY.stage_sql()
+#: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups).
+_ROLLUP_STAGES: Final = (_DAILY.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
-_CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([_DAILY_STAGE[0], _HOURLY_STAGE[0]])
+_CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _ROLLUP_STAGES])
 
 _UPSERT_STREAMS: Final = """
 INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
@@ -419,22 +435,7 @@ class UsageWriter:
             )
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
-        rows = [
-            (
-                _pg_time(a.time_ns),
-                a.tenant,
-                a.tool,
-                a.stream,
-                a.service_name,
-                a.user_email,
-                a.user_id,
-                a.session_id,
-                a.metric,
-                a.value,
-                a.dedupe_key,
-            )
-            for a in activity
-        ]
+        rows = _activity_rows(activity)
         try:
             with conn.transaction():
                 _copy(conn, _COPY_ACTIVITY, _ACTIVITY_TYPES, rows)
@@ -568,6 +569,26 @@ def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[t
     ]
 
 
+def _activity_rows(activity: Iterable[ActivityEvent]) -> list[tuple[Any, ...]]:
+    """COPY rows of ``activity`` (in ``_ACTIVITY_COLUMNS`` order)."""
+    return [
+        (
+            _pg_time(a.time_ns),
+            a.tenant,
+            a.tool,
+            a.stream,
+            a.service_name,
+            a.user_email,
+            a.user_id,
+            a.session_id,
+            a.metric,
+            a.value,
+            a.dedupe_key,
+        )
+        for a in activity
+    ]
+
+
 def _insert_new(
     conn: psycopg.Connection[Any], events: list[UsageEvent], rows: list[tuple[Any, ...]], counted: list[bool]
 ) -> list[bool]:
@@ -612,8 +633,7 @@ def _add_to_rollups(conn: psycopg.Connection[Any], events: list[tuple[UsageEvent
             g[7] += unpriced
             g[8] += 1
     conn.execute(_CREATE_ROLLUP_STAGES)
-    for (_, copy, _), rollup, groups in ((_DAILY_STAGE, _DAILY, daily), (_HOURLY_STAGE, _HOURLY, hourly)):
-        rows = [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()]
-        _copy(conn, copy, _wire_types(rollup.types), rows)
-    conn.execute(_DAILY_STAGE[2])
-    conn.execute(_HOURLY_STAGE[2])
+    for stage, groups in zip(_ROLLUP_STAGES, (daily, hourly), strict=True):
+        _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
+    for stage in _ROLLUP_STAGES:
+        conn.execute(stage.upsert)
