@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from hashlib import blake2b
@@ -391,7 +391,7 @@ class UsageWriter:
         self, conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
     ) -> None:
         events = _unique(events)
-        counted, amended = _resolve_requests(conn, [e for e in events if not e.aggregate])
+        counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
         flags = [id(e) in counted for e in events]
         rows = _event_rows(events, flags)
         try:
@@ -405,12 +405,13 @@ class UsageWriter:
             # that are new through a staging table with ON CONFLICT DO NOTHING.
             log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
             new = _insert_new(conn, events, rows)
-        removed = _uncount(conn, amended)
+        removed, amended = _amend(conn, amendments)
         added = [
             _row_of(e, row[_COST_AT])
             for e, row, n, c in zip(events, rows, new, flags, strict=True)
             if n and c
         ]
+        added += amended
         views = [e for e, n in zip(events, new, strict=True) if n and e.aggregate]
         residuals = _reconcile(conn, views, added, removed)
         if keeps_rollups:
@@ -586,12 +587,35 @@ _ROW_COLUMNS: Final = (
     "time, tenant, tool, stream, user_email, user_id, session_id, provider, model, requests, input_tokens, "
     "cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
 )
-_UNCOUNT: Final = f"""
-UPDATE tokenscale.usage_events e SET counted = false
-FROM unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time)
-WHERE e.dedupe_key = v.dedupe_key AND e.time = v.time AND e.counted
-RETURNING {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}
+_LOCK_RECORDS: Final = f"""
+SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_key
+FROM tokenscale.usage_events e
+JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
 """
+#: The columns an amendment takes from the better carrier (not the record's time or identity).
+_AMENDED: Final = (
+    "source",
+    "rank",
+    "user_email",
+    "user_id",
+    "session_id",
+    "conversation_id",
+    "provider",
+    "model",
+    "operation",
+    "request_id",
+    "requests",
+    *TOKEN_FIELDS,
+    "cost_usd",
+    "cost_source",
+    "duration_ms",
+    "error_type",
+    "attributes",
+)
+_AMEND: Final = sql.SQL(
+    "UPDATE tokenscale.usage_events SET {sets}, amended_at = now() WHERE dedupe_key = %s AND time = %s"
+).format(sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in _AMENDED))
 
 
 def _groups(records: list[UsageEvent]) -> list[list[UsageEvent]]:
@@ -627,9 +651,10 @@ def _identities(e: UsageEvent) -> tuple[bytes, ...]:
 
 def _resolve_requests(
     conn: psycopg.Connection[Any], records: list[UsageEvent]
-) -> tuple[set[int], list[tuple[bytes, datetime]]]:
-    """Which of ``records`` are their request's counted record (by ``id()``), and the stored rows
-    that stop being one because a better carrier of their request arrived (amendments).
+) -> tuple[set[int], list[_Amendment]]:
+    """Which of ``records`` are their request's counted record (by ``id()``), and the stored
+    records that take the values of a better carrier of their request that just arrived (the
+    carrier itself is stored uncounted: the record keeps its identity, listed once, amended).
 
     Idempotent: a retried export finds its rows already recorded and changes nothing."""
     if not records:
@@ -671,21 +696,24 @@ def _resolve_requests(
         for t, k, rank, row, row_time in conn.execute(_LOCK_REQUESTS, columns)
     }
     counted: set[int] = set()
-    amended: list[tuple[bytes, datetime]] = []
-    updates: dict[tuple[str, bytes], UsageEvent] = {}
+    amendments: list[_Amendment] = []
+    updates: dict[tuple[str, bytes], tuple[int, datetime, bytes]] = {}
     for request, group in requests.items():
         rank, row_key, row_time = stored[request]
-        again = [e for e in group if e.dedupe_key == row_key]
-        if again:  # a retried export: its record is already the request's record
-            counted.add(id(again[0]))
-            continue
         best = min(group, key=lambda e: e.rank)  # the first of the best rank
-        if row_key is not None and best.rank >= rank:
-            continue  # the stored record is at least as good
-        if row_key is not None:
-            amended.append((row_key, row_time))
-        updates[request] = best
-        counted.add(id(best))
+        if row_key is None:  # a new request: its best carrier is its record
+            counted.add(id(best))
+            updates[request] = (
+                best.rank,
+                _UNIX_EPOCH + timedelta(microseconds=best.time_ns // 1000),
+                best.dedupe_key,
+            )
+            continue
+        counted.update(id(e) for e in group if e.dedupe_key == row_key)  # a retry: still its record
+        if best.rank < rank and best.dedupe_key != row_key:
+            # A better carrier: the record keeps its identity and takes the carrier's values.
+            amendments.append(_Amendment(row_key, row_time, best))
+            updates[request] = (best.rank, row_time, row_key)
     if updates:
         items = sorted(updates.items())
         conn.execute(
@@ -693,12 +721,21 @@ def _resolve_requests(
             (
                 [k[0] for k, _ in items],
                 [k[1] for k, _ in items],
-                [e.rank for _, e in items],
-                [_UNIX_EPOCH + timedelta(microseconds=e.time_ns // 1000) for _, e in items],
-                [e.dedupe_key for _, e in items],
+                [u[0] for _, u in items],
+                [u[1] for _, u in items],
+                [u[2] for _, u in items],
             ),
         )
-    return counted, amended
+    return counted, amendments
+
+
+@dataclass(frozen=True, slots=True)
+class _Amendment:
+    """A stored record to take the values of a better carrier of its request."""
+
+    row_key: bytes
+    row_time: datetime
+    carrier: UsageEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,15 +821,71 @@ def _ns(value: datetime) -> int:
     return (value - _UNIX_EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _uncount(conn: psycopg.Connection[Any], amended: list[tuple[bytes, datetime]]) -> list[_Row]:
-    """Un-count the stored rows a better carrier of their request replaced; what they were."""
-    if not amended:
-        return []
-    returned = conn.execute(_UNCOUNT, ([k for k, _ in amended], [t for _, t in amended])).fetchall()
-    return [
-        _Row(_ns(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(r[9:15]), r[15], r[16])
-        for r in returned
-    ]
+def _stored_row(r: Sequence[Any]) -> _Row:
+    """A ``_Row`` of a row selected as ``_ROW_COLUMNS``."""
+    return _Row(
+        _ns(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        (r[9], r[10], r[11], r[12], r[13], r[14]),
+        r[15],
+        r[16],
+    )
+
+
+def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple[list[_Row], list[_Row]]:
+    """Give each stored record the values of its better carrier; the records before and after."""
+    if not amendments:
+        return [], []
+    locked = conn.execute(
+        _LOCK_RECORDS, ([a.row_key for a in amendments], [a.row_time for a in amendments])
+    ).fetchall()
+    before = {bytes(r[-1]): _stored_row(r) for r in locked}
+    after: list[_Row] = []
+    params = []
+    for a in amendments:
+        old = before.get(a.row_key)
+        if old is None:  # not a counted record any more (nothing else un-counts one): leave it
+            continue
+        e = a.carrier
+        cost = _cost(e.cost_usd)
+        params.append(
+            (
+                e.carrier,
+                e.rank,
+                e.user_email,
+                e.user_id,
+                e.session_id,
+                e.conversation_id,
+                e.provider,
+                e.model,
+                e.operation,
+                e.request_id,
+                e.requests,
+                e.input_tokens,
+                e.cache_read_tokens,
+                e.cache_write_tokens,
+                e.output_tokens,
+                e.reasoning_tokens,
+                cost,
+                e.cost_source,
+                e.duration_ms,
+                e.error_type,
+                Jsonb(e.attributes),
+                a.row_key,
+                a.row_time,
+            )
+        )
+        after.append(replace(_row_of(e, cost), time_ns=old.time_ns))
+    with conn.cursor() as cur:
+        cur.executemany(_AMEND, params)
+    return list(before.values()), after
 
 
 # --- reconciliation of aggregate carriers ----------------------------------------------------------
@@ -1021,11 +1114,7 @@ def _reconcile_stream(
     entries: list[_Entry] = []
     for r in conn.execute(_SELECT_RESIDUAL_ROWS, (keys, times)).fetchall():
         if r[-1]:  # counted
-            entries.append(
-                _Row(
-                    _ns(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], tuple(r[10:16]), r[16], r[17]
-                ).entry(-1)
-            )
+            entries.append(_stored_row(r[1:]).entry(-1))
     params = []
     for (sk, hour, vec, target), key in zip(changes, keys, strict=True):
         template = templates[(sk, target.view)]

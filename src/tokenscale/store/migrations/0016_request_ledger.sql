@@ -92,3 +92,6 @@ CREATE TABLE tokenscale.ledger_residuals (
 
 -- Rows are no longer retracted per stream: an amendment un-counts one row by its (dedupe_key, time).
 DROP INDEX IF EXISTS tokenscale.usage_events_stream;
+
+-- When a record last took the values of a better carrier of its request (NULL: never amended).
+ALTER TABLE tokenscale.usage_events ADD COLUMN amended_at timestamptz;
