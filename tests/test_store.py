@@ -147,16 +147,17 @@ def test_tenants_are_counted_apart(pipeline: ExportPipeline, db_url: str) -> Non
     assert_rollups_match_events(db_url)
 
 
-def test_only_the_best_carrier_of_a_stream_is_counted(pipeline: ExportPipeline, db_url: str) -> None:
-    _replay(pipeline, "claude-tools-grpc")
+def test_each_request_is_one_record_from_its_best_carrier(pipeline: ExportPipeline, db_url: str) -> None:
+    _replay(pipeline, "claude-tools-grpc")  # the spans arrive before the events
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT source, counted, count(*) FROM tokenscale.usage_events GROUP BY 1, 2 ORDER BY 1, 2"
+            "SELECT source, counted, amended_at IS NOT NULL, count(*) FROM tokenscale.usage_events "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         ).fetchall()
     assert rows == [
-        ("claude_code.api_request", True, 3),
-        ("claude_code.llm_request", False, 3),
-        ("claude_code.metrics", False, 10),  # token and cost points; activity metrics are not usage
+        ("claude_code.api_request", False, False, 3),  # the events, kept as evidence
+        ("claude_code.api_request", True, True, 3),  # the span records, amended with the events' values
+        ("claude_code.metrics", False, False, 10),  # token and cost points: no residual beyond the records
     ]
     assert_rollups_match_events(db_url)
 
@@ -253,8 +254,8 @@ def test_ai_tool_daily_metrics_from_otlp(
 def test_rollups_stay_exact_over_hours_days_retries_and_amendments(db_url: str) -> None:
     """Random usage over three days (priced and unpriced, two tenants): 250 requests each reported by
     one to three per-request carriers (ranks 1-3, one identity), plus aggregate increments per
-    stream, written in shuffled exports with retries. Each request is counted once, from its best
-    carrier; usage_daily and usage_hourly equal the raw sums of counted rows."""
+    stream, written in shuffled exports with retries. Each request is one record with its best
+    carrier's values; usage_daily and usage_hourly equal the raw sums of counted rows."""
     rng = random.Random(7)
     start_ns = 1_790_000_000 * 10**9
     events: list[UsageEvent] = []
@@ -323,11 +324,15 @@ def test_rollups_stay_exact_over_hours_days_retries_and_amendments(db_url: str) 
         pool.close()
     with psycopg.connect(db_url) as conn:
         counted = conn.execute(
-            "SELECT dedupe_key FROM tokenscale.usage_events WHERE counted AND source <> %s", (RECONCILED,)
+            "SELECT dedupe_key, source FROM tokenscale.usage_events WHERE counted AND source <> %s",
+            (RECONCILED,),
         ).fetchall()
         stored = conn.execute(
             "SELECT count(*) FROM tokenscale.usage_events WHERE source <> %s", (RECONCILED,)
         )
         assert stored.fetchone() == (len(events),)
-    assert sorted(bytes(k) for (k,) in counted) == sorted(i + bytes([r]) for i, r in best.items())
+    # One record per request (the row of whichever carrier came first), with its best carrier's values.
+    assert sorted((bytes(k)[:-1], source) for k, source in counted) == sorted(
+        (i, f"carrier-{r}") for i, r in best.items()
+    )
     assert_rollups_match_events(db_url)

@@ -925,21 +925,27 @@ ON CONFLICT (tenant, tool, stream, model, who, session, view) DO UPDATE SET
 reported = l.reported OR excluded.reported, template = excluded.template
 """
 _STREAM_WHERE: Final = "tenant = %s AND tool = %s AND stream = %s"
+#: The subkeys compatible with any of the given ones ('' matches anything on either side).
+_COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(m, w, s)
+    WHERE (l.model = k.m OR l.model = '' OR k.m = '') AND (l.who = k.w OR l.who = '' OR k.w = '')
+      AND (l.session = k.s OR l.session = '' OR k.s = ''))"""
+_ONE_OF: Final = "(model, who, session) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
 _SELECT_VIEWS: Final = (
-    f"SELECT model, who, session, view, {_SUMS_SQL}, reported, template FROM tokenscale.ledger_views "
-    f"WHERE {_STREAM_WHERE}"
+    f"SELECT model, who, session, view, {_SUMS_SQL}, reported, template FROM tokenscale.ledger_views l "
+    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
 )
 _SELECT_RECORDS: Final = (
-    f"SELECT model, who, session, {_SUMS_SQL} FROM tokenscale.ledger_records WHERE {_STREAM_WHERE}"
+    f"SELECT model, who, session, {_SUMS_SQL} FROM tokenscale.ledger_records l "
+    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
 )
 _SELECT_RECENT: Final = (
     f"SELECT model, who, session, hour, {_SUMS_SQL} FROM tokenscale.ledger_residuals "
-    f"WHERE {_STREAM_WHERE} AND hour >= %s"
+    f"WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour >= %s"
 )
 _SELECT_FINAL: Final = (
     "SELECT model, who, session, "
     + ", ".join(f"sum({c})" for c in _SUMS_SQL.split(", "))
-    + f" FROM tokenscale.ledger_residuals WHERE {_STREAM_WHERE} AND hour < %s GROUP BY 1, 2, 3"
+    + f" FROM tokenscale.ledger_residuals WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour < %s GROUP BY 1, 2, 3"
 )
 _SET_RESIDUALS: Final = f"""
 INSERT INTO tokenscale.ledger_residuals AS l (tenant, tool, stream, model, who, session, hour, {_SUMS_SQL})
@@ -1068,15 +1074,23 @@ def _reconcile_stream(
     views: dict[SubKey, dict[str, Vec]] = {}
     reported: set[str] = set()
     templates: dict[tuple[SubKey, str], dict[str, Any]] = {}
-    for row in conn.execute(_SELECT_VIEWS, stream):
-        sk = (_unpart(row[0]), _unpart(row[1]), _unpart(row[2]))
-        views.setdefault(sk, {})[row[3]] = list(row[4:11])
-        if row[11]:
-            reported.add(row[3])
-        templates[(sk, row[3])] = row[12]
+    # The views the export's carriers may change, and (to a fixpoint) the views those depend on.
+    queried: set[SubKey] = set()
+    keys = {sk for sk, _ in touched}
+    while keys:
+        queried |= keys
+        for row in conn.execute(_SELECT_VIEWS, (*stream, *_subkey_arrays(keys))):
+            sk = (_unpart(row[0]), _unpart(row[1]), _unpart(row[2]))
+            views.setdefault(sk, {})[row[3]] = list(row[4:11])
+            if row[11]:
+                reported.add(row[3])
+            templates[(sk, row[3])] = row[12]
+        keys = {sk for sk in views if None in sk} - queried
+    if not views:
+        return []
     records = {
         (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): list(r[3:10])
-        for r in conn.execute(_SELECT_RECORDS, stream)
+        for r in conn.execute(_SELECT_RECORDS, (*stream, *_subkey_arrays(views)))
     }
     found = targets(views, reported, records)
     latest = max((h for _, h in touched), default=None)
@@ -1085,12 +1099,12 @@ def _reconcile_stream(
     cutoff = min(h for _, h in touched) - _RECENT_HOURS
     cutoff_time = _UNIX_EPOCH + timedelta(hours=cutoff)
     recent: dict[SubKey, dict[int, Vec]] = {}
-    for r in conn.execute(_SELECT_RECENT, (*stream, cutoff_time)):
+    for r in conn.execute(_SELECT_RECENT, (*stream, *_subkey_arrays(views), cutoff_time)):
         sk = (_unpart(r[0]), _unpart(r[1]), _unpart(r[2]))
         recent.setdefault(sk, {})[_ns(r[3]) // _NS_PER_HOUR] = list(r[4:11])
     final = {
         (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): [*(int(v) for v in r[3:9]), r[9]]
-        for r in conn.execute(_SELECT_FINAL, (*stream, cutoff_time))
+        for r in conn.execute(_SELECT_FINAL, (*stream, *_subkey_arrays(views), cutoff_time))
     }
     changes: list[tuple[SubKey, int, Vec, Target]] = []
     for sk, target in found.items():
@@ -1109,14 +1123,14 @@ def _reconcile_stream(
         + [[c[2][i] for c in changes] for i in range(7)],
     )
     # The usage_events rows mirroring the residuals: the old ones out of the rollups, the new in.
-    keys = [_residual_key(stream, c[0], c[1]) for c in changes]
+    row_keys = [_residual_key(stream, c[0], c[1]) for c in changes]
     times = [_UNIX_EPOCH + timedelta(hours=c[1]) for c in changes]
     entries: list[_Entry] = []
-    for r in conn.execute(_SELECT_RESIDUAL_ROWS, (keys, times)).fetchall():
+    for r in conn.execute(_SELECT_RESIDUAL_ROWS, (row_keys, times)).fetchall():
         if r[-1]:  # counted
             entries.append(_stored_row(r[1:]).entry(-1))
     params = []
-    for (sk, hour, vec, target), key in zip(changes, keys, strict=True):
+    for (sk, hour, vec, target), key in zip(changes, row_keys, strict=True):
         template = templates[(sk, target.view)]
         event = UsageEvent(
             hour * _NS_PER_HOUR,
@@ -1158,6 +1172,11 @@ def _reconcile_stream(
     with conn.cursor() as cur:
         cur.executemany(_UPSERT_RESIDUAL, params)
     return entries
+
+
+def _subkey_arrays(keys: Iterable[SubKey]) -> tuple[list[str], list[str], list[str]]:
+    ordered = sorted(tuple(map(_part, k)) for k in keys)
+    return [k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered]
 
 
 def _residual_key(stream: tuple[str, str, str], sk: SubKey, hour: int) -> bytes:
