@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from typing import Any, Final
 from tokenscale.embedded import default_data_dir
 from tokenscale.errors import TokenscaleError
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings", "misspelt_env_vars"]
 
 #: Every setting ``name`` is also the environment variable ``TOKENSCALE_<NAME>``.
 ENV_PREFIX: Final = "TOKENSCALE_"
@@ -136,3 +137,39 @@ def load_settings(
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
     return settings
+
+
+#: ``TOKENSCALE_*`` variables that are not settings but are read elsewhere (the instrumentation, the
+#: embedded server, the test suite and deployment scripts).
+_OTHER_ENV: Final = frozenset(
+    {
+        CONFIG_ENV,
+        "TOKENSCALE_API_KEY",
+        "TOKENSCALE_API_URL",
+        "TOKENSCALE_COMPANY_ID",
+        "TOKENSCALE_TENANT",
+        "TOKENSCALE_PG_USER",
+        "TOKENSCALE_PG_BINDIR",
+        "TOKENSCALE_TIMESCALEDB_ROOT",
+        "TOKENSCALE_TEST_TIMESCALEDB_URL",
+        "TOKENSCALE_DEBIAN_MIRROR",
+        "TOKENSCALE_DASHBOARD_SCREENSHOT",
+        "TOKENSCALE_DB_NAME",
+        "TOKENSCALE_DB_READER_USER",
+        "TOKENSCALE_DB_READER_PASSWORD",
+    }
+)
+
+
+def misspelt_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``TOKENSCALE_*`` variables of ``environ`` that name no setting: (variable, the setting's
+    variable it most resembles, or None), sorted. A misspelt variable would otherwise be ignored."""
+    env = os.environ if environ is None else environ
+    known = [Settings.env_var(name) for name in Settings.names()]
+    found = []
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in known or var in _OTHER_ENV:
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.75)
+        found.append((var, close[0] if close else None))
+    return found

@@ -163,6 +163,11 @@ def usage_context(
     ``tokenscale.tenant``, ``gen_ai.conversation.id`` and ``tokenscale.meta.<key>`` on its span;
     metric points carry only the user and tenant (metadata may be high-cardinality).
     """
+    nested = meta.pop("meta", None)
+    if isinstance(nested, Mapping):  # usage_context(meta={...}): the same as keyword arguments
+        meta = {**{str(k): v for k, v in nested.items()}, **meta}
+    elif nested is not None:
+        meta["meta"] = nested
     clean = {key: _attribute_value(value) for key, value in meta.items() if value is not None}
     return UsageScope(UsageContext(user=user, tenant=tenant, conversation_id=conversation_id, meta=clean))
 

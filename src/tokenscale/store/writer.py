@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from math import isfinite
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import psycopg
@@ -39,6 +39,7 @@ from tokenscale.mapping import (
     UsageEvent,
     resolve_cumulative,
 )
+from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.store.backend import Backend, recorded_backend
 
 __all__ = ["UsageWriter", "open_pool"]
@@ -333,12 +334,22 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
     return pool
 
 
+class PriceBookSource(Protocol):
+    """Where the writer gets the price book (:class:`tokenscale.store.prices.PriceBookCache`)."""
+
+    def current(self) -> PriceBook: ...
+
+
 class UsageWriter:
     """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
-    def __init__(self, pool: ConnectionPool, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, timeout: float = 10.0, prices: PriceBookSource | None = None
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
+        #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
+        self._prices = prices
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
 
@@ -381,6 +392,8 @@ class UsageWriter:
                     activity.append(resolved)
                 else:
                     events.append(resolved)
+        if events and self._prices is not None:
+            self._prices.current().apply(events)
         if events:
             self._write_events(conn, events, keeps_rollups=backend.keeps_rollups)
         if activity:
