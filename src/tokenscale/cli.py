@@ -322,7 +322,9 @@ def _service(
         receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
         receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
         receiver.http_app.router.routes.extend(create_api_routes(api))
-        receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
+        receiver.http_app.router.routes.extend(
+            create_dashboard_routes(read_pool, auth=auth, admin_tenant=settings.admin_tenant)
+        )
         retention: Callable[[], Coroutine[Any, Any, None]] | None = None
         if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
             retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)

@@ -46,6 +46,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     #: Require an API key for every request, even on loopback (a non-loopback bind always does).
     require_auth: bool = False
+    #: Tenant whose ``admin`` API keys see every tenant in the dashboard (empty: none).
+    admin_tenant: str = ""
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
     #: Days raw usage events are kept (0: forever); daily aggregates are kept regardless.
