@@ -409,7 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenscale`` console script."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
-    if missing and not {"--version", "-h", "--help"} & set(arguments):
+    if missing and arguments == ["--version"]:
+        print(f"tokenscale {__version__}")
+        return 0
+    if missing:
         # Checked before the commands are even parsed: their modules import the server dependencies.
         print(
             f"tokenscale: the commands need the server dependencies (missing: {', '.join(missing)}); "

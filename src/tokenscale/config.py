@@ -172,6 +172,8 @@ def misspelt_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[st
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or var in known or var in _OTHER_ENV:
             continue
-        close = difflib.get_close_matches(var, known, n=1, cutoff=0.75)
-        found.append((var, close[0] if close else None))
+        # Compared without the common prefix, which would make every name look alike.
+        names = [k.removeprefix(ENV_PREFIX) for k in known]
+        close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX), names, n=1, cutoff=0.75)
+        found.append((var, ENV_PREFIX + close[0] if close else None))
     return found

@@ -536,6 +536,8 @@ class EmbeddedPostgres:
             return None
         try:  # still free? (else a fresh one, without a failed start first)
             with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+                # As PostgreSQL binds: connections of the last run in TIME_WAIT do not block it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, port))
         except OSError:
             return None
