@@ -154,6 +154,9 @@ def usage_context(
 ) -> UsageScope:
     """Attribute the AI calls made inside to ``user``/``tenant``/``conversation_id`` and ``meta``.
 
+    Metadata is given as keyword arguments or as a mapping, ``usage_context(meta={"bot_id": "faq"})``
+    (keyword arguments win on the same key).
+
     Use as ``with usage_context(user="ana@example.com", tenant="acme", bot_id="faq"):``, as
     ``async with``, or as a decorator on sync and async functions. Scopes nest: inner values win
     and metadata keys are merged. The context lives in a :class:`contextvars.ContextVar`, so it
