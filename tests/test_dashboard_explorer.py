@@ -14,6 +14,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -377,3 +379,48 @@ def test_click_a_user_to_its_requests_and_export_them(
     driver.click('#gran-seg button[data-gran="hour"]')
     driver.wait_for("document.getElementById('chart-title').textContent === 'Hourly tokens (UTC)'")
     assert_not_blank(driver.screenshot(SCREENSHOT_DIR / "tokenscale-dashboard-hourly.png"))
+
+
+def test_admin_view_across_tenants(filled: tuple[str, Receiver], loop: Any) -> None:  # noqa: F811
+    from test_dashboard import dashboard_server  # noqa: PLC0415
+    from tokenscale.auth import AuthPolicy, KeyCache, create_key  # noqa: PLC0415
+    from tokenscale.store.writer import open_pool  # noqa: PLC0415
+
+    url, _ = filled
+    with psycopg.connect(url) as conn:
+        operator = create_key(conn, "ops", ["admin"])
+        ops_reader = create_key(conn, "ops", ["read"])
+        acme_admin = create_key(conn, "acme", ["admin"])
+    pool = open_pool(url)
+    try:
+        auth = AuthPolicy(pool, cache=KeyCache(ttl=0))
+        with dashboard_server(url, loop, auth=auth, admin_tenant="ops") as receiver:
+
+            def call(path: str, key: str) -> tuple[int, Any]:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{receiver.http_port}{path}", headers={"Authorization": f"Bearer {key}"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        return response.status, json.loads(response.read())
+                except urllib.error.HTTPError as exc:
+                    return exc.code, json.loads(exc.read())
+
+            # The operator's admin key: every tenant, or any one tenant.
+            status, body = call("/api/dashboard/summary", operator)
+            assert status == 200 and body["admin"] is True and body["tenant"] is None
+            assert body["tenants"] == ["acme", "default"]
+            status, body = call("/api/dashboard/requests?tenant=acme&limit=5000", operator)
+            assert status == 200 and {r["tenant"] for r in body["rows"]} == {"acme"}
+            assert body["totals"]["rows"] == len(
+                events(url, "tenant = 'acme' AND counted AND time >= %s", (window()[0],))
+            )
+            # Anyone else: their own tenant only.
+            status, body = call("/api/dashboard/requests?limit=5000", acme_admin)
+            assert status == 200 and {r["tenant"] for r in body["rows"]} == {"acme"}
+            assert call("/api/dashboard/requests?tenant=default", acme_admin)[0] == 403
+            assert call("/api/dashboard/summary?tenant=acme", ops_reader)[0] == 403
+            status, body = call("/api/dashboard/summary", ops_reader)
+            assert status == 200 and body["admin"] is False and body["tenant"] == "ops"
+    finally:
+        pool.close()

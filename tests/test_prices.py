@@ -211,6 +211,12 @@ def test_custom_price_at_ingest_and_reprice_of_past_usage(
     by_hand = Decimal("0.0012150000")
     assert [r[4:6] for r in _rows(db_url, PRIVATE)] == [(None, None)] * 3 + [(by_hand, "price_book")] * 2
 
+    # A dry run says what would change and changes nothing.
+    capsys.readouterr()
+    assert main(["reprice", "--from", (past - timedelta(hours=1)).isoformat(), "--dry-run", *db]) == 0
+    assert "would change 3 (cost 0 -> 0.0036450000 USD); 0 still unpriced" in capsys.readouterr().out
+    assert [r[4:6] for r in _rows(db_url, PRIVATE)][:3] == [(None, None)] * 3
+
     # reprice: the past usage gets its cost; what was recorded (nothing) is kept beside it.
     capsys.readouterr()
     assert main(["reprice", "--from", (past - timedelta(hours=1)).isoformat(), "--model", PRIVATE, *db]) == 0

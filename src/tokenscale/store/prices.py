@@ -404,7 +404,9 @@ def reprice(
     hourly: dict[tuple[Any, ...], list[Any]] = {}
     before = after = Decimal(0)
     rows = unpriced = 0
-    with psycopg.connect(conninfo) as conn:
+    # Autocommit: the block below is then one real transaction, and refreshing continuous aggregates
+    # (which cannot run in a transaction) is possible after it.
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         backend = recorded_backend(conn)
         if backend is None:
             raise ValueError("the tokenscale schema is not created (run `tokenscale migrate`)")
@@ -436,10 +438,7 @@ def reprice(
                     entry[1] += moved
             if changes and not dry_run:
                 _write_changes(conn, backend.keeps_rollups, params, changes, daily, hourly)
-            if dry_run:
-                conn.rollback()
         if changes and not dry_run and not backend.keeps_rollups:
-            conn.autocommit = True
             days = sorted({_ns(c[0]) // _NS_PER_DAY for c in changes})
             start = _time(days[0] * _NS_PER_DAY)
             end = _time((days[-1] + 1) * _NS_PER_DAY)
