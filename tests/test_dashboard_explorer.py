@@ -422,5 +422,11 @@ def test_admin_view_across_tenants(filled: tuple[str, Receiver], loop: Any) -> N
             assert call("/api/dashboard/summary?tenant=acme", ops_reader)[0] == 403
             status, body = call("/api/dashboard/summary", ops_reader)
             assert status == 200 and body["admin"] is False and body["tenant"] == "ops"
+        # The anonymous caller of a loopback bind without require_auth (the operator at the machine)
+        # sees every tenant too, not only "default".
+        anonymous = AuthPolicy(pool, allow_anonymous=True, cache=KeyCache(ttl=0))
+        with dashboard_server(url, loop, auth=anonymous) as receiver:
+            status, body = get_json(receiver.http_port, "/api/dashboard/summary")
+            assert status == 200 and body["admin"] is True and body["tenants"] == ["acme", "default"]
     finally:
         pool.close()

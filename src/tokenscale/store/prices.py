@@ -411,8 +411,11 @@ def reprice(
         if backend is None:
             raise ValueError("the tokenscale schema is not created (run `tokenscale migrate`)")
         book = load_price_book(conn)
-        with conn.transaction():
-            for row in conn.execute(_SELECT_FOR_REPRICE, params):
+        with conn.transaction(), conn.cursor(name="tokenscale_reprice_rows") as rows_cursor:
+            # A server-side cursor: the range's rows stream through, only the changes are kept.
+            rows_cursor.itersize = 5000
+            rows_cursor.execute(_SELECT_FOR_REPRICE, params)
+            for row in rows_cursor:
                 rows += 1
                 cost, source = row[18], row[19]
                 new_cost, new_source = _new_cost(book, row)
