@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from otlp_clients import background_loop
 from test_dashboard import CHROMIUM, decode_png, filled, get, get_json, loop  # noqa: F401 - fixtures
 from tokenscale.api.openapi import openapi_document
 from tokenscale.receiver.server import Receiver
@@ -430,3 +431,41 @@ def test_admin_view_across_tenants(filled: tuple[str, Receiver], loop: Any) -> N
             assert status == 200 and body["admin"] is True and body["tenants"] == ["acme", "default"]
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found")
+def test_docs_page_renders_every_operation_in_chromium(filled: tuple[str, Receiver]) -> None:  # noqa: F811
+    from otlp_clients import run  # noqa: PLC0415
+    from test_dashboard import chromium  # noqa: PLC0415
+    from tokenscale.api import UsageApiService, create_api_routes  # noqa: PLC0415
+    from tokenscale.auth import AuthPolicy  # noqa: PLC0415
+    from tokenscale.dashboard import create_dashboard_routes  # noqa: PLC0415
+    from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
+    from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
+
+    url, _ = filled
+    pool = open_pool(url)
+    # As `serve` composes them: the API (and its /openapi.json) beside the dashboard and /docs.
+    auth = AuthPolicy(pool, allow_anonymous=True)
+    receiver = Receiver(ExportPipeline(UsageWriter(pool)), host="127.0.0.1", grpc_port=0, http_port=0)
+    receiver.http_app.router.routes.extend(create_api_routes(UsageApiService(pool, auth, UsageWriter(pool))))
+    receiver.http_app.router.routes.extend(create_dashboard_routes(pool, auth=auth))
+    with background_loop() as loop_:
+        run(loop_, receiver.start())
+        try:
+            dumped = chromium(f"http://127.0.0.1:{receiver.http_port}/docs", "--dump-dom")
+        finally:
+            run(loop_, receiver.stop())
+            pool.close()
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    assert 'data-loaded="true"' in dumped.stdout, dumped.stdout[-2000:]
+    # One entry per operation of the OpenAPI document (the page read it from /openapi.json).
+    operations = [
+        op["operationId"]
+        for item in openapi_document()["paths"].values()
+        for method, op in item.items()
+        if method in ("get", "post", "put", "delete")
+    ]
+    for operation_id in operations:
+        assert f'id="op-{operation_id}"' in dumped.stdout, operation_id

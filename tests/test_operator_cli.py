@@ -200,3 +200,30 @@ def test_serve_prints_the_dashboard_url_and_keeps_its_database_port(server_tmp_p
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(first, connect_timeout=2)
     assert load_settings(environ={}).require_auth is False
+
+
+def test_demo_names_the_dashboard_of_its_endpoint(db_url: str) -> None:
+    import argparse  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from otlp_clients import background_loop, running  # noqa: PLC0415
+    from tokenscale.commands import add_subcommands, run_demo  # noqa: PLC0415
+    from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
+
+    migrate(db_url)
+    parser = argparse.ArgumentParser(prog="tokenscale")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    pool = open_pool(db_url)
+    try:
+        with background_loop() as loop, running(loop, ExportPipeline(UsageWriter(pool))) as receiver:
+            args = parser.parse_args(
+                ["demo", "--endpoint", f"localhost:{receiver.grpc_port}", "--requests", "3", "--quiet"]
+            )
+            out = io.StringIO()
+            assert run_demo(args, out, io.StringIO()) == 0
+    finally:
+        pool.close()
+    assert out.getvalue().splitlines()[-1] == (
+        "see it: tokenscale report, or the dashboard at http://localhost:<its HTTP port>/ "
+        "(the port `serve --http-port` was given)"
+    )
