@@ -68,7 +68,7 @@ class CustomPrice:
 
     def cost(self, usage: TokenCounts) -> Decimal:
         """The cost of ``usage`` at this price, rounded half up to 10 decimals (as stored)."""
-        reasoning = min(usage.reasoning, usage.output)
+        reasoning = usage.reasoning  # part of output (the disjoint model): priced apart from the rest
         total = (
             usage.input * self.input
             + usage.cache_read * (self.input if self.cache_read is None else self.cache_read)
