@@ -287,7 +287,7 @@ _JS: Final = r"""
       ? (metric === "tokens" ? "Hourly tokens" : "Hourly cost") + " (UTC)"
       : (metric === "tokens" ? "Daily tokens" : "Daily cost") + " by " + names[state.dim];
     $("chart-hint").textContent = hourlyView ? state.hourly.since.slice(0, 10) + " to " +
-      state.hourly.until.slice(0, 10) : dim.count + " " + names[state.dim] + (dim.count === 1 ? "" : "s");
+      lastDay(state.hourly) : dim.count + " " + names[state.dim] + (dim.count === 1 ? "" : "s");
     var box = clear($("chart")), legend = clear($("legend"));
     var W = Math.max(600, box.clientWidth || 1180), H = 270, m = { l: 62, r: 10, t: 12, b: 26 };
     var iw = W - m.l - m.r, ih = H - m.t - m.b;
