@@ -319,6 +319,11 @@ _JS: Final = r"""
                                  class: "day", "data-day": day });
         rect.appendChild(svg("title", {}, (hourlyView ? day.slice(0, 13) + "h" : shortDay(day)) + " \u00b7 " +
                              s.label + ": " + (metric === "cost" ? usd(v, 4) : full(v))));
+        rect.setAttribute("tabindex", "0");  // reachable and opened from the keyboard too
+        rect.setAttribute("role", "button");
+        rect.addEventListener("keydown", function (event) {
+          if (event.key === "Enter" || event.key === " ") { event.preventDefault(); rect.dispatchEvent(new MouseEvent("click")); }
+        });
         rect.addEventListener("click", function () {
           var first = day.slice(0, 10);
           var filters = {};
