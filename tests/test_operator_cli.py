@@ -227,3 +227,11 @@ def test_demo_names_the_dashboard_of_its_endpoint(db_url: str) -> None:
         "see it: tokenscale report, or the dashboard at http://localhost:<its HTTP port>/ "
         "(the port `serve --http-port` was given)"
     )
+
+
+def test_serve_with_workers_prints_the_dashboard_url(db_url: str) -> None:
+    from test_serve_workers import serving  # noqa: PLC0415
+
+    with serving(db_url, 2) as service:
+        log = "".join(service.lines)
+    assert f"dashboard at http://127.0.0.1:{service.http_port}/ (HTTP API docs at /docs)" in log, log
