@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from hashlib import blake2b
 from math import isfinite
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import psycopg
@@ -42,6 +42,7 @@ from tokenscale.mapping import (
     resolve_cumulative,
 )
 from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
+from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
 from tokenscale.store.backend import Backend, recorded_backend
 
@@ -309,12 +310,22 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
     return pool
 
 
+class PriceBookSource(Protocol):
+    """Where the writer gets the price book (:class:`tokenscale.store.prices.PriceBookCache`)."""
+
+    def current(self) -> PriceBook: ...
+
+
 class UsageWriter:
     """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
-    def __init__(self, pool: ConnectionPool, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, timeout: float = 10.0, prices: PriceBookSource | None = None
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
+        #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
+        self._prices = prices
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
 
@@ -357,8 +368,11 @@ class UsageWriter:
                     activity.append(resolved)
                 else:
                     events.append(resolved)
+        book = None if self._prices is None else self._prices.current()
+        if events and book is not None:
+            book.apply(events)
         if events:
-            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups)
+            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
         if activity:
             self._write_activity(conn, activity)
 
@@ -388,7 +402,12 @@ class UsageWriter:
         return events
 
     def _write_events(
-        self, conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
+        self,
+        conn: psycopg.Connection[Any],
+        events: list[UsageEvent],
+        *,
+        keeps_rollups: bool,
+        book: PriceBook | None = None,
     ) -> None:
         events = _unique(events)
         counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
@@ -413,7 +432,7 @@ class UsageWriter:
         ]
         added += amended
         views = [e for e, n in zip(events, new, strict=True) if n and e.aggregate]
-        residuals = _reconcile(conn, views, added, removed)
+        residuals = _reconcile(conn, views, added, removed, book)
         if keeps_rollups:
             entries = [r.entry(1) for r in added]
             entries += [r.entry(-1) for r in removed]
@@ -995,7 +1014,11 @@ def _template(e: UsageEvent) -> dict[str, Any]:
 
 
 def _reconcile(
-    conn: psycopg.Connection[Any], views: list[UsageEvent], added: list[_Row], removed: list[_Row]
+    conn: psycopg.Connection[Any],
+    views: list[UsageEvent],
+    added: list[_Row],
+    removed: list[_Row],
+    book: PriceBook | None = None,
 ) -> list[_Entry]:
     """Record the export's new aggregate increments and record changes in the ledger of their
     streams, move each stream's residual rows to what the ledger now computes, and return the
@@ -1063,12 +1086,15 @@ def _reconcile(
     entries: list[_Entry] = []
     for stream in streams:
         if has_views.get(stream):
-            entries += _reconcile_stream(conn, stream, touched.get(stream, []))
+            entries += _reconcile_stream(conn, stream, touched.get(stream, []), book)
     return entries
 
 
 def _reconcile_stream(
-    conn: psycopg.Connection[Any], stream: tuple[str, str, str], touched: list[tuple[SubKey, int]]
+    conn: psycopg.Connection[Any],
+    stream: tuple[str, str, str],
+    touched: list[tuple[SubKey, int]],
+    book: PriceBook | None = None,
 ) -> list[_Entry]:
     tenant, tool, name = stream
     views: dict[SubKey, dict[str, Vec]] = {}
@@ -1161,6 +1187,8 @@ def _reconcile_stream(
             event.cost_source = "reported"
         else:
             price_event(event, per_request=False)
+            if book is not None:
+                book.apply([event])
         is_counted = any(vec[:6]) or (target.reported and vec[6] != 0)
         row = _event_rows([event], [is_counted])[0]
         values = list(row)
