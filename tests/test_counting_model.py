@@ -451,3 +451,23 @@ def test_request_counts_beyond_int4(receiver: Receiver, db_url: str) -> None:
     send(receiver, "metrics", metrics)
     [row] = daily_by_model(db_url).values()
     assert (row["requests"], row["input_tokens"]) == (3_000_000_000, 9_000_000_000)
+
+
+def test_unpriced_events_count_requests(receiver: Receiver, db_url: str) -> None:
+    """A private model's usage, known only from a histogram of 5 requests: 5 unpriced requests."""
+    metrics = ExportMetricsServiceRequest()
+    rm = metrics.resource_metrics.add()
+    rm.resource.attributes.extend([kv("service.name", "private-app")])
+    metric = rm.scope_metrics.add().metrics.add(name="gen_ai.client.token.usage")
+    metric.histogram.aggregation_temporality = 1
+    point = metric.histogram.data_points.add(
+        start_time_unix_nano=T0 - SECOND, time_unix_nano=T0, sum=500, count=5
+    )
+    point.attributes.extend([kv("gen_ai.request.model", "acme-private-7b"), kv("gen_ai.token.type", "input")])
+    send(receiver, "metrics", metrics)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT requests, unpriced_events, cost_usd FROM tokenscale.usage_daily"
+        ).fetchall()
+    assert rows == [(5, 5, None)]
+    assert_rollups_match_events(db_url)

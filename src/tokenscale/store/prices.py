@@ -336,7 +336,8 @@ def _stored(value: float | None) -> Decimal | None:
 
 
 def _unpriced(cost: Decimal | None, source: str | None, row: Sequence[Any]) -> int:
-    return 1 if cost is None and source is None and sum(row[13:17]) > 0 else 0
+    # unpriced_events counts requests (at least one per row: a residual may not know its count)
+    return max(int(row[12]), 1) if cost is None and source is None and sum(row[13:17]) > 0 else 0
 
 
 def _new_cost(book: PriceBook, row: Sequence[Any]) -> tuple[Decimal | None, str | None]:

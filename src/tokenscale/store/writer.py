@@ -781,7 +781,9 @@ class _Row:
     def entry(self, sign: int) -> _Entry:
         """Its contribution to the rollups (``sign`` -1: its removal)."""
         inp, cr, cw, out = self.vec[1:5]
-        unpriced = 1 if self.cost is None and self.cost_source is None and inp + cr + cw + out > 0 else 0
+        # unpriced_events counts requests (at least one per row: a residual may not know its count)
+        priced = self.cost is not None or self.cost_source is not None or inp + cr + cw + out == 0
+        unpriced = 0 if priced else max(self.vec[0], 1)
         return _Entry(
             self.time_ns,
             self.tenant,
