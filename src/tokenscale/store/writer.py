@@ -919,15 +919,19 @@ INSERT INTO tokenscale.ledger_streams (tenant, tool, stream)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(tenant, tool, stream) ORDER BY 1, 2, 3
 ON CONFLICT (tenant, tool, stream) DO NOTHING
 """
-_LOCK_STREAMS: Final = """
+_STREAM_WHERE_TEXT: Final = "tenant = %s AND tool = %s AND stream = %s"
+_PROBE_STREAMS: Final = """
 SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
 WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
-ORDER BY tenant, tool, stream FOR UPDATE
 """
+_LOCK_STREAM: Final = "SELECT has_views FROM tokenscale.ledger_streams WHERE {where} FOR {mode}"
 _MARK_VIEWS: Final = """
 UPDATE tokenscale.ledger_streams SET has_views = true
 WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) AND NOT has_views
 """
+_LOCK_STREAM_SQL: Final = {
+    mode: _LOCK_STREAM.format(where=_STREAM_WHERE_TEXT, mode=mode) for mode in ("UPDATE", "SHARE")
+}
 _KEY_ARRAYS: Final = "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
 _SUM_ARRAYS: Final = "%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::numeric[]"
 _ADD_RECORDS: Final = f"""
@@ -945,7 +949,7 @@ ON CONFLICT (tenant, tool, stream, model, who, session, view) DO UPDATE SET
 {", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))},
 reported = l.reported OR excluded.reported, template = excluded.template
 """
-_STREAM_WHERE: Final = "tenant = %s AND tool = %s AND stream = %s"
+_STREAM_WHERE: Final = _STREAM_WHERE_TEXT
 #: The subkeys compatible with any of the given ones ('' matches anything on either side).
 _COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(m, w, s)
     WHERE (l.model = k.m OR l.model = '' OR k.m = '') AND (l.who = k.w OR l.who = '' OR k.w = '')
@@ -1033,7 +1037,7 @@ def _reconcile(
         return []
     columns = ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
     conn.execute(_INSERT_STREAMS, columns)
-    has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_LOCK_STREAMS, columns)}
+    has_views = _lock_streams(conn, streams, columns, {(e.tenant, e.tool, e.stream) for e in views})
 
     records: dict[tuple[str, ...], Vec] = {}
     touched: dict[tuple[str, str, str], list[tuple[SubKey, int]]] = {}
@@ -1090,6 +1094,27 @@ def _reconcile(
         if has_views.get(stream):
             entries += _reconcile_stream(conn, stream, touched.get(stream, []), book)
     return entries
+
+
+def _lock_streams(
+    conn: psycopg.Connection[Any],
+    streams: list[tuple[str, str, str]],
+    columns: tuple[list[str], list[str], list[str]],
+    viewed: set[tuple[str, str, str]],
+) -> dict[tuple[str, str, str], bool]:
+    """Lock the streams in key order: exclusively those whose ledger this export reconciles (they
+    have views), shared the others, so that exports adding only records to a stream without views
+    do not wait for each other, while a first view waits for them (and sees their records). Which
+    streams have views, as seen under the locks."""
+    probed = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+    has_views: dict[tuple[str, str, str], bool] = {}
+    for stream in streams:
+        exclusive = stream in viewed or probed.get(stream, False)
+        row = conn.execute(_LOCK_STREAM_SQL["UPDATE" if exclusive else "SHARE"], stream).fetchone()
+        has_views[stream] = bool(row and row[0])
+        if has_views[stream] and not exclusive:  # a first view committed since the probe
+            conn.execute(_LOCK_STREAM_SQL["UPDATE"], stream)
+    return has_views
 
 
 def _reconcile_stream(
