@@ -103,14 +103,24 @@ def targets(
     """Each view subkey's residual: the largest of its views' residuals over what the records and
     the residuals of more specific subkeys already account for."""
     done: dict[SubKey, Target] = {}
+    # Records that leave a part open may cover any view; the others only the views they match.
+    open_records = [(rkey, vec) for rkey, vec in records.items() if None in rkey]
     for key in sorted(views, key=lambda k: (_specificity(k), tuple(p or "" for p in k))):
         covered = zero()
-        for rkey, vec in records.items():
-            if compatible(key, rkey):
-                add(covered, vec)
-        for dkey, target in done.items():
-            if _specificity(dkey) < _specificity(key) and compatible(key, dkey):
-                add(covered, target.vec)
+        if None in key:
+            for rkey, vec in records.items():
+                if compatible(key, rkey):
+                    add(covered, vec)
+            for dkey, target in done.items():
+                if _specificity(dkey) < _specificity(key) and compatible(key, dkey):
+                    add(covered, target.vec)
+        else:  # nothing is more specific than a key that says everything
+            exact = records.get(key)
+            if exact is not None:
+                add(covered, exact)
+            for rkey, vec in open_records:
+                if compatible(key, rkey):
+                    add(covered, vec)
         best: Target | None = None
         for view, vec in sorted(views[key].items()):
             is_reported = view in reported

@@ -911,6 +911,8 @@ def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple
 
 # --- reconciliation of aggregate carriers ----------------------------------------------------------
 
+#: ``usage_events.source`` of the rows holding reconciled residuals.
+RECONCILED: Final = "tokenscale.reconciled"
 _SUMS_SQL: Final = (
     "requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd"
 )
@@ -920,6 +922,15 @@ SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(tenant, tool, stre
 ON CONFLICT (tenant, tool, stream) DO NOTHING
 """
 _STREAM_WHERE_TEXT: Final = "tenant = %s AND tool = %s AND stream = %s"
+_BACKFILL_RECORDS: Final = f"""
+INSERT INTO tokenscale.ledger_records (tenant, tool, stream, model, who, session, {_SUMS_SQL})
+SELECT tenant, tool, stream, coalesce(model, ''), coalesce(user_email, user_id, ''), coalesce(session_id, ''),
+       sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
+       sum(reasoning_tokens), coalesce(sum(cost_usd), 0)
+FROM tokenscale.usage_events
+WHERE tenant = %s AND tool = %s AND stream = %s AND counted AND source <> '{RECONCILED}'
+GROUP BY 1, 2, 3, 4, 5, 6
+"""
 _PROBE_STREAMS: Final = """
 SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
 WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
@@ -983,18 +994,16 @@ SELECT e.dedupe_key, {_ROW_COLUMNS.replace("time, ", "e.time, ")}, e.counted FRO
 JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 """
 _UPSERT_RESIDUAL: Final = sql.SQL(
-    "INSERT INTO tokenscale.usage_events ({cols}) VALUES ({values}) "
+    "INSERT INTO tokenscale.usage_events ({cols}) SELECT * FROM unnest({arrays}) "
     "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
 ).format(
     cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
-    values=sql.SQL(", ").join(sql.Placeholder() for _ in _EVENT_COLUMNS),
+    arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in _EVENT_COLUMNS),
     sets=sql.SQL(", ").join(
         sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
         for c in ("counted", "requests", *TOKEN_FIELDS, "cost_usd", "cost_source", "attributes")
     ),
 )
-#: ``usage_events.source`` of the rows holding reconciled residuals.
-RECONCILED: Final = "tokenscale.reconciled"
 _RECENT_HOURS: Final = 48
 
 
@@ -1037,16 +1046,24 @@ def _reconcile(
         return []
     columns = ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
     conn.execute(_INSERT_STREAMS, columns)
-    has_views = _lock_streams(conn, streams, columns, {(e.tenant, e.tool, e.stream) for e in views})
+    viewed = {(e.tenant, e.tool, e.stream) for e in views}
+    has_views = _lock_streams(conn, streams, columns, viewed)
+    # A stream's records are kept in the ledger from its first view on: then the records stored so
+    # far (this export's included) are summed once from usage_events; before, nothing is kept.
+    first = sorted(s for s in viewed if not has_views.get(s))
+    for stream in first:
+        conn.execute(_BACKFILL_RECORDS, stream)
 
     records: dict[tuple[str, ...], Vec] = {}
     touched: dict[tuple[str, str, str], list[tuple[SubKey, int]]] = {}
     for rows, sign in ((added, 1), (removed, -1)):
         for r in rows:
+            stream_key = (r.tenant, r.tool, r.stream)
             sk = r.subkey
-            vec = records.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
-            add(vec, (*r.vec, r.cost or Decimal(0)), sign)
-            touched.setdefault((r.tenant, r.tool, r.stream), []).append((sk, r.time_ns // _NS_PER_HOUR))
+            touched.setdefault(stream_key, []).append((sk, r.time_ns // _NS_PER_HOUR))
+            if has_views.get(stream_key):
+                vec = records.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
+                add(vec, (*r.vec, r.cost or Decimal(0)), sign)
     if records:
         items = sorted(records.items())
         conn.execute(
@@ -1082,12 +1099,9 @@ def _reconcile(
             + [[v[0][i] for _, v in items_v] for i in range(7)]
             + [[v[1] for _, v in items_v], [Jsonb(v[2]) for _, v in items_v]],
         )
-        marked = sorted({(k[0], k[1], k[2]) for k in increments if not has_views.get((k[0], k[1], k[2]))})
-        if marked:
-            conn.execute(
-                _MARK_VIEWS, ([m[0] for m in marked], [m[1] for m in marked], [m[2] for m in marked])
-            )
-            for m in marked:
+        if first:
+            conn.execute(_MARK_VIEWS, ([m[0] for m in first], [m[1] for m in first], [m[2] for m in first]))
+            for m in first:
                 has_views[m] = True
     entries: list[_Entry] = []
     for stream in streams:
@@ -1224,8 +1238,7 @@ def _reconcile_stream(
         params.append(values)
         if is_counted:
             entries.append(_row_of(event, row[_COST_AT]).entry(1))
-    with conn.cursor() as cur:
-        cur.executemany(_UPSERT_RESIDUAL, params)
+    conn.execute(_UPSERT_RESIDUAL, [list(column) for column in zip(*params, strict=True)])
     return entries
 
 
