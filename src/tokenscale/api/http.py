@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl
 
 import grpc
 from psycopg_pool import ConnectionPool
@@ -67,8 +68,10 @@ def create_api_routes(
         Route("/openapi.json", api.openapi, methods=["GET"], name="api_openapi"),
         Route("/api/aiToolMetrics.push", api.push, methods=["POST"], name="api_tool_metrics_push"),
         Route("/api/aiToolMetrics.pushAll", api.push_all, methods=["POST"], name="api_tool_metrics_push_all"),
-        Route("/assistant/ai-chat/usage", api.record_chat_usage, methods=["POST"], name="api_ai_chat_usage"),
-        Route("/api/budgets/check", api.check_budget, methods=["GET"], name="api_budget_check"),
+        Route(
+            "/assistant/ai-chat/usage", api.record_chat_usage(), methods=["POST"], name="api_ai_chat_usage"
+        ),
+        Route("/api/budgets/check", api.check_budget(), methods=["GET"], name="api_budget_check"),
         Route("/api/v1/usage/list", api.list_usage_records, methods=["GET"], name="api_usage_list"),
         Route(
             "/api/v1/usage/list",
@@ -78,6 +81,13 @@ def create_api_routes(
         ),
         Route("/api/v1/usage/series/fetch", api.usage_series, methods=["GET"], name="api_usage_series"),
     ]
+    # ServiceStack's format suffixes and predefined routes of the same request DTO.
+    for fmt in _SERVICESTACK_FORMATS:
+        routes.append(Route(f"/assistant/ai-chat/usage.{fmt}", api.record_chat_usage(fmt), methods=["POST"]))
+        routes.append(Route(f"/{fmt}/reply/RecordAiChatUsage", api.record_chat_usage(fmt), methods=["POST"]))
+        routes.append(Route(f"/api/budgets/check.{fmt}", api.check_budget(fmt), methods=["GET"]))
+    routes.append(Route("/api/RecordAiChatUsage", api.record_chat_usage(), methods=["POST"]))
+    routes.append(Route("/api/assistant/ai-chat/usage", api.record_chat_usage(), methods=["POST"]))
     for modality in MODALITIES:
         path = "/v2/api/sources/metrics/ai" + ("" if modality == "all" else f"/{modality}")
         routes.append(
@@ -179,6 +189,8 @@ _SERVICESTACK_CODES: Final = {
     "not_null": "NotNull",
     "invalid_request": "InvalidValue",
     "payload_too_large": "PayloadTooLarge",
+    "not_acceptable": "NotAcceptable",
+    "unsupported_media_type": "UnsupportedMediaType",
     "unavailable": "ServiceUnavailable",
     "internal": "InternalServerError",
 }
@@ -192,21 +204,87 @@ def _servicestack_error(failure: Failure, jsv: bool) -> Response:
     return _servicestack_response({"ResponseStatus": status}, failure.http_status, jsv, _headers(failure))
 
 
-# --- JSV, ServiceStack's text format (flat objects only: enough for these two endpoints) -----------
+# --- ServiceStack: content negotiation, JSV, request fields ------------------------------------------
+
+#: Formats the Bookmore routes answer: ``?format=`` / suffix name -> media type.
+_SERVICESTACK_FORMATS: Final = {"json": "application/json", "jsv": _JSV}
+#: Media ranges of an ``Accept`` header and the format each selects.
+_ACCEPT_FORMATS: Final = {
+    "application/json": "json",
+    "text/json": "json",
+    "text/jsv": "jsv",
+    "application/jsv": "jsv",
+    "*/*": "json",
+    "application/*": "json",
+    "text/*": "jsv",
+}
 
 
-def _wants_jsv(request: Request) -> bool:
-    if request.query_params.get("format", "").lower() == "jsv":
-        return True
-    accept = request.headers.get("accept", "").lower()
-    return _JSV in accept and "application/json" not in accept
+class UnsupportedMediaTypeError(ApiError):
+    """A request body in a format that is not read (HTTP 415)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotAcceptableError(ApiError):
+    """A requested response format that is not served (HTTP 406)."""
+
+    status = 406
+    code = "not_acceptable"
+
+
+def _accepted_format(accept: str) -> str | None:
+    """The format an ``Accept`` header prefers: highest q first, then the order listed."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        found = _ACCEPT_FORMATS.get(media.lower())
+        if found is not None and quality > 0:
+            ranked.append((-quality, position, found))
+    return min(ranked)[2] if ranked else None
+
+
+def _response_format(request: Request, suffix: str | None = None) -> str:
+    """``json`` or ``jsv``, as ServiceStack picks it: the path's format, ``?format=``, then ``Accept``.
+
+    An unknown ``?format=`` is :class:`NotAcceptableError`; an ``Accept`` naming no served type
+    gets JSON.
+    """
+    if suffix is not None:
+        return suffix
+    named = request.query_params.get("format")
+    if named is not None:
+        if named.lower() not in _SERVICESTACK_FORMATS:
+            raise NotAcceptableError(
+                f"format: {named[:40]!r} is not served; use {' or '.join(_SERVICESTACK_FORMATS)}",
+                field="format",
+            )
+        return named.lower()
+    return _accepted_format(request.headers.get("accept", "")) or "json"
+
+
+def _wants_jsv(request: Request, suffix: str | None = None) -> bool:
+    try:
+        return _response_format(request, suffix) == "jsv"
+    except NotAcceptableError:
+        return False
 
 
 def _jsv_value(value: Any) -> str:
+    """ServiceStack's JSV text of ``value``; null fields are left out, as ServiceStack writes them."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_jsv_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{k}:{_jsv_value(v)}" for k, v in value.items() if v is not None) + "}"
     if isinstance(value, list):
         return "[" + ",".join(_jsv_value(v) for v in value) + "]"
     text = str(value)
@@ -255,6 +333,33 @@ def _servicestack_response(
     if jsv:
         return Response(_jsv_value(body), status, headers=headers, media_type=_JSV)
     return JSONResponse(body, status, headers=headers)
+
+
+_FORM: Final = "application/x-www-form-urlencoded"
+
+
+def _request_fields(request: Request, body: bytes) -> list[Mapping[str, Any]]:
+    """The request DTO's fields in the body, read by its ``Content-Type`` (JSON when none is given)."""
+    if not body.strip():
+        return []
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in (_JSV, "application/jsv"):
+        return [_parse_jsv(body)]
+    if content_type == _FORM:
+        try:
+            text_body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("request body: not UTF-8 text") from None
+        return [dict(parse_qsl(text_body, keep_blank_values=True))]
+    if content_type not in ("", "application/json", "text/json") and not content_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type: {content_type[:60]!r} is not read; send application/json, text/jsv or {_FORM}",
+            field="Content-Type",
+        )
+    parsed = _json(body)
+    if not isinstance(parsed, dict):
+        raise InvalidRequestError("request body: must be a JSON object")
+    return [parsed]
 
 
 def _field(sources: list[Mapping[str, Any]], name: str) -> object:
@@ -311,40 +416,45 @@ class _HttpApi:
 
         return list_metrics
 
-    async def record_chat_usage(self, request: Request) -> Response:
-        jsv = _wants_jsv(request)
-        try:
-            principal = await _run(self.service.principal, request.headers, "ingest")
-            body = await _read_body(request, self.max_body_bytes)
-            sources: list[Mapping[str, Any]] = []
-            if body.strip():
-                if request.headers.get("content-type", "").lower().startswith(_JSV):
-                    sources.append(_parse_jsv(body))
-                else:
-                    parsed = _json(body)
-                    if not isinstance(parsed, dict):
-                        raise InvalidRequestError("request body: must be a JSON object")
-                    sources.append(parsed)
-            sources.append(dict(request.query_params))
-            result = await _run(
-                self.service.record_chat_usage,
-                principal,
-                _field(sources, "CompanyId"),
-                _field(sources, "TokensUsed"),
-            )
-        except Exception as exc:
-            return _servicestack_error(classify(exc), jsv)
-        return _servicestack_response(result, 200, jsv)
+    def record_chat_usage(self, suffix: str | None = None) -> Endpoint:
+        """``RecordAiChatUsage`` answering in the format ``suffix`` names (else negotiated)."""
 
-    async def check_budget(self, request: Request) -> Response:
-        jsv = _wants_jsv(request)
-        try:
-            principal = await _run(self.service.principal, request.headers, "read")
-            company = request.query_params.get("company_id")
-            result = await _run(self.service.check_budget, principal, company)
-        except Exception as exc:
-            return _servicestack_error(classify(exc), jsv)
-        return _servicestack_response(result, 200, jsv)
+        async def record(request: Request) -> Response:
+            jsv = _wants_jsv(request, suffix)
+            try:
+                principal = await _run(self.service.principal, request.headers, "ingest")
+                _response_format(request, suffix)  # an unknown ?format= is refused before recording
+                body = await _read_body(request, self.max_body_bytes)
+                sources = [*_request_fields(request, body), dict(request.query_params)]
+                key = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+                result = await _run(
+                    self.service.record_chat_usage,
+                    principal,
+                    _field(sources, "CompanyId"),
+                    _field(sources, "TokensUsed"),
+                    key,
+                )
+            except Exception as exc:
+                return _servicestack_error(classify(exc), jsv)
+            return _servicestack_response(result, 200, jsv)
+
+        return record
+
+    def check_budget(self, suffix: str | None = None) -> Endpoint:
+        """The read-only budget check, in the PascalCase fields of ``AiChatUsageResponse``."""
+
+        async def check(request: Request) -> Response:
+            jsv = _wants_jsv(request, suffix)
+            try:
+                principal = await _run(self.service.principal, request.headers, "read")
+                _response_format(request, suffix)
+                company = request.query_params.get("company_id")
+                result = await _run(self.service.check_budget, principal, company)
+            except Exception as exc:
+                return _servicestack_error(classify(exc), jsv)
+            return _servicestack_response(result, 200, jsv)
+
+        return check
 
     async def list_usage_records(self, request: Request) -> Response:
         try:

@@ -17,7 +17,7 @@ from tokenscale.api.ai_metrics import (
     OPERATION_TYPES,
     SORT_PROPERTIES,
 )
-from tokenscale.api.budgets import MAX_TURN_TOKENS
+from tokenscale.api.budgets import MAX_IDEMPOTENCY_KEY_CHARS, MAX_TOKEN_LIMIT, MAX_TURN_TOKENS
 from tokenscale.api.tool_metrics import COUNT_FIELDS, EMAIL_PATTERN, MAX_RECORDS
 from tokenscale.api.usage_records import DEFAULT_TAKE, MAX_TAKE, RELATION_FILTERS
 
@@ -50,9 +50,11 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
         400: "Invalid request: the message (and `field`) name the offending value",
         401: "No API key, or an invalid or revoked one",
         403: "The key lacks the scope, or the request names another tenant",
-        404: "The company has no budget",
+        404: "Not found",
         405: "Method not allowed",
+        406: "The requested format is not served (json, jsv)",
         413: "Request body too large",
+        415: "The request body's Content-Type is not read",
         503: "The database is unavailable; retry later",
     }
     headers = {
@@ -292,13 +294,101 @@ def _budget_status() -> dict[str, Any]:
             "WindowDays",
         ],
         "properties": {
-            "CompanyId": {"type": "string"},
-            "TokensUsed": {"type": "integer", "minimum": 0},
-            "TokenLimit": {"type": "integer", "minimum": 0},
-            "TokensRemaining": {"type": "integer", "minimum": 0},
+            "CompanyId": {"type": "string", "format": "uuid", "description": "The company's UUID."},
+            "TokensUsed": {"type": "integer", "format": "int64", "minimum": 0},
+            "TokenLimit": _nullable(
+                {
+                    "type": "integer",
+                    "format": "int32",
+                    "minimum": 0,
+                    "maximum": MAX_TOKEN_LIMIT,
+                    "description": "null: the company has no budget (unlimited).",
+                }
+            ),
+            "TokensRemaining": _nullable({"type": "integer", "format": "int64", "minimum": 0}),
             "IsWithinBudget": {"type": "boolean"},
-            "WindowDays": {"type": "integer", "minimum": 1},
+            "WindowDays": {"type": "integer", "format": "int32", "minimum": 1},
             "ResponseStatus": _nullable(_ref("ResponseStatus")),
+        },
+    }
+
+
+#: The routes of RecordAiChatUsage and the budget check, with the format their path fixes.
+_RECORD_ROUTES: Final = (
+    ("/assistant/ai-chat/usage", None),
+    ("/assistant/ai-chat/usage.json", "json"),
+    ("/assistant/ai-chat/usage.jsv", "jsv"),
+    ("/json/reply/RecordAiChatUsage", "json"),
+    ("/jsv/reply/RecordAiChatUsage", "jsv"),
+    ("/api/RecordAiChatUsage", None),
+    ("/api/assistant/ai-chat/usage", None),
+)
+_CHECK_ROUTES: Final = (
+    ("/api/budgets/check", None),
+    ("/api/budgets/check.json", "json"),
+    ("/api/budgets/check.jsv", "jsv"),
+)
+_FORMAT_PARAMETER: Final = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^([jJ][sS][oO][nN]|[jJ][sS][vV])$"},
+    "description": "Response format (ServiceStack's ?format=); the path's suffix wins.",
+}
+
+
+def _budget_answer(fmt: str | None, description: str) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if fmt in (None, "json"):
+        content["application/json"] = {"schema": _ref("AiChatUsageResponse")}
+    if fmt in (None, "jsv"):
+        content[_JSV] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+def _record_chat_usage(path: str, fmt: str | None) -> dict[str, Any]:
+    suffix = path.strip("/").replace("/", "_").replace(".", "_").replace("-", "_")
+    return {
+        "operationId": "recordAiChatUsage" if fmt is None and path == "/assistant/ai-chat/usage" else suffix,
+        "summary": "Record a chat turn's tokens against the company's rolling-window budget",
+        "parameters": [
+            _query("CompanyId", {"type": "string", "maxLength": 255}, "The company's UUID (or name)."),
+            _query("TokensUsed", _TURN_TOKENS, "When not in the body."),
+            _FORMAT_PARAMETER,
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_CHARS},
+                "description": "A retried turn with the same key is recorded once (else X-Request-Id).",
+            },
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": _ref("AiChatUsageRequest")},
+                "application/x-www-form-urlencoded": {"schema": _ref("AiChatUsageRequest")},
+                _JSV: {"schema": {"type": "string"}},
+            },
+        },
+        "responses": {
+            "200": _budget_answer(fmt, "Usage in the window, after this turn"),
+            **_servicestack(400, 401, 403, 406, 413, 415, 503),
+        },
+    }
+
+
+def _check_budget(path: str, fmt: str | None) -> dict[str, Any]:
+    return {
+        "operationId": "checkBudget" if fmt is None else f"checkBudget_{fmt}",
+        "summary": "The company's budget and its usage in the current window (read-only)",
+        "parameters": [
+            _query("company_id", {"type": "string", "maxLength": 255}, "The company's UUID or name."),
+            _FORMAT_PARAMETER,
+        ],
+        "responses": {
+            "200": _budget_answer(fmt, "Usage in the window"),
+            **_servicestack(400, 401, 403, 406, 503),
         },
     }
 
@@ -357,7 +447,9 @@ def _components() -> dict[str, Any]:
         "AiChatUsageRequest": {
             "type": "object",
             "properties": {
-                "CompanyId": _nullable({"type": "string", "description": "Defaults to the key's tenant."}),
+                "CompanyId": _nullable(
+                    {"type": "string", "description": "The company's UUID (or name); defaults to the key's."}
+                ),
                 "TokensUsed": {**_TURN_TOKENS, "description": "Required (here or in the query)."},
             },
         },
@@ -451,58 +543,8 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
-        "/assistant/ai-chat/usage": {
-            "post": {
-                "operationId": "recordAiChatUsage",
-                "summary": "Record a chat turn's tokens against the company's rolling-window budget",
-                "parameters": [
-                    _query(
-                        "CompanyId", {"type": "string", "maxLength": 255}, "Defaults to the key's tenant."
-                    ),
-                    _query("TokensUsed", _TURN_TOKENS, "When not in the body."),
-                    _query("format", {"type": "string", "enum": ["json", "jsv"]}, "Response format."),
-                ],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {"schema": _ref("AiChatUsageRequest")},
-                        _JSV: {"schema": {"type": "string"}},
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "Usage in the window, after this turn",
-                        "content": {
-                            "application/json": {"schema": _ref("AiChatUsageResponse")},
-                            _JSV: {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_servicestack(400, 401, 403, 404, 413, 503),
-                },
-            }
-        },
-        "/api/budgets/check": {
-            "get": {
-                "operationId": "checkBudget",
-                "summary": "The company's budget and its usage in the current window (read-only)",
-                "parameters": [
-                    _query(
-                        "company_id", {"type": "string", "maxLength": 255}, "Defaults to the key's tenant."
-                    ),
-                    _query("format", {"type": "string", "enum": ["json", "jsv"]}, "Response format."),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Usage in the window",
-                        "content": {
-                            "application/json": {"schema": _ref("AiChatUsageResponse")},
-                            _JSV: {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_servicestack(400, 401, 403, 404, 503),
-                },
-            }
-        },
+        **{path: {"post": _record_chat_usage(path, fmt)} for path, fmt in _RECORD_ROUTES},
+        **{path: {"get": _check_budget(path, fmt)} for path, fmt in _CHECK_ROUTES},
         "/api/v1/usage/list": {
             "get": {
                 "operationId": "listUsageRecords",

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AiToolMetric(_message.Message):
-    __slots__ = ("email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents")
+    __slots__ = ("email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents", "metrics_json")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
     IS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class AiToolMetric(_message.Message):
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEND_CENTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     email: str
     date: str
     is_active: bool
@@ -32,10 +33,11 @@ class AiToolMetric(_message.Message):
     cache_write_tokens: int
     cache_read_tokens: int
     spend_cents: int
-    def __init__(self, email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ...) -> None: ...
+    metrics_json: str
+    def __init__(self, email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
 
 class AiToolMetricRecord(_message.Message):
-    __slots__ = ("id", "email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents")
+    __slots__ = ("id", "email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents", "metrics_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class AiToolMetricRecord(_message.Message):
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEND_CENTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     email: str
     date: str
@@ -58,7 +61,8 @@ class AiToolMetricRecord(_message.Message):
     cache_write_tokens: int
     cache_read_tokens: int
     spend_cents: int
-    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ...) -> None: ...
+    metrics_json: str
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
 
 class PushAllAiToolMetricsRequest(_message.Message):
     __slots__ = ("data",)
@@ -282,7 +286,7 @@ class ListUsageRecordsRequest(_message.Message):
     def __init__(self, cursor: _Optional[str] = ..., order: _Optional[str] = ..., take: _Optional[int] = ..., type: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("id", "created_at", "updated_at", "type", "count", "conversation_id", "message_id", "task_id", "contact_id", "blueprint_id", "bot_id", "dataset_id", "skillset_id", "ability_id", "meta")
+    __slots__ = ("id", "created_at", "updated_at", "type", "count", "conversation_id", "message_id", "task_id", "contact_id", "blueprint_id", "bot_id", "dataset_id", "skillset_id", "ability_id", "meta", "meta_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +302,7 @@ class UsageRecord(_message.Message):
     SKILLSET_ID_FIELD_NUMBER: _ClassVar[int]
     ABILITY_ID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: int
     updated_at: int
@@ -313,7 +318,8 @@ class UsageRecord(_message.Message):
     skillset_id: str
     ability_id: str
     meta: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., type: _Optional[str] = ..., count: _Optional[int] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    meta_json: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., type: _Optional[str] = ..., count: _Optional[int] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
 class ListUsageRecordsResponse(_message.Message):
     __slots__ = ("items", "cursor")
