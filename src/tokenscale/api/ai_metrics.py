@@ -9,9 +9,10 @@ scan from there. Other sort orders use OFFSET.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import psycopg
@@ -28,6 +29,7 @@ __all__ = [
     "METRIC_TYPES",
     "MODALITIES",
     "OPERATION_TYPES",
+    "SORT_ALIASES",
     "SORT_PROPERTIES",
     "AiMetricsPage",
     "AiMetricsQuery",
@@ -72,6 +74,7 @@ MAX_DURATION_MS: Final = 300_000
 MAX_TOTAL_COST: Final = 999_999.99
 
 _META: Final = "tokenscale.meta."
+_DATE_ONLY: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TOTAL_TOKENS: Final = sql.SQL(
     "(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)"
 )
@@ -107,6 +110,27 @@ SORT_PROPERTIES: Final[dict[str, sql.Composable]] = {
     "totalTokenCount": _TOTAL_TOKENS,
 }
 
+#: Sort properties Revenium's clients use under other names, and the property each stands for.
+SORT_ALIASES: Final[dict[str, str]] = {
+    "timestamp": "requestTime",
+    "requestTimestamp": "requestTime",
+    "createdAt": "requestTime",
+    "created": "requestTime",
+    "time": "requestTime",
+    "cost": "totalCost",
+    "duration": "requestDuration",
+    "inputTokens": "inputTokenCount",
+    "outputTokens": "outputTokenCount",
+    "totalTokens": "totalTokenCount",
+    "reasoningTokens": "reasoningTokenCount",
+    "cacheCreationTokens": "cacheCreationTokenCount",
+    "cacheReadTokens": "cacheReadTokenCount",
+}
+
+#: Filters whose stored values are normalised (lower case: providers, tools, e-mails, model ids):
+#: matched case-insensitively.
+_CASELESS_FILTERS: Final = frozenset({"agent", "provider", "model", "subscriberEmail"})
+
 # Exact-match filters on columns, and on tokenscale.meta.* attributes (answered by the GIN index).
 _COLUMN_FILTERS: Final = {
     "transactionId": "request_id",
@@ -117,8 +141,9 @@ _COLUMN_FILTERS: Final = {
     "model": "model",
     "errorReason": "error_type",
 }
+#: The OTLP trace id of a span's usage event (tokenscale.mapping), when the app sets no trace id.
+_OTEL_TRACE_ID: Final = "otel.trace_id"
 _META_FILTERS: Final = {
-    "traceId": _META + "trace_id",
     "organizationName": _META + "organization_name",
     "subscriptionId": _META + "subscription_id",
     "productId": _META + "product_id",
@@ -136,6 +161,7 @@ QUERY_PARAMETERS: Final = (
     "totalCostMax",
     *_COLUMN_FILTERS,
     *_META_FILTERS,
+    "traceId",
     "traceType",
     "operationType",
     "environment",
@@ -204,7 +230,14 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
             query.conditions.append(sql.SQL(template).format(query.bind(convert(value, name))))
 
     add("startDate", "e.time >= {}", timestamp)
-    add("endDate", "e.time <= {}", timestamp)
+    end = params.get("endDate")
+    if end is not None:
+        bound = timestamp(end, "endDate")
+        if _DATE_ONLY.match(str(end).strip()):
+            # A date without a time means the whole of that UTC day.
+            query.conditions.append(sql.SQL("e.time < {}").format(query.bind(bound + timedelta(days=1))))
+        else:
+            query.conditions.append(sql.SQL("e.time <= {}").format(query.bind(bound)))
 
     def duration(value: object, name: str) -> int:
         return integer(value, name, minimum=0, maximum=MAX_DURATION_MS)
@@ -218,16 +251,27 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
     add("totalCostMax", "e.cost_usd <= {}::numeric", cost)
     for name, column in _COLUMN_FILTERS.items():
         value = params.get(name)
-        if value is not None:
-            query.conditions.append(
-                sql.SQL("e.{} = {}").format(sql.Identifier(column), query.bind(text(value, name)))
-            )
+        if value is None:
+            continue
+        wanted = text(value, name)
+        template = "lower(e.{}) = lower({})" if name in _CASELESS_FILTERS else "e.{} = {}"
+        query.conditions.append(sql.SQL(template).format(sql.Identifier(column), query.bind(wanted)))
     for name, key in _META_FILTERS.items():
         value = params.get(name)
         if value is not None:
             query.conditions.append(
                 sql.SQL("e.attributes @> {}").format(query.bind(Jsonb({key: text(value, name)})))
             )
+    trace = params.get("traceId")
+    if trace is not None:
+        value = text(trace, "traceId")
+        own = query.bind(Jsonb({_META + "trace_id": value}))
+        otlp = query.bind(Jsonb({_OTEL_TRACE_ID: value.lower()}))
+        query.conditions.append(
+            sql.SQL("(e.attributes @> {} OR (e.attributes @> {} AND NOT e.attributes ? {}))").format(
+                own, otlp, query.bind(_META + "trace_id")
+            )
+        )
     trace_type = params.get("traceType")
     if trace_type is not None:
         value = text(trace_type, "traceType")
@@ -279,10 +323,12 @@ def _parse_sort(values: Sequence[object]) -> list[tuple[str, bool]]:
         ascending = True  # Spring's default direction for a property given without one
         if parts and parts[-1].lower() in ("asc", "desc"):
             ascending = parts.pop().lower() == "asc"
-        for prop in parts:
+        for alias in parts:
+            prop = SORT_ALIASES.get(alias, alias)
             if prop not in SORT_PROPERTIES:
                 raise InvalidRequestError(
-                    f"sort: unknown property {prop[:60]!r}; sortable: {', '.join(SORT_PROPERTIES)}",
+                    f"sort: unknown property {alias[:60]!r}; sortable: {', '.join(SORT_PROPERTIES)} "
+                    f"(or {', '.join(SORT_ALIASES)})",
                     field="sort",
                 )
             if prop not in (p for p, _ in order):
@@ -294,7 +340,8 @@ _SELECT: Final = sql.SQL(
     """e.time, e.dedupe_key, e.tool, e.user_email, e.user_id, e.provider, e.model, e.operation, e.request_id,
 e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
 e.cost_usd, e.duration_ms, e.error_type, {metric_type}, {operation_type}, {environment}, {skipped},
-tokenscale.is_coding_assistant(e.tool), e.attributes->>{trace_id}, e.attributes->>{trace_type},
+tokenscale.is_coding_assistant(e.tool), coalesce(e.attributes->>{trace_id}, e.attributes->>{otel_trace_id}),
+e.attributes->>{trace_type},
 e.attributes->>{organization}, e.attributes->>{subscription}, e.attributes->>{product},
 e.attributes->>{model_source}"""
 ).format(
@@ -303,6 +350,7 @@ e.attributes->>{model_source}"""
     environment=_ENVIRONMENT,
     skipped=_BILLING_SKIPPED,
     trace_id=sql.Literal(_META + "trace_id"),
+    otel_trace_id=sql.Literal(_OTEL_TRACE_ID),
     trace_type=sql.Literal(_META + "trace_type"),
     organization=sql.Literal(_META + "organization_name"),
     subscription=sql.Literal(_META + "subscription_id"),

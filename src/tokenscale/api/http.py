@@ -32,11 +32,13 @@ from tokenscale.api.tool_metrics import parse_push, parse_push_all
 from tokenscale.auth import AuthPolicy
 from tokenscale.pipeline import ResultWriter
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_api_routes"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "REVENIUM_BASE_PATH", "create_api_routes"]
 
 #: The largest request body accepted (HTTP 413 beyond it).
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 _JSV: Final = "text/jsv"
+#: The base path of Revenium's public API; the AI metrics listings answer under it too.
+REVENIUM_BASE_PATH: Final = "/profitstream"
 
 T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -93,6 +95,8 @@ def create_api_routes(
         routes.append(
             Route(path, api.ai_metrics(modality), methods=["GET"], name=f"api_ai_metrics_{modality}")
         )
+        # Revenium's public base path, as its clients call it.
+        routes.append(Route(REVENIUM_BASE_PATH + path, api.ai_metrics(modality), methods=["GET"]))
     return routes
 
 
@@ -412,7 +416,7 @@ class _HttpApi:
                 page = await _run(self.service.list_ai_metrics, principal, params, modality)
             except Exception as exc:
                 return _spring_error(classify(exc), request)
-            return JSONResponse(_paged(page, modality, request))
+            return JSONResponse(_paged(page, modality, request), media_type=_hal_media_type(request))
 
         return list_metrics
 
@@ -485,6 +489,31 @@ class _HttpApi:
         )
         response.headers["Allow"] = "GET, HEAD"
         return response
+
+
+_HAL: Final = "application/hal+json"
+
+
+def _hal_media_type(request: Request) -> str:
+    """``application/hal+json`` when ``Accept`` prefers it to plain JSON, else ``application/json``."""
+    best: tuple[float, int] | None = None
+    plain: tuple[float, int] | None = None
+    for position, item in enumerate(request.headers.get("accept", "").split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        rank = (-quality, position)
+        if media.lower() == _HAL and quality > 0 and (best is None or rank < best):
+            best = rank
+        if media.lower() in ("application/json", "*/*", "application/*") and (plain is None or rank < plain):
+            plain = rank
+    return _HAL if best is not None and (plain is None or best < plain) else "application/json"
 
 
 def _paged(page: AiMetricsPage, modality: str, request: Request) -> dict[str, Any]:

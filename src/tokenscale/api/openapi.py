@@ -15,6 +15,7 @@ from tokenscale.api.ai_metrics import (
     METRIC_TYPES,
     MODALITIES,
     OPERATION_TYPES,
+    SORT_ALIASES,
     SORT_PROPERTIES,
 )
 from tokenscale.api.budgets import MAX_IDEMPOTENCY_KEY_CHARS, MAX_TOKEN_LIMIT, MAX_TURN_TOKENS
@@ -108,16 +109,16 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             "totalCostMax", {"type": "number", "minimum": 0, "maximum": MAX_TOTAL_COST}, "Maximum cost ($)."
         ),
         _query("transactionId", _TEXT, "Exact transaction (request) id."),
-        _query("traceId", _TEXT, "Exact trace id (attribute tokenscale.meta.trace_id)."),
+        _query("traceId", _TEXT, "Exact trace id: the app's tokenscale.meta.trace_id, else the OTLP one."),
         _query("traceType", _TEXT, "Trace type; 'unknown' for metrics without one."),
         _query("organizationName", _TEXT, "Consuming organization name."),
         _query("subscriberId", _TEXT, "Subscriber (user) id."),
-        _query("subscriberEmail", _TEXT, "Subscriber (user) email."),
+        _query("subscriberEmail", _TEXT, "Subscriber (user) email (case-insensitive)."),
         _query("subscriptionId", _TEXT, "Subscription id."),
         _query("productId", _TEXT, "Product id."),
-        _query("agent", _TEXT, "Agent (tool) name, e.g. claude_code."),
-        _query("provider", _TEXT, "AI provider."),
-        _query("model", _TEXT, "AI model."),
+        _query("agent", _TEXT, "Agent (tool) name, e.g. claude_code (case-insensitive)."),
+        _query("provider", _TEXT, "AI provider (case-insensitive)."),
+        _query("model", _TEXT, "AI model (case-insensitive)."),
         _query("modelSource", _TEXT, "Model source (routing layer)."),
         _query("errorReason", _TEXT, "Error reason (error.type)."),
         _query("operationType", {"type": "string", "enum": list(OPERATION_TYPES)}, "Operation type."),
@@ -145,7 +146,10 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
                 "items": {"type": "string", "maxLength": 500},
                 "default": ["requestTime,DESC"],
             },
-            "description": "property,(asc|desc); repeatable. Properties: " + ", ".join(SORT_PROPERTIES),
+            "description": "property,(asc|desc); repeatable. Properties: "
+            + ", ".join(SORT_PROPERTIES)
+            + "; aliases: "
+            + ", ".join(f"{alias} ({prop})" for alias, prop in SORT_ALIASES.items()),
         },
     ]
     return params
@@ -602,17 +606,21 @@ def _paths() -> dict[str, Any]:
     }
     for modality in MODALITIES:
         path = "/v2/api/sources/metrics/ai" + ("" if modality == "all" else f"/{modality}")
-        paths[path] = {
-            "get": {
-                "operationId": f"listAiMetrics{modality.capitalize()}",
-                "summary": f"AI metrics ({modality}), paged",
-                "parameters": _ai_metrics_parameters(modality),
-                "responses": {
-                    "200": _json(_paged_schema(modality), "One page (Spring HATEOAS paged model)"),
-                    **_errors("SpringError", 400, 401, 403, 503),
-                },
+        for base in ("", "/profitstream"):
+            page = _json(_paged_schema(modality), "One page (Spring HATEOAS paged model)")
+            page["content"]["application/hal+json"] = page["content"]["application/json"]
+            paths[base + path] = {
+                "get": {
+                    "operationId": f"listAiMetrics{modality.capitalize()}" + ("Profitstream" if base else ""),
+                    "summary": f"AI metrics ({modality}), paged"
+                    + (" (Revenium's base path)" if base else ""),
+                    "parameters": _ai_metrics_parameters(modality),
+                    "responses": {
+                        "200": page,
+                        **_errors("SpringError", 400, 401, 403, 503),
+                    },
+                }
             }
-        }
     return paths
 
 

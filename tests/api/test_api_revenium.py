@@ -1,0 +1,153 @@
+"""Revenium's AI metrics as its public clients call them: the /profitstream base path, HAL pages read by
+following links, sort aliases, case-insensitive filters, date-only bounds, the OTLP trace id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from api_servers import ApiServers
+from seed_clients import HalPageReader
+
+from tokenscale.mapping import UsageEvent
+
+PATH = "/v2/api/sources/metrics/ai"
+META = "tokenscale.meta."
+
+
+def reader(api: ApiServers, key: str, accept: str = "application/hal+json") -> HalPageReader:
+    return HalPageReader(api.session, {"Authorization": f"Bearer {key}", "Accept": accept})
+
+
+@pytest.fixture
+def acme(api: ApiServers, make_event: Callable[..., UsageEvent]) -> str:
+    api.write(
+        [
+            make_event(
+                "acme",
+                age_days=7 - i,
+                request_id=f"r{i}",
+                provider="openai" if i % 2 else "anthropic",
+                model="gpt-4o" if i % 2 else "claude-sonnet-4-5",
+                tool="my-service",
+                user_email="ann@acme.com",
+                operation="chat",
+                input_tokens=10 * (i + 1),
+                cost_usd=0.1 * (i + 1),
+            )
+            for i in range(7)
+        ]
+    )
+    api.write([make_event("globex", request_id="g0", provider="openai", input_tokens=5)])
+    return api.key("acme", ["read"])
+
+
+def test_the_profitstream_base_path_and_hal_pages(api: ApiServers, acme: str) -> None:
+    for base in ("", "/profitstream"):
+        hal = reader(api, acme)
+        url = f"{api.base}{base}{PATH}/completions?teamId=acme&size=3"
+        pages = list(hal.pages(url))
+        assert [p["page"]["number"] for p in pages] == [0, 1, 2]
+        assert pages[0]["page"] == {"size": 3, "totalElements": 7, "totalPages": 3, "number": 0}
+        items = hal.items(url, "aICompletionMetricResourceList")
+        assert [i["transactionId"] for i in items] == [f"r{i}" for i in range(6, -1, -1)]
+        assert [i["inputTokenCount"] for i in items] == [70, 60, 50, 40, 30, 20, 10]
+        # Links stay on the base path the client called.
+        assert pages[0]["_links"]["next"]["href"].startswith(f"{api.base}{base}{PATH}/completions?")
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("application/hal+json", "application/hal+json"),
+        ("application/json", "application/json"),
+        ("*/*", "application/json"),
+        ("application/hal+json;q=0.9, application/json", "application/json"),
+        ("application/json;q=0.5, application/hal+json", "application/hal+json"),
+        ("application/hal+json, */*;q=0.1", "application/hal+json"),
+    ],
+)
+def test_hal_json_is_answered_as_such(api: ApiServers, acme: str, accept: str, media_type: str) -> None:
+    answer = api.http("GET", f"{PATH}?teamId=acme", acme, headers={"Accept": accept})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == media_type
+    assert answer.json()["page"]["totalElements"] == 7
+
+
+def test_sort_aliases_real_clients_use(api: ApiServers, acme: str) -> None:
+    def order(sort: str) -> list[str]:
+        body = api.http("GET", f"{PATH}?teamId=acme&size=50&sort={sort}", acme).json()
+        return [i["transactionId"] for i in body["_embedded"]["aIMetricResourceList"]]
+
+    oldest_first = [f"r{i}" for i in range(7)]
+    assert order("timestamp,asc") == order("requestTime,asc") == oldest_first
+    assert order("timestamp,desc") == oldest_first[::-1]
+    assert order("cost,desc") == order("totalCost,desc") == oldest_first[::-1]
+    assert order("totalTokens,asc") == oldest_first
+    refused = api.http("GET", f"{PATH}?teamId=acme&sort=nonsense", acme)
+    assert refused.status_code == 400 and refused.json()["field"] == "sort"
+
+
+def test_normalised_values_match_case_insensitively(api: ApiServers, acme: str) -> None:
+    def ids(query: str) -> set[str]:
+        body = api.http("GET", f"{PATH}?teamId=acme&size=50&{query}", acme).json()
+        return {i["transactionId"] for i in body["_embedded"]["aIMetricResourceList"]}
+
+    openai = {"r1", "r3", "r5"}
+    for spelled in ("openai", "OpenAI", "OPENAI"):
+        assert ids(f"provider={spelled}") == openai
+    assert ids("model=GPT-4o") == openai
+    assert ids("agent=My-Service") == {f"r{i}" for i in range(7)}
+    assert ids("subscriberEmail=Ann@Acme.com") == {f"r{i}" for i in range(7)}
+    assert ids("transactionId=R1") == set()  # ids are not normalised: exact
+
+
+def test_a_date_only_end_includes_that_day(api: ApiServers, make_event: Callable[..., UsageEvent]) -> None:
+    noon = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=3)
+    late = noon.replace(hour=23, minute=59, second=59, microsecond=999_000)
+    events = [make_event("acme", request_id=name, input_tokens=1) for name in ("noon", "late", "next")]
+    for event, moment in zip(events, (noon, late, late + timedelta(seconds=1)), strict=True):
+        event.time_ns = int(moment.timestamp() * 10**6) * 1000
+    api.write(events)
+    key = api.key("acme", ["read"])
+    day = noon.date().isoformat()
+
+    def ids(query: str) -> list[str]:
+        body = api.http("GET", f"{PATH}?teamId=acme&sort=timestamp,asc&{query}", key).json()
+        return [i["transactionId"] for i in body["_embedded"]["aIMetricResourceList"]]
+
+    assert ids(f"startDate={day}&endDate={day}") == ["noon", "late"]
+    assert ids(f"endDate={day}") == ["noon", "late"]
+    assert ids(f"startDate={day}T12:00:00Z&endDate={day}T12:00:00Z") == ["noon"]  # a time is exact
+    next_day = (noon.date() + timedelta(days=1)).isoformat()
+    assert ids(f"startDate={next_day}") == ["next"]
+
+
+def test_trace_id_is_the_otlp_one_unless_the_app_sets_its_own(
+    api: ApiServers, make_event: Callable[..., UsageEvent]
+) -> None:
+    otlp = "0af7651916cd43dd8448eb211c80319c"
+    api.write(
+        [
+            make_event("acme", request_id="plain", input_tokens=1, attributes={"otel.trace_id": otlp}),
+            make_event(
+                "acme",
+                request_id="own",
+                input_tokens=1,
+                attributes={"otel.trace_id": "1" * 32, META + "trace_id": "checkout-42"},
+            ),
+        ]
+    )
+    key = api.key("acme", ["read"])
+    body = api.http("GET", f"{PATH}?teamId=acme", key).json()
+    traces = {i["transactionId"]: i["traceId"] for i in body["_embedded"]["aIMetricResourceList"]}
+    assert traces == {"plain": otlp, "own": "checkout-42"}
+
+    def ids(trace: str) -> list[str]:
+        found = api.http("GET", f"{PATH}?teamId=acme&traceId={trace}", key).json()
+        return [i["transactionId"] for i in found["_embedded"]["aIMetricResourceList"]]
+
+    assert ids(otlp) == ids(otlp.upper()) == ["plain"]
+    assert ids("checkout-42") == ["own"]
+    assert ids("1" * 32) == []  # the app's own trace id replaces the OTLP one
