@@ -85,19 +85,19 @@ CAPTURE_DIGESTS: dict[str, tuple[str, str]] = {
     "check-claude-no-trace-beta/metrics-0": ("a7f6f609d94c6815", "a7f6f609d94c6815"),
     "check-claude-nonessential-off/logs-0": ("9a93efd23892115a", "9a93efd23892115a"),
     "check-claude-nonessential-off/metrics-0": ("fbc10cbbd06d9b22", "fbc10cbbd06d9b22"),
-    "check-claude-nonessential-off/traces-0": ("2daa7fdf1e80579d", "2daa7fdf1e80579d"),
+    "check-claude-nonessential-off/traces-0": ("6ff2d08d85d31085", "6ff2d08d85d31085"),
     "claude-grpc/logs-0": ("73e2390606bc6564", "73e2390606bc6564"),
     "claude-grpc/metrics-0": ("88dbedad78ccbafb", "88dbedad78ccbafb"),
-    "claude-grpc/traces-0": ("c061750757649de9", "c061750757649de9"),
+    "claude-grpc/traces-0": ("fccba33fbe78d265", "fccba33fbe78d265"),
     "claude-httpjson/logs-0": ("aa01b7709fc618b4", "aa01b7709fc618b4"),
     "claude-httpjson/metrics-0": ("ea280ed4b588c927", "ea280ed4b588c927"),
-    "claude-httpjson/traces-0": ("127f7c9843d73f8e", "127f7c9843d73f8e"),
+    "claude-httpjson/traces-0": ("3b53367a42678f70", "3b53367a42678f70"),
     "claude-httpproto/logs-0": ("bbda185ffb5ea6bc", "bbda185ffb5ea6bc"),
     "claude-httpproto/metrics-0": ("22037ac81b34ca38", "22037ac81b34ca38"),
-    "claude-httpproto/traces-0": ("ab387ca4e7cadfd1", "ab387ca4e7cadfd1"),
+    "claude-httpproto/traces-0": ("e4f72153c0a4e672", "e4f72153c0a4e672"),
     "claude-tools-grpc/logs-0": ("38df5d2100576c1f", "38df5d2100576c1f"),
     "claude-tools-grpc/metrics-0": ("bc58066c0b0fd075", "bc58066c0b0fd075"),
-    "claude-tools-grpc/traces-0": ("28ebbfe2d67515ca", "28ebbfe2d67515ca"),
+    "claude-tools-grpc/traces-0": ("b372eaed6fccc130", "b372eaed6fccc130"),
     "claude-tools-slow-cumulative-httpproto/logs-0": ("853dc3cf7731d978", "853dc3cf7731d978"),
     "claude-tools-slow-cumulative-httpproto/logs-1": ("b076bad568e59c27", "b076bad568e59c27"),
     "claude-tools-slow-cumulative-httpproto/logs-2": ("29752ea7075c7b82", "29752ea7075c7b82"),
@@ -107,30 +107,30 @@ CAPTURE_DIGESTS: dict[str, tuple[str, str]] = {
     "claude-tools-slow-cumulative-httpproto/metrics-3": ("e455ffef4ce7e67b", "e455ffef4ce7e67b"),
     "claude-tools-slow-cumulative-httpproto/metrics-4": ("7a76b26846de959d", "7a76b26846de959d"),
     "claude-tools-slow-cumulative-httpproto/metrics-5": ("11adb2ca8e373a59", "11adb2ca8e373a59"),
-    "claude-tools-slow-cumulative-httpproto/traces-0": ("3aded4e1e3fb94c3", "3aded4e1e3fb94c3"),
-    "claude-tools-slow-cumulative-httpproto/traces-1": ("5cf60531b117b2c0", "5cf60531b117b2c0"),
+    "claude-tools-slow-cumulative-httpproto/traces-0": ("0cf38607975e018e", "0cf38607975e018e"),
+    "claude-tools-slow-cumulative-httpproto/traces-1": ("f2707d92f084b7c8", "f2707d92f084b7c8"),
     "claude-tools-slow-delta-grpc/logs-0": ("853dc3cf7731d978", "853dc3cf7731d978"),
     "claude-tools-slow-delta-grpc/logs-1": ("e8f3b020826a4721", "e8f3b020826a4721"),
     "claude-tools-slow-delta-grpc/logs-2": ("f0d4326cf387a812", "f0d4326cf387a812"),
     "claude-tools-slow-delta-grpc/metrics-0": ("e4f0de77ef9438ab", "e4f0de77ef9438ab"),
     "claude-tools-slow-delta-grpc/metrics-1": ("fd50ffd4185d4b8f", "fd50ffd4185d4b8f"),
     "claude-tools-slow-delta-grpc/metrics-2": ("82de29711c5149b2", "82de29711c5149b2"),
-    "claude-tools-slow-delta-grpc/traces-0": ("7bc4d4cceea0078d", "7bc4d4cceea0078d"),
-    "claude-tools-slow-delta-grpc/traces-1": ("a9ea870d14f54fe3", "a9ea870d14f54fe3"),
+    "claude-tools-slow-delta-grpc/traces-0": ("38be33804373cc08", "38be33804373cc08"),
+    "claude-tools-slow-delta-grpc/traces-1": ("c6151d78c81043ec", "c6151d78c81043ec"),
     "gemini-grpc/logs-0": ("e083da2fb98fd1e5", "d0332a0fbd99ba29"),
     "gemini-grpc/metrics-0": ("b1c3b8e531bf45a1", "8eb31dd4c9700169"),
-    "gemini-grpc/traces-0": ("ea06095abb9f50cf", "c382216c6946220f"),
+    "gemini-grpc/traces-0": ("9b09bf0fb803245a", "d9e88f457519ccab"),
     "gemini-http/logs-0": ("2c868d78d8d3f17a", "059680082fe62930"),
     "gemini-http/metrics-0": ("dbb3c76d103414e4", "eca5cd49bfd8cb65"),
-    "gemini-http/traces-0": ("e0a81ee4320b86da", "11370d07363f2270"),
+    "gemini-http/traces-0": ("6308ad7e06770606", "18dfb7dc4fd34251"),
     "gemini-tools-grpc/logs-0": ("edc1b6569f755326", "4e68c21054877466"),
     "gemini-tools-grpc/metrics-0": ("6a2c13c55e40a1aa", "81c4525014b7cd7b"),
-    "gemini-tools-grpc/traces-0": ("1fe2c7827cedff30", "e23083874ad4e286"),
+    "gemini-tools-grpc/traces-0": ("44a273e7bd55f9b5", "625cbc4dd9e3c2dc"),
     "py-openai-v2-grpc/metrics-1": ("91dec0fdc04c9a74", "91dec0fdc04c9a74"),
-    "py-openai-v2-grpc/traces-1": ("5931cc3fe507fe12", "5931cc3fe507fe12"),
+    "py-openai-v2-grpc/traces-1": ("a2bab93f16860fcc", "a2bab93f16860fcc"),
     "py-openai-v2-latest-httpproto/logs-0": ("b8441657ab786f2f", "cbff6210b2c67cbb"),
     "py-openai-v2-latest-httpproto/metrics-0": ("e784f95f255ecd9b", "e784f95f255ecd9b"),
-    "py-openai-v2-latest-httpproto/traces-0": ("0f2b0bb65e6e9841", "fb5185ffe33c438d"),
+    "py-openai-v2-latest-httpproto/traces-0": ("735e54d90c926ce3", "62d0b7f06cf892bb"),
 }
 
 CAPTURED = captured_requests()
@@ -341,7 +341,7 @@ def mutated_corpus(n: int, seed: int) -> list[tuple[str, Any, MappingOptions]]:
 
 
 #: The digest of ``render`` over ``mutated_corpus(400, 20261123)``, as the straightforward mapping made it.
-CORPUS_DIGEST = "874a3aa65a0f1723"
+CORPUS_DIGEST = "f37dc8b9807cd44a"
 
 
 def test_mutated_captures_map_as_before() -> None:

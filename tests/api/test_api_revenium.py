@@ -3,14 +3,18 @@ following links, sort aliases, case-insensitive filters, date-only bounds, the O
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from api_servers import ApiServers
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from seed_clients import HalPageReader
 
-from tokenscale.mapping import UsageEvent
+from tokenscale.mapping import UsageEvent, map_request
+from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
 
 PATH = "/v2/api/sources/metrics/ai"
 META = "tokenscale.meta."
@@ -151,3 +155,22 @@ def test_trace_id_is_the_otlp_one_unless_the_app_sets_its_own(
     assert ids(otlp) == ids(otlp.upper()) == ["plain"]
     assert ids("checkout-42") == ["own"]
     assert ids("1" * 32) == []  # the app's own trace id replaces the OTLP one
+
+
+def test_a_spans_otlp_trace_id_reaches_the_listing(api: ApiServers) -> None:
+    trace_id = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    span = scope.spans.add(name="chat gpt-4o", trace_id=trace_id, span_id=b"\x01" * 8)
+    now = time.time_ns()
+    span.start_time_unix_nano, span.end_time_unix_nano = now - 10**9, now
+    for key, value in [("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "gpt-4o")]:
+        span.attributes.add(key=key, value=AnyValue(string_value=value))
+    span.attributes.add(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=12))
+    result = map_request("traces", request, "acme")
+    assert [e.attributes[OTEL_TRACE_ID_KEY] for e in result.events] == [trace_id.hex()]
+    api.writer.write(result)
+    key = api.key("acme", ["read"])
+    body = api.http("GET", f"{PATH}/completions?teamId=acme&traceId={trace_id.hex()}", key).json()
+    [item] = body["_embedded"]["aICompletionMetricResourceList"]
+    assert (item["traceId"], item["inputTokenCount"]) == (trace_id.hex(), 12)

@@ -69,6 +69,8 @@ _SESSION_KEYS: Final = ("session.id",)
 _CONVERSATION_KEYS: Final = ("gen_ai.conversation.id", "conversation.id")
 _STREAM_CONVERSATION_KEYS: Final = ("conversation.id",)
 _PROVIDER_KEYS: Final = ("gen_ai.provider.name", "gen_ai.system")
+#: The attribute a span's usage event keeps its OTLP trace id under (lower-case hex).
+OTEL_TRACE_ID_KEY: Final = "otel.trace_id"
 _SPAN_REQUEST_ID_KEYS: Final = ("request_id", "gen_ai.response.id")
 _ERROR_KEYS: Final = ("error.type", "status_code", "error")
 #: Every key an activity event reads from its record (identity and stream only).
@@ -558,6 +560,9 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
     event.error_type = error_type
+    if span.trace_id:
+        # The OTLP trace id, for the read APIs' traceId (an app's own tokenscale.meta.trace_id wins).
+        event.attributes[OTEL_TRACE_ID_KEY] = span.trace_id.hex()
     price_event(event, per_request=True)
     return event
 
