@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -38,7 +39,8 @@ def _grpc_record(message: pb.AiToolMetricRecord) -> dict[str, Any]:
         if name in out:
             out[name] = int(out[name])
     if "metrics" in out:
-        out["metrics"] = {k: int(v) if float(v).is_integer() else v for k, v in out["metrics"].items()}
+        # The exact JSON text travels beside the Struct (whose numbers are doubles).
+        out["metrics"] = json.loads(out.pop("metrics_json"))
     return out
 
 

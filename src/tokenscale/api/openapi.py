@@ -575,7 +575,8 @@ def _paths() -> dict[str, Any]:
                             "type": "object",
                             "additionalProperties": {"type": "string", "maxLength": 1000},
                         },
-                        "description": "meta[key]=value: records whose metadata has that value.",
+                        "description": "meta[key]=value: records whose metadata has that value; a key is "
+                        "any 1-200 characters without control characters (spaces included).",
                     },
                 ],
                 "responses": {
