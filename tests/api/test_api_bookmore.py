@@ -262,10 +262,13 @@ def test_a_retried_turn_counts_once(api: ApiServers) -> None:
     # Keys are per company: globex's "turn-1" is another turn.
     other = api.http("POST", ROUTE, globex, headers=headers, json={"TokensUsed": 300}).json()
     assert other["TokensUsed"] == 300
-    # The same key for a different turn is refused, naming the header.
+    # The same key for a different turn is a conflict, naming the header; an empty key is refused.
     clash = api.http("POST", ROUTE, acme, headers=headers, json={"TokensUsed": 301})
-    assert clash.status_code == 400
+    assert clash.status_code == 409
+    assert clash.json()["ResponseStatus"]["ErrorCode"] == "Conflict"
     assert clash.json()["ResponseStatus"]["Errors"][0]["FieldName"] == "Idempotency-Key"
+    empty = api.http("POST", ROUTE, acme, headers={"Idempotency-Key": ""}, json={"TokensUsed": 1})
+    assert empty.status_code == 400
     assert sorted(recorded(api, "acme")) == [(7, True), (11, True), (50, True), (300, True)]
     final = api.http("GET", "/api/budgets/check", acme).json()
     assert final["TokensUsed"] == 368

@@ -59,7 +59,10 @@ def test_meta_filters_reach_every_stored_key(api: ApiServers, make_event: Callab
     assert ids("customer tier", "silver") == ["m2"]
     assert ids("a[b]", "x") == ["m1"]
     assert ids("über/ключ", "7") == ["m1"]
-    refused = api.http("GET", "/api/v1/usage/list?" + quote("meta[bad\x01key]") + "=1", key)
+    # Keys nothing stores (a NUL cannot be stored) match nothing; only an overlong key is refused.
+    assert ids("odd\x01key", "1") == []
+    assert ids("nul\x00key", "1") == []
+    refused = api.http("GET", "/api/v1/usage/list?" + quote("meta[" + "k" * 1001 + "]") + "=1", key)
     assert refused.status_code == 400 and refused.json()["field"] == "meta"
     reply = api.stub.ListUsageRecords(
         pb.ListUsageRecordsRequest(meta={"customer tier": "gold"}), metadata=api.metadata(key)

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from seed_clients import HalPageReader
 
+from tokenscale.api.gen.tokenscale.v1 import usage_api_pb2 as pb
 from tokenscale.mapping import UsageEvent, map_request
 from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
 
@@ -174,3 +175,79 @@ def test_a_spans_otlp_trace_id_reaches_the_listing(api: ApiServers) -> None:
     body = api.http("GET", f"{PATH}/completions?teamId=acme&traceId={trace_id.hex()}", key).json()
     [item] = body["_embedded"]["aICompletionMetricResourceList"]
     assert (item["traceId"], item["inputTokenCount"]) == (trace_id.hex(), 12)
+
+
+def test_modality_listings_carry_their_type_specific_fields(
+    api: ApiServers, make_event: Callable[..., UsageEvent]
+) -> None:
+    api.write(
+        [
+            make_event(
+                "acme",
+                request_id="img",
+                operation="image_generation",
+                model="gpt-image-1",
+                input_tokens=50,
+                output_tokens=4160,
+                attributes={
+                    "gen_ai.usage.image.count": 2,
+                    "gen_ai.request.image.size": "1024x1024",
+                    "gen_ai.request.image.quality": "high",
+                    "gen_ai.usage.image.output_tokens": 4160,
+                },
+            ),
+            make_event(
+                "acme",
+                request_id="stt",
+                operation="transcription",
+                model="gpt-4o-transcribe",
+                input_tokens=120,
+                output_tokens=30,
+                attributes={"gen_ai.usage.audio.seconds": 12.5, "gen_ai.usage.audio.input_tokens": 120},
+            ),
+            make_event("acme", request_id="chat", operation="chat", input_tokens=7),
+        ]
+    )
+    key = api.key("acme", ["read"])
+    hal = reader(api, key)
+    [image] = hal.items(f"{api.base}{PATH}/images?teamId=acme", "aIImageMetricResourceList")
+    assert {k: image[k] for k in image if k.startswith(("image", "input", "output", "total"))} == {
+        "imageCount": 2,
+        "imageSize": "1024x1024",
+        "imageQuality": "high",
+        "imageInputTokenCount": None,
+        "imageOutputTokenCount": 4160,
+        "inputTokenCount": 50,
+        "outputTokenCount": 4160,
+        "totalTokenCount": 4210,
+        "totalCost": image["totalCost"],
+    }
+    assert (image["metricType"], image["operationType"]) == ("IMAGE", "IMAGE")
+    [audio] = hal.items(f"{api.base}{PATH}/audio?teamId=acme", "aIAudioMetricResourceList")
+    assert (audio["audioSeconds"], audio["audioInputTokenCount"], audio["characterCount"]) == (
+        12.5,
+        120,
+        None,
+    )
+    assert (audio["inputTokenCount"], audio["outputTokenCount"], audio["totalTokenCount"]) == (120, 30, 150)
+    # The listing of every modality keeps to the common fields.
+    everything = hal.items(f"{api.base}{PATH}?teamId=acme", "aIMetricResourceList")
+    assert sorted(i["transactionId"] for i in everything) == ["chat", "img", "stt"]
+    assert all("imageCount" not in i and "inputTokenCount" not in i for i in everything)
+    reply = api.stub.ListAiImageMetrics(pb.ListAiMetricsRequest(team_id="acme"), metadata=api.metadata(key))
+    [item] = reply.items
+    assert (item.image_count, item.image_size, item.output_token_count) == (2, "1024x1024", 4160)
+    assert not item.HasField("image_input_token_count")
+
+
+def test_team_id_names_the_tenant_by_uuid_or_name(api: ApiServers, acme: str) -> None:
+    api.key("globex")
+    ids = dict(api.query("SELECT name, id::text FROM tokenscale.tenants"))
+    for team in ("acme", ids["acme"], ids["acme"].upper()):
+        answer = api.http("GET", f"{PATH}?teamId={team}", acme)
+        assert answer.status_code == 200, team
+        assert answer.json()["page"]["totalElements"] == 7
+    for other in (ids["globex"], "globex", "00000000-0000-0000-0000-000000000001"):
+        refused = api.http("GET", f"{PATH}?teamId={other}", acme)
+        assert refused.status_code == 403, other
+        assert refused.json()["error"] == "Forbidden"

@@ -28,8 +28,10 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "METRIC_TYPES",
     "MODALITIES",
+    "MODALITY_FIELDS",
     "OPERATION_TYPES",
     "SORT_ALIASES",
+    "SORT_PATTERN",
     "SORT_PROPERTIES",
     "AiMetricsPage",
     "AiMetricsQuery",
@@ -110,6 +112,30 @@ SORT_PROPERTIES: Final[dict[str, sql.Composable]] = {
     "totalTokenCount": _TOTAL_TOKENS,
 }
 
+#: Type-specific fields of the audio, video and image listings, each read from a usage event
+#: attribute (``gen_ai.usage.<modality>.*`` units, ``gen_ai.request.image.*`` parameters): name,
+#: attribute key, and ``int``, ``float`` or ``str``.
+MODALITY_FIELDS: Final[dict[str, tuple[tuple[str, str, type], ...]]] = {
+    "audio": (
+        ("audioSeconds", "gen_ai.usage.audio.seconds", float),
+        ("characterCount", "gen_ai.usage.text.characters", int),
+        ("audioInputTokenCount", "gen_ai.usage.audio.input_tokens", int),
+        ("audioOutputTokenCount", "gen_ai.usage.audio.output_tokens", int),
+    ),
+    "video": (
+        ("videoSeconds", "gen_ai.usage.video.seconds", float),
+        ("videoCount", "gen_ai.usage.video.count", int),
+    ),
+    "images": (
+        ("imageCount", "gen_ai.usage.image.count", int),
+        ("imageSize", "gen_ai.request.image.size", str),
+        ("imageQuality", "gen_ai.request.image.quality", str),
+        ("imageInputTokenCount", "gen_ai.usage.image.input_tokens", int),
+        ("imageOutputTokenCount", "gen_ai.usage.image.output_tokens", int),
+    ),
+}
+_EXTRA_KEYS: Final = tuple(dict.fromkeys(key for fields in MODALITY_FIELDS.values() for _, key, _ in fields))
+
 #: Sort properties Revenium's clients use under other names, and the property each stands for.
 SORT_ALIASES: Final[dict[str, str]] = {
     "timestamp": "requestTime",
@@ -126,6 +152,11 @@ SORT_ALIASES: Final[dict[str, str]] = {
     "cacheCreationTokens": "cacheCreationTokenCount",
     "cacheReadTokens": "cacheReadTokenCount",
 }
+
+_SORT_NAMES: Final = "|".join(re.escape(name) for name in (*SORT_PROPERTIES, *SORT_ALIASES))
+#: One ``sort`` value: properties (or aliases) separated by commas, optionally a direction last.
+SORT_PATTERN: Final = f"^(?:{_SORT_NAMES})(?:,(?:{_SORT_NAMES}))*(?:,(?:[aA][sS][cC]|[dD][eE][sS][cC]))?$"
+_SORT_RE: Final = re.compile(SORT_PATTERN)
 
 #: Filters whose stored values are normalised (lower case: providers, tools, e-mails, model ids):
 #: matched case-insensitively.
@@ -235,7 +266,8 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
         bound = timestamp(end, "endDate")
         if _DATE_ONLY.match(str(end).strip()):
             # A date without a time means the whole of that UTC day.
-            query.conditions.append(sql.SQL("e.time < {}").format(query.bind(bound + timedelta(days=1))))
+            if bound < datetime.max.replace(tzinfo=UTC) - timedelta(days=1):
+                query.conditions.append(sql.SQL("e.time < {}").format(query.bind(bound + timedelta(days=1))))
         else:
             query.conditions.append(sql.SQL("e.time <= {}").format(query.bind(bound)))
 
@@ -319,18 +351,19 @@ def _parse_sort(values: Sequence[object]) -> list[tuple[str, bool]]:
     """Spring's ``sort=property[,property...][,(asc|desc)]``, repeatable; default ``requestTime,DESC``."""
     order: list[tuple[str, bool]] = []
     for raw in values:
-        parts = [p.strip() for p in text(raw, "sort", max_len=500).split(",") if p.strip()]
+        value = text(raw, "sort", max_len=500)
+        if not _SORT_RE.match(value):
+            raise InvalidRequestError(
+                f"sort: {value[:60]!r} is not property[,property...][,asc|desc]; sortable: "
+                f"{', '.join(SORT_PROPERTIES)} (or {', '.join(SORT_ALIASES)})",
+                field="sort",
+            )
+        parts = value.split(",")
         ascending = True  # Spring's default direction for a property given without one
-        if parts and parts[-1].lower() in ("asc", "desc"):
+        if parts[-1].lower() in ("asc", "desc"):
             ascending = parts.pop().lower() == "asc"
         for alias in parts:
             prop = SORT_ALIASES.get(alias, alias)
-            if prop not in SORT_PROPERTIES:
-                raise InvalidRequestError(
-                    f"sort: unknown property {alias[:60]!r}; sortable: {', '.join(SORT_PROPERTIES)} "
-                    f"(or {', '.join(SORT_ALIASES)})",
-                    field="sort",
-                )
             if prop not in (p for p, _ in order):
                 order.append((prop, ascending))
     return order or [("requestTime", False)]
@@ -343,8 +376,9 @@ e.cost_usd, e.duration_ms, e.error_type, {metric_type}, {operation_type}, {envir
 tokenscale.is_coding_assistant(e.tool), coalesce(e.attributes->>{trace_id}, e.attributes->>{otel_trace_id}),
 e.attributes->>{trace_type},
 e.attributes->>{organization}, e.attributes->>{subscription}, e.attributes->>{product},
-e.attributes->>{model_source}"""
+e.attributes->>{model_source}, {extras}"""
 ).format(
+    extras=sql.SQL(", ").join(sql.SQL("e.attributes->{}").format(sql.Literal(k)) for k in _EXTRA_KEYS),
     metric_type=_METRIC_TYPE,
     operation_type=_OPERATION_TYPE,
     environment=_ENVIRONMENT,
@@ -375,7 +409,7 @@ def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetrics
         page = _page_sql(conn, query, where, offset) if offset < total else None
         if page is not None:
             rows = conn.execute(page, query.params).fetchall()
-    items = [_item(row, completions=query.modality == "completions") for row in rows]
+    items = [_item(row, query.modality) for row in rows]
     return AiMetricsPage(items=items, size=query.size, total_elements=total, number=query.page)
 
 
@@ -437,7 +471,23 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
+def _unit(value: Any, kind: type) -> Any:
+    """An attribute as the field's type (``None`` when absent or not of that kind)."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    if kind is str:
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return int(number) if kind is int else number
+
+
+def _item(row: Sequence[Any], modality: str) -> dict[str, Any]:
+    extras = dict(zip(_EXTRA_KEYS, row[28:], strict=True))
     (
         time_,
         dedupe_key,
@@ -467,7 +517,7 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
         subscription,
         product,
         model_source,
-    ) = row
+    ) = row[:28]
     item: dict[str, Any] = {
         "id": bytes(dedupe_key).hex(),
         "metricType": metric_type,
@@ -491,7 +541,7 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
         "billingSkipped": bool(skipped),
         "isCodingAssistant": bool(coding),
     }
-    if completions:
+    if modality != "all":
         item.update(
             inputTokenCount=int(input_tokens),
             outputTokenCount=int(output_tokens),
@@ -500,4 +550,6 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
             cacheReadTokenCount=int(cache_read),
             totalTokenCount=int(input_tokens + cache_read + cache_write + output_tokens),
         )
+    for name, key, kind in MODALITY_FIELDS.get(modality, ()):
+        item[name] = _unit(extras[key], kind)
     return item

@@ -20,7 +20,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from tokenscale.api._errors import InvalidRequestError
+from tokenscale.api._errors import ConflictError, InvalidRequestError
 from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.pipeline import ResultWriter
 from tokenscale.tenants import tenant_uuid
@@ -65,6 +65,8 @@ class Budget:
     tenant: str
     token_limit: int
     window_days: int
+    #: The tenant's UUID (the seed APIs' company id), when read from the database.
+    company_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,7 @@ def set_budget(conn: Connection, tenant: str, token_limit: int, window_days: int
         "window_days = excluded.window_days, updated_at = now()",
         (tenant, token_limit, window_days),
     )
-    tenant_uuid(conn, tenant)
-    return Budget(tenant, token_limit, window_days)
+    return Budget(tenant, token_limit, window_days, str(tenant_uuid(conn, tenant)))
 
 
 def get_budget(conn: Connection, tenant: str) -> Budget | None:
@@ -130,11 +131,12 @@ def get_budget(conn: Connection, tenant: str) -> Budget | None:
 def list_budgets(conn: Connection, tenant: str | None = None) -> list[Budget]:
     """Every budget (of ``tenant`` only, when given), by tenant."""
     rows = conn.execute(
-        "SELECT tenant, token_limit, window_days FROM tokenscale.budgets "
-        "WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s ORDER BY tenant",
+        "SELECT b.tenant, b.token_limit, b.window_days, t.id FROM tokenscale.budgets b "
+        "LEFT JOIN tokenscale.tenants t ON t.name = b.tenant "
+        "WHERE %(tenant)s::text IS NULL OR b.tenant = %(tenant)s ORDER BY b.tenant",
         {"tenant": tenant},
     ).fetchall()
-    return [Budget(r[0], int(r[1]), int(r[2])) for r in rows]
+    return [Budget(r[0], int(r[1]), int(r[2]), None if r[3] is None else str(r[3])) for r in rows]
 
 
 _TOKENS: Final = sql.SQL("input_tokens + cache_read_tokens + cache_write_tokens + output_tokens")
@@ -242,7 +244,7 @@ IDEMPOTENCY_KEY_DAYS: Final = 7
 def idempotent_identity(conn: Connection, tenant: str, key: str, tokens: int) -> tuple[int, bytes]:
     """The (time in ns, dedupe key) of the turn ``key`` names: the first attempt's, made on first use.
 
-    A key reused with a different token count is :class:`InvalidRequestError`. Keys older than
+    A key reused with a different token count is :class:`ConflictError` (409). Keys older than
     :data:`IDEMPOTENCY_KEY_DAYS` are forgotten.
     """
     conn.execute(
@@ -262,7 +264,7 @@ def idempotent_identity(conn: Connection, tenant: str, key: str, tokens: int) ->
     ).fetchone()
     assert row is not None
     if int(row[2]) != tokens:
-        raise InvalidRequestError(
+        raise ConflictError(
             f"Idempotency-Key: {key[:80]!r} was first used for a turn of {row[2]} tokens, not {tokens}",
             field="Idempotency-Key",
         )
@@ -283,5 +285,13 @@ def record_chat_usage(
 
 
 def budgets_json(budgets: Sequence[Budget]) -> list[dict[str, Any]]:
-    """Budgets as JSON objects (for the CLI's ``budgets list --json``)."""
-    return [{"tenant": b.tenant, "token_limit": b.token_limit, "window_days": b.window_days} for b in budgets]
+    """Budgets as JSON objects (for the CLI's ``budgets list --json``), with the company's UUID."""
+    return [
+        {
+            "tenant": b.tenant,
+            "company_id": b.company_id,
+            "token_limit": b.token_limit,
+            "window_days": b.window_days,
+        }
+        for b in budgets
+    ]

@@ -277,7 +277,9 @@ class UsageApiServicer:
         """POST /assistant/ai-chat/usage."""
 
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        key = metadata.get("idempotency-key") or metadata.get("x-request-id")
+        key = metadata.get("idempotency-key")
+        if key is None:
+            key = metadata.get("x-request-id") or None
 
         def work(principal: Principal) -> pb.AiChatUsageResponse:
             company = request.company_id if request.HasField("company_id") else None

@@ -195,6 +195,7 @@ _SERVICESTACK_CODES: Final = {
     "payload_too_large": "PayloadTooLarge",
     "not_acceptable": "NotAcceptable",
     "unsupported_media_type": "UnsupportedMediaType",
+    "conflict": "Conflict",
     "unavailable": "ServiceUnavailable",
     "internal": "InternalServerError",
 }
@@ -340,6 +341,7 @@ def _servicestack_response(
 
 
 _FORM: Final = "application/x-www-form-urlencoded"
+_MAX_COMPANY_ID_CHARS: Final = 255
 
 
 def _request_fields(request: Request, body: bytes) -> list[Mapping[str, Any]]:
@@ -364,6 +366,18 @@ def _request_fields(request: Request, body: bytes) -> list[Mapping[str, Any]]:
     if not isinstance(parsed, dict):
         raise InvalidRequestError("request body: must be a JSON object")
     return [parsed]
+
+
+def _query_fields(request: Request) -> dict[str, str]:
+    """The query string's fields; a NUL in any is refused (ServiceStack would bind each one)."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in name:
+            raise InvalidRequestError(f"{name[:60]}: must not contain NUL characters", field=name[:60])
+        if name.lower() == "companyid" and len(value) > _MAX_COMPANY_ID_CHARS:
+            raise InvalidRequestError(
+                f"CompanyId: length must be at most {_MAX_COMPANY_ID_CHARS}", field="CompanyId"
+            )
+    return dict(request.query_params)
 
 
 def _field(sources: list[Mapping[str, Any]], name: str) -> object:
@@ -429,8 +443,10 @@ class _HttpApi:
                 principal = await _run(self.service.principal, request.headers, "ingest")
                 _response_format(request, suffix)  # an unknown ?format= is refused before recording
                 body = await _read_body(request, self.max_body_bytes)
-                sources = [*_request_fields(request, body), dict(request.query_params)]
-                key = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+                sources = [*_request_fields(request, body), _query_fields(request)]
+                key = request.headers.get("idempotency-key")
+                if key is None:
+                    key = request.headers.get("x-request-id") or None
                 result = await _run(
                     self.service.record_chat_usage,
                     principal,

@@ -14,13 +14,15 @@ from tokenscale.api.ai_metrics import (
     MAX_TOTAL_COST,
     METRIC_TYPES,
     MODALITIES,
+    MODALITY_FIELDS,
     OPERATION_TYPES,
     SORT_ALIASES,
+    SORT_PATTERN,
     SORT_PROPERTIES,
 )
 from tokenscale.api.budgets import MAX_IDEMPOTENCY_KEY_CHARS, MAX_TOKEN_LIMIT, MAX_TURN_TOKENS
 from tokenscale.api.tool_metrics import COUNT_FIELDS, EMAIL_PATTERN, MAX_RECORDS
-from tokenscale.api.usage_records import DEFAULT_TAKE, MAX_TAKE, RELATION_FILTERS
+from tokenscale.api.usage_records import CURSOR_PATTERN, DEFAULT_TAKE, MAX_TAKE, RELATION_FILTERS
 
 __all__ = ["openapi_document"]
 
@@ -54,6 +56,7 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
         404: "Not found",
         405: "Method not allowed",
         406: "The requested format is not served (json, jsv)",
+        409: "The Idempotency-Key was first used for a different turn",
         413: "Request body too large",
         415: "The request body's Content-Type is not read",
         503: "The database is unavailable; retry later",
@@ -77,7 +80,11 @@ def _query(name: str, schema: dict[str, Any], description: str, *, required: boo
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-_TEXT: Final = {"type": "string", "minLength": 1, "maxLength": 255}
+#: Text the server takes: no NUL (PostgreSQL text cannot hold it).
+_NO_NUL: Final = "^[^\\u0000]*$"
+_TEXT: Final = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _NO_NUL}
+#: An ISO 8601 date-time (RFC 3339); a bare date (YYYY-MM-DD) is accepted too.
+_MOMENT: Final = {"type": "string", "format": "date-time", "maxLength": 64}
 _TURN_TOKENS: Final = {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_TURN_TOKENS}
 
 
@@ -90,8 +97,8 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             _query("metricType", {"type": "string", "enum": list(METRIC_TYPES)}, "Filter by modality.")
         )
     params += [
-        _query("startDate", {"type": "string", "maxLength": 64}, "From this ISO 8601 date/time (inclusive)."),
-        _query("endDate", {"type": "string", "maxLength": 64}, "Up to this ISO 8601 date/time (inclusive)."),
+        _query("startDate", _MOMENT, "From this ISO 8601 date-time, or date (inclusive)."),
+        _query("endDate", _MOMENT, "Up to this ISO 8601 date-time, or the end of this date (inclusive)."),
         _query(
             "requestDurationMin",
             {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_DURATION_MS},
@@ -122,7 +129,11 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
         _query("modelSource", _TEXT, "Model source (routing layer)."),
         _query("errorReason", _TEXT, "Error reason (error.type)."),
         _query("operationType", {"type": "string", "enum": list(OPERATION_TYPES)}, "Operation type."),
-        _query("environment", {"type": "string", "minLength": 1, "maxLength": 50}, "Deployment environment."),
+        _query(
+            "environment",
+            {"type": "string", "minLength": 1, "maxLength": 50, "pattern": _NO_NUL},
+            "Deployment environment.",
+        ),
         _query("billingSkipped", {"type": "boolean"}, "Whether billing was skipped."),
         _query(
             "includeCodingAssistants",
@@ -143,7 +154,7 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             "explode": True,
             "schema": {
                 "type": "array",
-                "items": {"type": "string", "maxLength": 500},
+                "items": {"type": "string", "maxLength": 500, "pattern": SORT_PATTERN},
                 "default": ["requestTime,DESC"],
             },
             "description": "property,(asc|desc); repeatable. Properties: "
@@ -155,7 +166,16 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
     return params
 
 
-def _ai_metric_schema(completions: bool) -> dict[str, Any]:
+_METRIC_SCHEMAS: Final = {
+    "all": "AiMetric",
+    "completions": "AiCompletionMetric",
+    "audio": "AiAudioMetric",
+    "video": "AiVideoMetric",
+    "images": "AiImageMetric",
+}
+
+
+def _ai_metric_schema(modality: str) -> dict[str, Any]:
     string = _nullable({"type": "string"})
     properties: dict[str, Any] = {
         "id": {"type": "string"},
@@ -185,7 +205,7 @@ def _ai_metric_schema(completions: bool) -> dict[str, Any]:
         "isCodingAssistant": {"type": "boolean"},
     }
     required = ["id", "metricType", "requestTime", "agent", "operationType", "subscriber", "billingSkipped"]
-    if completions:
+    if modality != "all":
         for name in (
             "inputTokenCount",
             "outputTokenCount",
@@ -196,11 +216,17 @@ def _ai_metric_schema(completions: bool) -> dict[str, Any]:
         ):
             properties[name] = {"type": "integer", "minimum": 0}
             required.append(name)
+    for name, _key, kind in MODALITY_FIELDS.get(modality, ()):
+        schema: dict[str, Any] = {"type": "string"} if kind is str else {"type": "number", "minimum": 0}
+        if kind is int:
+            schema = {"type": "integer", "minimum": 0}
+        properties[name] = _nullable(schema)
+        required.append(name)
     return {"type": "object", "properties": properties, "required": required}
 
 
 def _paged_schema(modality: str) -> dict[str, Any]:
-    item = "AiCompletionMetric" if modality == "completions" else "AiMetric"
+    item = _METRIC_SCHEMAS[modality]
     return {
         "type": "object",
         "required": ["_embedded", "page"],
@@ -218,11 +244,27 @@ def _paged_schema(modality: str) -> dict[str, Any]:
 
 def _tool_metric_input() -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "email": {"type": "string", "maxLength": 320, "pattern": EMAIL_PATTERN, "description": "User email."},
-        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "YYYY-MM-DD."},
+        "email": {
+            "type": "string",
+            "maxLength": 320,
+            "pattern": EMAIL_PATTERN.replace("@]", "@\\u0000]"),
+            "description": "User email.",
+        },
+        "date": {
+            "type": "string",
+            "format": "date",
+            "pattern": r"^\d{4}-\d{2}-\d{2}$",
+            "description": "YYYY-MM-DD.",
+        },
         "is_active": {"type": "boolean"},
-        "tool": {"type": "string", "minLength": 1, "maxLength": 255},
-        "metrics": _nullable({"type": "object", "description": "Usage data object (free-form JSON)."}),
+        "tool": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _NO_NUL},
+        "metrics": _nullable(
+            {
+                "type": "object",
+                "additionalProperties": _ref("JsonValue"),
+                "description": "Usage data object (free-form JSON that PostgreSQL's jsonb stores: no NUL).",
+            }
+        ),
     }
     for name in COUNT_FIELDS:
         properties[name] = _nullable({"type": "integer", "minimum": 0, "maximum": _MAX_COUNT})
@@ -356,9 +398,10 @@ def _record_chat_usage(path: str, fmt: str | None) -> dict[str, Any]:
         "operationId": "recordAiChatUsage" if fmt is None and path == "/assistant/ai-chat/usage" else suffix,
         "summary": "Record a chat turn's tokens against the company's rolling-window budget",
         "parameters": [
-            _query("CompanyId", {"type": "string", "maxLength": 255}, "The company's UUID (or name)."),
-            _query("TokensUsed", _TURN_TOKENS, "When not in the body."),
-            _FORMAT_PARAMETER,
+            _query(
+                "CompanyId", {**_TEXT, "minLength": 0}, "The company's UUID (or name), when not in the body."
+            ),
+            *([_FORMAT_PARAMETER] if fmt is None else []),
             {
                 "name": "Idempotency-Key",
                 "in": "header",
@@ -368,16 +411,16 @@ def _record_chat_usage(path: str, fmt: str | None) -> dict[str, Any]:
             },
         ],
         "requestBody": {
-            "required": False,
+            "required": True,
             "content": {
                 "application/json": {"schema": _ref("AiChatUsageRequest")},
                 "application/x-www-form-urlencoded": {"schema": _ref("AiChatUsageRequest")},
-                _JSV: {"schema": {"type": "string"}},
             },
+            "description": "JSON or form fields; JSV (text/jsv) bodies are read too (see docs/api.md).",
         },
         "responses": {
             "200": _budget_answer(fmt, "Usage in the window, after this turn"),
-            **_servicestack(400, 401, 403, 406, 413, 415, 503),
+            **_servicestack(400, 401, 403, 406, 409, 413, 415, 503),
         },
     }
 
@@ -387,8 +430,8 @@ def _check_budget(path: str, fmt: str | None) -> dict[str, Any]:
         "operationId": "checkBudget" if fmt is None else f"checkBudget_{fmt}",
         "summary": "The company's budget and its usage in the current window (read-only)",
         "parameters": [
-            _query("company_id", {"type": "string", "maxLength": 255}, "The company's UUID or name."),
-            _FORMAT_PARAMETER,
+            _query("company_id", {**_TEXT, "minLength": 0}, "The company's UUID or name."),
+            *([_FORMAT_PARAMETER] if fmt is None else []),
         ],
         "responses": {
             "200": _budget_answer(fmt, "Usage in the window"),
@@ -436,8 +479,7 @@ def _components() -> dict[str, Any]:
                 "field": {"type": "string"},
             },
         },
-        "AiMetric": _ai_metric_schema(completions=False),
-        "AiCompletionMetric": _ai_metric_schema(completions=True),
+        **{name: _ai_metric_schema(modality) for modality, name in _METRIC_SCHEMAS.items()},
         "PageMetadata": {
             "type": "object",
             "required": ["size", "totalElements", "totalPages", "number"],
@@ -448,13 +490,32 @@ def _components() -> dict[str, Any]:
                 "number": {"type": "integer", "minimum": 0},
             },
         },
+        # Free-form JSON as jsonb stores it: any value, but no NUL in text.
+        "JsonValue": {
+            "anyOf": [
+                {"type": "string", "pattern": _NO_NUL, "nullable": True},
+                {"type": "number", "minimum": -1e300, "maximum": 1e300},
+                {"type": "boolean"},
+                {"type": "array", "items": _ref("JsonValue")},
+                {"type": "object", "additionalProperties": _ref("JsonValue")},
+            ]
+        },
         "AiChatUsageRequest": {
             "type": "object",
+            "required": ["TokensUsed"],
             "properties": {
                 "CompanyId": _nullable(
-                    {"type": "string", "description": "The company's UUID (or name); defaults to the key's."}
+                    {
+                        "type": "string",
+                        "maxLength": 255,
+                        "pattern": _NO_NUL,
+                        "description": "The company's UUID (or name); defaults to the key's.",
+                    }
                 ),
-                "TokensUsed": {**_TURN_TOKENS, "description": "Required (here or in the query)."},
+                "TokensUsed": {
+                    **_TURN_TOKENS,
+                    "description": "Required (ServiceStack also reads it from the query).",
+                },
             },
         },
         "AiChatUsageResponse": _budget_status(),
@@ -554,7 +615,11 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listUsageRecords",
                 "summary": "Usage records, cursor-paginated",
                 "parameters": [
-                    _query("cursor", {"type": "string", "maxLength": 200}, "From a previous response."),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "From a previous response (opaque).",
+                    ),
                     _query(
                         "order", {"type": "string", "enum": ["asc", "desc"], "default": "desc"}, "Direction."
                     ),
@@ -583,15 +648,6 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("UsageRecordList"), "A page of usage records"),
                     **_errors("SpringError", 400, 401, 403, 503),
                 },
-            },
-            **{
-                method: {
-                    "operationId": f"{method}UsageRecords",
-                    "summary": "Usage records are immutable",
-                    "security": [],
-                    "responses": _errors("SpringError", 405),
-                }
-                for method in ("post", "put", "patch", "delete")
             },
         },
         "/api/v1/usage/series/fetch": {

@@ -23,6 +23,7 @@ from tokenscale.api._errors import InvalidRequestError
 from tokenscale.api._values import Params, integer, text
 
 __all__ = [
+    "CURSOR_PATTERN",
     "DEFAULT_TAKE",
     "MAX_TAKE",
     "PROMPT_ID_KEYS",
@@ -37,10 +38,14 @@ DEFAULT_TAKE: Final = 25
 MAX_TAKE: Final = 500
 SERIES_DAYS: Final = 90
 _META: Final = "tokenscale.meta."
-#: Meta keys: any text of 1-200 characters without control characters (spaces included).
-_META_KEY_RE: Final = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+#: The longest meta key filtered on (any text: every key an app can store).
+_MAX_META_KEY_CHARS: Final = 1000
 _META_PARAM_RE: Final = re.compile(r"^meta\[(.*)\]$")
-_CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
+#: A cursor: the last record's time (microseconds since the epoch) and id, ``<micros>.<hex id>``.
+CURSOR_PATTERN: Final = r"^[0-9]{1,17}\.([0-9a-f]{2}){1,32}$"
+_CURSOR_RE: Final = re.compile(r"^(\d{1,17})\.((?:[0-9a-f]{2}){1,32})$")
+#: Cursors of earlier versions (base64url of ``<micros>:<hex id>``), still read.
+_OLD_CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
 #: The time windows a page is looked for in before the unbounded search (see list_usage_records).
 _WINDOWS: Final = (timedelta(days=1), timedelta(days=8), timedelta(days=40))
 
@@ -81,22 +86,27 @@ e.attributes->>{skillset}, e.attributes->>{ability},
 
 
 def meta_filters(params: Params) -> dict[str, str]:
-    """The ``meta[key]=value`` (deep-object) filters of a query."""
+    """The ``meta[key]=value`` (deep-object) filters of a query: any key, spaces and brackets included."""
     found: dict[str, str] = {}
     for name in params.names():
         match = _META_PARAM_RE.match(name)
         if match is None:
             continue
         key = match[1]
-        if not _META_KEY_RE.match(key):
+        if len(key) > _MAX_META_KEY_CHARS:
             raise InvalidRequestError(
-                f"meta[{key[:60]!r}]: keys are 1-200 characters without control characters", field="meta"
+                f"meta[...]: keys are at most {_MAX_META_KEY_CHARS} characters", field="meta"
             )
-        found[key] = text(params.get(name), f"meta[{key}]", min_len=0, max_len=1000)
+        value = params.get(name)
+        if isinstance(value, str) and len(value) > 1000:
+            raise InvalidRequestError(f"meta[{key[:60]}]: values are at most 1000 characters", field="meta")
+        found[key] = value if isinstance(value, str) else text(value, f"meta[{key}]", min_len=0, max_len=1000)
     return found
 
 
 def _meta_condition(key: str, value: str, bind: Any) -> sql.Composable:
+    if "\x00" in key or "\x00" in value:
+        return sql.SQL("false")  # nothing stored holds a NUL (PostgreSQL text cannot)
     # Containment keeps the GIN index usable; numbers and booleans stored as JSON match their text.
     candidates: list[Any] = [value]
     if value in ("true", "false"):
@@ -109,17 +119,18 @@ def _meta_condition(key: str, value: str, bind: Any) -> sql.Composable:
 
 def _encode_cursor(moment: datetime, dedupe_key: bytes) -> str:
     micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    raw = f"{micros}:{dedupe_key.hex()}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{micros}.{dedupe_key.hex()}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, bytes]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    match = _CURSOR_RE.match(raw)
+    match = _CURSOR_RE.match(cursor)
     if match is None:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raw = ""
+        match = _OLD_CURSOR_RE.match(raw)
+    if match is None or len(match[2]) % 2:
         raise InvalidRequestError("cursor: not a cursor returned by this API", field="cursor")
     try:
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(match[1]))
