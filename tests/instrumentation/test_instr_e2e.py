@@ -161,21 +161,35 @@ def test_images_and_audio_reach_the_modality_listings_exactly(
                 IMAGES_USAGE["output_tokens"],
             )
             assert item["subscriber"]["email"] == "ana@example.com"
-        path = f"/v2/api/sources/metrics/ai/audio?teamId={tenant}"
-        [audio] = servers.http("GET", path, key).json()["_embedded"]["aIAudioMetricResourceList"]
+        path = f"/v2/api/sources/metrics/ai/audio?teamId={tenant}&sort=timestamp,asc"
+        transcription, speech_item = servers.http("GET", path, key).json()["_embedded"][
+            "aIAudioMetricResourceList"
+        ]
         usage = TRANSCRIPTION_TOKENS_USAGE
-        assert (audio["model"], audio["inputTokenCount"], audio["outputTokenCount"]) == (
+        assert (
+            transcription["model"],
+            transcription["inputTokenCount"],
+            transcription["outputTokenCount"],
+        ) == (
             "gpt-4o-transcribe",
             usage["input_tokens"],
             usage["output_tokens"],
         )
-        assert audio["audioInputTokenCount"] == usage["input_token_details"]["audio_tokens"]
+        assert transcription["audioInputTokenCount"] == usage["input_token_details"]["audio_tokens"]
+        # Speech reports no tokens: one request of 11 characters.
+        assert (speech_item["model"], speech_item["operationType"], speech_item["characterCount"]) == (
+            "gpt-4o-mini-tts",
+            "AUDIO",
+            len("Hello there"),
+        )
+        assert (speech_item["totalTokenCount"], speech_item["audioSeconds"]) == (0, None)
     finally:
         servers.stop()
-    # Requests that report units but no tokens (whisper's seconds, speech's characters) are
-    # instrumented, but the ledger stores only usage with tokens: they are not (yet) listed.
-    counted = _rows(db_url, "SELECT operation FROM tokenscale.usage_events WHERE counted ORDER BY time")
-    assert counted == [("image_generation",), ("image.edit",), ("transcription",)]
+    # A translation reports neither tokens nor units: traced, but no usage to store.
+    counted = _rows(
+        db_url, "SELECT operation, requests FROM tokenscale.usage_events WHERE counted ORDER BY time"
+    )
+    assert counted == [("image_generation", 1), ("image.edit", 1), ("transcription", 1), ("speech", 1)]
 
 
 def _rows(db_url: str, query: str) -> list[tuple[object, ...]]:

@@ -43,6 +43,7 @@ from tokenscale.mapping.rules import (
     SENSITIVE_KEYS,
     TOKENSCALE_SCOPE_PREFIX,
     TOKENSCALE_SPAN,
+    UNIT_USAGE_KEYS,
     ActivityRule,
     Contribution,
     FieldRule,
@@ -549,7 +550,9 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
     _check_time(time_ns)
     usage = _usage(attrs, rule.fields)
     if usage is None:
-        return None
+        if rule is CLAUDE_SPAN or UNIT_USAGE_KEYS.isdisjoint(attrs):
+            return None
+        usage = ([0, 0, 0, 0, 0, 0], None)  # units only (speech, whisper): one request, no tokens
     dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + span.trace_id + _SEP + span.span_id + _SEP)
     request_id = _first_text(attrs, _SPAN_REQUEST_ID_KEYS)
     error_type = None

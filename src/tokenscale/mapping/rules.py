@@ -32,6 +32,7 @@ __all__ = [
     "SENSITIVE_KEYS",
     "TOKENSCALE_SCOPE_PREFIX",
     "TOKENSCALE_SPAN",
+    "UNIT_USAGE_KEYS",
     "USAGE_COLUMNS",
     "ActivityRule",
     "Contribution",
@@ -206,6 +207,19 @@ SEMCONV_SPAN: Final = SpanRule(carrier="gen_ai.span", rank=3, fields=SEMCONV_FIE
 #: with the same usage, which must not be added to ours.
 TOKENSCALE_SPAN: Final = SpanRule(carrier="tokenscale.instrumentation", rank=2, fields=SEMCONV_FIELDS)
 TOKENSCALE_SCOPE_PREFIX: Final = "tokenscale.instrumentation."
+
+#: Per-modality usage units (``gen_ai.usage.<modality>.<unit>``) that make a span one billable
+#: request even without token counts (speech is billed per input character, whisper per second):
+#: such a span is stored as one request with zero tokens, its units kept in its attributes.
+UNIT_USAGE_KEYS: Final = frozenset(
+    {
+        "gen_ai.usage.image.count",
+        "gen_ai.usage.audio.seconds",
+        "gen_ai.usage.text.characters",
+        "gen_ai.usage.video.seconds",
+        "gen_ai.usage.video.count",
+    }
+)
 
 #: Spans of these operations aggregate their children's usage; counting them would double count.
 NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
