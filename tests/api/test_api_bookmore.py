@@ -259,6 +259,13 @@ def test_a_retried_turn_counts_once(api: ApiServers) -> None:
             pb.RecordAiChatUsageRequest(tokens_used=11),
             metadata=[*api.metadata(acme), ("idempotency-key", "grpc-1")],
         )
+    with pytest.raises(grpc.RpcError) as caught:
+        api.stub.RecordAiChatUsage(
+            pb.RecordAiChatUsageRequest(tokens_used=12),
+            metadata=[*api.metadata(acme), ("idempotency-key", "grpc-1")],
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "first used for a turn of 11 tokens" in (caught.value.details() or "")
     # Keys are per company: globex's "turn-1" is another turn.
     other = api.http("POST", ROUTE, globex, headers=headers, json={"TokensUsed": 300}).json()
     assert other["TokensUsed"] == 300
