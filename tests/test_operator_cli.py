@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,12 +143,19 @@ def test_keys_and_budgets_lists_have_headers_and_budgets_keep_their_window(
     assert main(["budgets", "set", "beta", "--limit", "100", *db]) == 0  # a new budget: 30 days
     capsys.readouterr()
     assert main(["budgets", "list", *db]) == 0
-    assert capsys.readouterr().out == "tenant\ttoken_limit\twindow_days\nacme\t0\t7\nbeta\t100\t30\n"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "tenant\ttoken_limit\twindow_days\tcompany_id"
+    assert [line.split("\t")[:3] for line in lines[1:]] == [["acme", "0", "7"], ["beta", "100", "30"]]
+    assert all(uuid.UUID(line.split("\t")[3]) for line in lines[1:])
     assert main(["budgets", "delete", "acme", *db]) == 0
     assert main(["budgets", "delete", "acme", *db]) == 1
     capsys.readouterr()
     assert main(["budgets", "list", *db]) == 0
-    assert capsys.readouterr().out == "tenant\ttoken_limit\twindow_days\nbeta\t100\t30\n"
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[:3] for line in lines] == [
+        ["tenant", "token_limit", "window_days"],
+        ["beta", "100", "30"],
+    ]
 
 
 def test_dashboard_urls() -> None:

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from tokenscale.errors import PermanentError
 from tokenscale.pipeline import DEFAULT_TENANT
+from tokenscale.tenants import tenant_uuid
 
 __all__ = [
     "ANONYMOUS_TENANT",
@@ -135,6 +136,7 @@ def create_key(conn: Connection, tenant: str, scopes: Iterable[str], name: str =
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (uuid.uuid4(), tenant, name, list(scope_list), _hash(secret), secret[:_DISPLAY_CHARS]),
     )
+    tenant_uuid(conn, tenant)  # the tenant's UUID (the seed APIs' company id) exists from its first key
     return secret
 
 

@@ -132,12 +132,18 @@ def test_cli_commands(api_url: str) -> None:
     assert code == 0 and secret.strip()[:12] in listing and "read" in listing and "live" in listing
     assert run("keys", "revoke", secret.strip()[:12]) == (0, "revoked\n")
     assert run("keys", "revoke", secret.strip()[:12])[0] == 1
+    with psycopg.connect(api_url) as conn:
+        [(company,)] = conn.execute("SELECT id::text FROM tokenscale.tenants WHERE name = 'acme'").fetchall()
     assert run("budgets", "set", "acme", "--limit", "5000", "--window-days", "7") == (
         0,
-        "acme: 5000 tokens per 7 days\n",
+        f"acme: 5000 tokens per 7 days (company id {company})\n",
     )
     assert run("budgets", "list", "--json") == (
         0,
-        '[{"tenant": "acme", "token_limit": 5000, "window_days": 7}]\n',
+        f'[{{"tenant": "acme", "company_id": "{company}", "token_limit": 5000, "window_days": 7}}]\n',
+    )
+    assert run("budgets", "set", "acme", "--limit", str(2**31), "--window-days", "7") == (
+        2,
+        "error: token_limit must be between 0 and 2147483647\n",
     )
     assert run("budgets", "set", "acme", "--limit", "5", "--window-days", "0")[0] == 2

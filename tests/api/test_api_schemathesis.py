@@ -1,4 +1,4 @@
-"""Schemathesis against the live server's ``/openapi.json``: no server errors, no off-schema answers."""
+"""Schemathesis (every check) against the live server's ``/openapi.json``: the document matches the server."""
 
 from __future__ import annotations
 
@@ -14,15 +14,9 @@ from api_servers import ApiServers
 from dbservers import Server, fresh_database
 from tokenscale.store import migrate
 
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_headers_conformance",
-        "response_schema_conformance",
-    ]
-)
+#: Every check schemathesis has (``-c all``): server errors, status codes, content types, headers,
+#: response schemas, and that schema-valid requests are accepted and schema-violating ones refused.
+CHECKS = "all"
 
 
 @pytest.fixture
@@ -77,6 +71,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "60",
             "--seed",
             "20250115",
+            # PostgreSQL text and jsonb cannot hold NUL: the server refuses it everywhere (400), and
+            # where the document can say so it does (string patterns), but OpenAPI 3.0 cannot
+            # constrain the keys of free-form objects (DX's metrics), so NUL is not generated.
+            "--generation-allow-x00",
+            "false",
             "--suppress-health-check",
             "all",
         ],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
+import subprocess
 import uuid
 from typing import Any
 
@@ -38,7 +42,8 @@ def _grpc_record(message: pb.AiToolMetricRecord) -> dict[str, Any]:
         if name in out:
             out[name] = int(out[name])
     if "metrics" in out:
-        out["metrics"] = {k: int(v) if float(v).is_integer() else v for k, v in out["metrics"].items()}
+        # The exact JSON text travels beside the Struct (whose numbers are doubles).
+        out["metrics"] = json.loads(out.pop("metrics_json"))
     return out
 
 
@@ -212,3 +217,50 @@ def test_push_needs_a_valid_key_with_the_ingest_scope(api: ApiServers) -> None:
         api.stub.PushAiToolMetric(pb.AiToolMetric(**SEED_RECORD))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert api.query("SELECT count(*) FROM tokenscale.bespoke_ai_tool_daily_metrics") == [(0,)]
+
+
+# The seed's example request as its documentation prints it; only the instance URL and the key differ.
+SEED_CURL = """curl -X POST https://yourinstance.getdx.net/api/aiToolMetrics.pushAll \\
+-H 'Accept: application/json' \\
+-H 'Authorization: Bearer xxxx-xxxxxxxxx-xxxx' \\
+-H 'Content-Type: application/json' \\
+--data '{
+"data": [
+{
+"email": "engineer1@company.com",
+"date": "2025-01-15",
+"is_active": true,
+"tool": "tabnine",
+"metrics": {"lines": 150},
+"input_tokens": 10000,
+"output_tokens": 500,
+"cache_write_tokens": 2000,
+"cache_read_tokens": 1000,
+"spend_cents": 100
+}
+]
+}'"""
+
+
+def test_the_seed_curl_command_replayed_verbatim(api: ApiServers) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    key = api.key("acme")
+    command = SEED_CURL.replace("https://yourinstance.getdx.net", api.base).replace(
+        "xxxx-xxxxxxxxx-xxxx", key
+    )
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0] == "curl"
+    result = subprocess.run(
+        [curl, "-sS", "-w", "\\n%{http_code} %{content_type}", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    body, _, status_line = result.stdout.rpartition("\n")
+    assert status_line == "200 application/json"
+    [stored] = json.loads(body)
+    assert uuid.UUID(stored.pop("id"))
+    assert stored == SEED_RECORD

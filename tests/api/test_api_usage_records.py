@@ -218,8 +218,41 @@ def test_series_has_90_midnight_points_with_zero_days(
     conversations = {p["date"]: p["total"] for p in body["conversations"] if p["total"]}
     today, yesterday, two_days = _midnight_ms(0), _midnight_ms(1), _midnight_ms(2)
     assert tokens == {today: 11, yesterday: 1, two_days: 3}
-    assert messages == {today: 3, yesterday: 1, two_days: 1}
+    # Messages: each request without a prompt id is a user input and a bot response.
+    assert messages == {today: 6, yesterday: 2, two_days: 2}
     assert conversations == {today: 1, two_days: 1}  # c-old counts on its first day only
     reply = api.stub.FetchUsageSeries(pb.FetchUsageSeriesRequest(), metadata=api.metadata(key))
     assert [(p.date, p.total) for p in reply.tokens] == [(p["date"], p["total"]) for p in body["tokens"]]
     assert len(reply.conversations) == len(reply.messages) == 90
+
+
+def test_series_messages_tell_user_inputs_from_responses_and_conversations_count_once_ever(
+    api: ApiServers, make_event: Callable[..., UsageEvent]
+) -> None:
+    today, yesterday = _midnight_ms(0), _midnight_ms(1)
+    before_midnight = make_event("acme", input_tokens=1, attributes={"prompt.id": "p-2"})
+    before_midnight.time_ns = (today - 1000) * 10**6
+    after_midnight = make_event("acme", input_tokens=1, attributes={"prompt.id": "p-2"})
+    after_midnight.time_ns = (today + 1000) * 10**6
+    api.write(
+        [
+            # One user prompt of an agentic turn: three AI requests (responses), one input.
+            *[make_event("acme", input_tokens=1, attributes={"prompt.id": "p-1"}) for _ in range(3)],
+            make_event("acme", input_tokens=1, attributes={"prompt_id": "g-1"}),  # Gemini CLI's key
+            # A prompt whose requests span midnight is an input on its first day only.
+            before_midnight,
+            after_midnight,
+            # A conversation that started before the series is not new inside it.
+            make_event("acme", age_days=120, conversation_id="c-ancient", input_tokens=1),
+            make_event("acme", conversation_id="c-ancient", input_tokens=1),
+            make_event("acme", conversation_id="c-today", input_tokens=1),
+        ]
+    )
+    key = api.key("acme", ["read"])
+    body = api.http("GET", "/api/v1/usage/series/fetch", key).json()
+    messages = {p["date"]: p["total"] for p in body["messages"] if p["total"]}
+    conversations = {p["date"]: p["total"] for p in body["conversations"] if p["total"]}
+    # Today: 7 responses (p-1 x3, g-1, p-2's second, two conversation requests) and 4 inputs
+    # (p-1, g-1, one per conversation request); yesterday: p-2's first response and its input.
+    assert messages == {today: 7 + 4, yesterday: 1 + 1}
+    assert conversations == {today: 1}  # c-today only: c-ancient began 120 days ago

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,23 @@ RESPONSES_USAGE: dict[str, Any] = {
 }
 
 # --- OpenAI embeddings -------------------------------------------------------------------------
+
+# Images (gpt-image-1 reports tokens) and audio (gpt-4o-transcribe reports tokens, whisper seconds).
+IMAGES_USAGE: dict[str, Any] = {
+    "input_tokens": 57,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 57},
+    "output_tokens": 4160,
+    "total_tokens": 4217,
+}
+TRANSCRIPTION_TOKENS_USAGE: dict[str, Any] = {
+    "type": "tokens",
+    "input_tokens": 122,
+    "input_token_details": {"audio_tokens": 110, "text_tokens": 12},
+    "output_tokens": 31,
+    "total_tokens": 153,
+}
+TRANSCRIPTION_DURATION_USAGE: dict[str, Any] = {"type": "duration", "seconds": 14}
+SPEECH_BYTES = b"ID3fake-mp3-audio"
 
 EMBEDDING = (0.25, -0.5, 0.125)
 EMBEDDINGS_USAGE: dict[str, Any] = {"prompt_tokens": 8, "total_tokens": 8}
@@ -201,7 +219,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
+        raw = self.rfile.read(length)
+        if self.headers.get("content-type", "").startswith("multipart/form-data"):
+            # The fields of a file upload (images.edit, audio): only the text parts are read.
+            body: dict[str, Any] = {
+                match[1].decode(): match[2].decode()
+                for match in re.finditer(rb'name="([^"]+)"\r\n\r\n(.*?)\r\n--', raw, re.S)
+            }
+        else:
+            body = json.loads(raw or b"{}")
         path = urlsplit(self.path).path
         self.fake.record(
             RecordedRequest("POST", path, {key.lower(): value for key, value in self.headers.items()}, body)
@@ -211,6 +237,11 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/responses": self._responses,
             "/v1/embeddings": self._embeddings,
             "/v1/messages": self._messages,
+            "/v1/images/generations": self._images,
+            "/v1/images/edits": self._images,
+            "/v1/audio/transcriptions": self._transcription,
+            "/v1/audio/translations": self._transcription,
+            "/v1/audio/speech": self._speech,
         }.get(path)
         if route is None:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
@@ -433,6 +464,32 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": EMBEDDINGS_USAGE,
             },
         )
+
+    def _images(self, body: dict[str, Any]) -> None:
+        count = int(body.get("n") or 1)
+        self._json(
+            200,
+            {
+                "created": CREATED,
+                "data": [{"b64_json": base64.b64encode(b"png").decode()} for _ in range(count)],
+                "size": body.get("size", "1024x1024"),
+                "quality": body.get("quality", "high"),
+                "usage": IMAGES_USAGE,
+            },
+        )
+
+    def _transcription(self, body: dict[str, Any]) -> None:
+        usage = (
+            TRANSCRIPTION_DURATION_USAGE if body.get("model") == "whisper-1" else TRANSCRIPTION_TOKENS_USAGE
+        )
+        self._json(200, {"text": "Hello from the fake.", "usage": usage})
+
+    def _speech(self, body: dict[str, Any]) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "audio/mpeg")
+        self.send_header("content-length", str(len(SPEECH_BYTES)))
+        self.end_headers()
+        self.wfile.write(SPEECH_BYTES)
 
     # --- Anthropic ---------------------------------------------------------------------------
 

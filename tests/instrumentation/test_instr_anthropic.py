@@ -331,3 +331,24 @@ def test_beta_messages(
     streamed = dict(second.attributes or {})
     assert streamed.pop("gen_ai.response.time_to_first_chunk") >= 0
     assert streamed == expected_attributes(fake_api, stream=True)
+
+
+def test_images_and_documents_sent_are_counted(
+    anthropic_client: anthropic.Anthropic, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+    }
+    messages = [
+        {"role": "user", "content": [image, {"type": "text", "text": "compare"}, image]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [pdf, {"type": "text", "text": "and this"}]},
+    ]
+    anthropic_client.messages.create(model=MODEL, max_tokens=MAX_TOKENS, messages=messages)  # type: ignore[arg-type]
+    assert span_attributes(telemetry, stream=False) == {
+        **expected_attributes(fake_api, stream=False),
+        "gen_ai.request.image.count": 2,
+        "gen_ai.request.document.count": 1,
+    }

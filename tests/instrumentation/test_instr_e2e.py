@@ -10,10 +10,19 @@ import anthropic
 import openai
 import psycopg
 import pytest
-from fake_llm_api import ANTHROPIC_USAGE, CHAT_USAGE, FakeLLMAPI
+from fake_llm_api import (
+    ANTHROPIC_USAGE,
+    CHAT_USAGE,
+    IMAGES_USAGE,
+    SPEECH_BYTES,
+    TRANSCRIPTION_TOKENS_USAGE,
+    FakeLLMAPI,
+)
 
 import tokenscale
+from api.api_servers import ApiServers
 from otlp_clients import background_loop, running
+from tokenscale.auth import create_key
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.receiver.server import Receiver
 from tokenscale.store import migrate
@@ -118,3 +127,75 @@ def test_an_sdk_tracing_itself_is_not_added_to_our_span(receiver: Receiver, db_u
     with psycopg.connect(db_url) as conn:
         rows = conn.execute("SELECT source, counted FROM tokenscale.usage_events ORDER BY source").fetchall()
     assert rows == [("gen_ai.span", False), ("tokenscale.instrumentation", True)]
+
+
+def test_images_and_audio_reach_the_modality_listings_exactly(
+    receiver: Receiver, db_url: str, fake_api: FakeLLMAPI
+) -> None:
+    handle = tokenscale.instrument(f"http://127.0.0.1:{receiver.grpc_port}", service_name="studio")
+    try:
+        oa = openai.OpenAI(base_url=fake_api.openai_base_url, api_key="k", max_retries=0)
+        with tokenscale.usage_context(user="ana@example.com"):
+            oa.images.generate(model="gpt-image-1", prompt="a fox", size="1024x1024", quality="high", n=2)
+            oa.images.edit(model="gpt-image-1", image=("in.png", b"png", "image/png"), prompt="add a hat")
+            oa.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", b"mp3", "audio/mpeg"))
+            oa.audio.translations.create(model="whisper-1", file=("a.mp3", b"mp3", "audio/mpeg"))
+            speech = oa.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello there")
+        assert speech.content == SPEECH_BYTES
+        assert handle.force_flush()
+    finally:
+        handle.shutdown()
+
+    [tenant] = {row[0] for row in _rows(db_url, "SELECT DISTINCT tenant FROM tokenscale.usage_events")}
+    with psycopg.connect(db_url) as conn:
+        key = create_key(conn, tenant, ["read"])
+    servers = ApiServers(db_url).start()
+    try:
+        path = f"/v2/api/sources/metrics/ai/images?teamId={tenant}&sort=timestamp,asc"
+        images = servers.http("GET", path, key).json()["_embedded"]["aIImageMetricResourceList"]
+        fields = ("operationType", "model", "imageCount", "imageSize", "imageQuality", "imageInputTokenCount")
+        assert [tuple(i[f] for f in fields) for i in images] == [
+            ("IMAGE", "gpt-image-1", 2, "1024x1024", "high", 0),
+            ("IMAGE", "gpt-image-1", 1, None, None, 0),
+        ]
+        for item in images:
+            assert (item["inputTokenCount"], item["outputTokenCount"], item["imageOutputTokenCount"]) == (
+                IMAGES_USAGE["input_tokens"],
+                IMAGES_USAGE["output_tokens"],
+                IMAGES_USAGE["output_tokens"],
+            )
+            assert item["subscriber"]["email"] == "ana@example.com"
+        path = f"/v2/api/sources/metrics/ai/audio?teamId={tenant}&sort=timestamp,asc"
+        transcription, speech_item = servers.http("GET", path, key).json()["_embedded"][
+            "aIAudioMetricResourceList"
+        ]
+        usage = TRANSCRIPTION_TOKENS_USAGE
+        assert (
+            transcription["model"],
+            transcription["inputTokenCount"],
+            transcription["outputTokenCount"],
+        ) == (
+            "gpt-4o-transcribe",
+            usage["input_tokens"],
+            usage["output_tokens"],
+        )
+        assert transcription["audioInputTokenCount"] == usage["input_token_details"]["audio_tokens"]
+        # Speech reports no tokens: one request of 11 characters.
+        assert (speech_item["model"], speech_item["operationType"], speech_item["characterCount"]) == (
+            "gpt-4o-mini-tts",
+            "AUDIO",
+            len("Hello there"),
+        )
+        assert (speech_item["totalTokenCount"], speech_item["audioSeconds"]) == (0, None)
+    finally:
+        servers.stop()
+    # A translation reports neither tokens nor units: traced, but no usage to store.
+    counted = _rows(
+        db_url, "SELECT operation, requests FROM tokenscale.usage_events WHERE counted ORDER BY time"
+    )
+    assert counted == [("image_generation", 1), ("image.edit", 1), ("transcription", 1), ("speech", 1)]
+
+
+def _rows(db_url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(query.encode()).fetchall()  # type: ignore[arg-type]

@@ -12,10 +12,14 @@ from fake_llm_api import (
     CHAT_ID,
     CHAT_USAGE,
     EMBEDDINGS_USAGE,
+    IMAGES_USAGE,
     MODEL_BAD_REQUEST,
     MODEL_STREAM_ERROR,
     RESPONSE_ID,
     RESPONSES_USAGE,
+    SPEECH_BYTES,
+    TRANSCRIPTION_DURATION_USAGE,
+    TRANSCRIPTION_TOKENS_USAGE,
     FakeLLMAPI,
     response_model,
 )
@@ -563,3 +567,64 @@ def test_embeddings_async(fake_api: FakeLLMAPI, telemetry: Telemetry) -> None:
     assert len(run(call, fake_api).data) == 2
     assert span_attributes(telemetry, stream=False) == embeddings_attributes(fake_api)
     assert_embeddings_metrics(telemetry)
+
+
+# --- images and audio ---------------------------------------------------------------------------
+
+
+def media_base(api: FakeLLMAPI, operation: str, model: str) -> dict[str, Any]:
+    return {**chat_base(api, model), "gen_ai.operation.name": operation}
+
+
+def test_image_generation_reports_tokens_count_and_parameters(
+    openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    openai_client.images.generate(
+        model="gpt-image-1", prompt="a fox", size="1536x1024", quality="medium", n=3
+    )
+    assert_ok(telemetry, "image_generation gpt-image-1")
+    assert span_attributes(telemetry, stream=False) == {
+        **media_base(fake_api, "image_generation", "gpt-image-1"),
+        "gen_ai.request.image.size": "1536x1024",
+        "gen_ai.request.image.quality": "medium",
+        "gen_ai.usage.image.count": 3,
+        "gen_ai.usage.image.input_tokens": IMAGES_USAGE["input_tokens_details"]["image_tokens"],
+        "gen_ai.usage.text.input_tokens": IMAGES_USAGE["input_tokens_details"]["text_tokens"],
+        "gen_ai.usage.image.output_tokens": IMAGES_USAGE["output_tokens"],
+        **usage_attributes(IMAGES_USAGE["input_tokens"], IMAGES_USAGE["output_tokens"]),
+    }
+
+
+def test_transcription_tokens_and_whisper_seconds(
+    openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    openai_client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", b"mp3", "audio/mpeg"))
+    usage = TRANSCRIPTION_TOKENS_USAGE
+    assert span_attributes(telemetry, stream=False) == {
+        **media_base(fake_api, "transcription", "gpt-4o-transcribe"),
+        "gen_ai.usage.audio.input_tokens": usage["input_token_details"]["audio_tokens"],
+        "gen_ai.usage.text.input_tokens": usage["input_token_details"]["text_tokens"],
+        **usage_attributes(usage["input_tokens"], usage["output_tokens"]),
+    }
+    telemetry.span_exporter.clear()
+    openai_client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"mp3", "audio/mpeg"))
+    assert span_attributes(telemetry, stream=False) == {
+        **media_base(fake_api, "transcription", "whisper-1"),
+        "gen_ai.usage.audio.seconds": float(TRANSCRIPTION_DURATION_USAGE["seconds"]),
+    }
+    # Translations answer text only: the span says what was called, with no usage to report.
+    telemetry.span_exporter.clear()
+    openai_client.audio.translations.create(model="whisper-1", file=("a.mp3", b"mp3", "audio/mpeg"))
+    assert span_attributes(telemetry, stream=False) == media_base(fake_api, "translation", "whisper-1")
+
+
+def test_speech_reports_its_input_characters(
+    openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    speech = openai_client.audio.speech.create(model="tts-1", voice="alloy", input="Hello, wörld")
+    assert speech.content == SPEECH_BYTES
+    assert_ok(telemetry, "speech tts-1")
+    assert span_attributes(telemetry, stream=False) == {
+        **media_base(fake_api, "speech", "tts-1"),
+        "gen_ai.usage.text.characters": 12,
+    }

@@ -12,7 +12,7 @@ from psycopg_pool import PoolTimeout
 from tokenscale.auth import AuthenticationError, PermissionDeniedError
 from tokenscale.errors import RetryableError, TokenscaleError
 
-__all__ = ["ApiError", "Failure", "InvalidRequestError", "NotFoundError", "classify"]
+__all__ = ["ApiError", "ConflictError", "Failure", "InvalidRequestError", "NotFoundError", "classify"]
 
 logger = logging.getLogger("tokenscale.api")
 
@@ -45,6 +45,13 @@ class NotFoundError(ApiError):
     code = "not_found"
 
 
+class ConflictError(ApiError):
+    """The request conflicts with what an earlier one stored (HTTP 409, FAILED_PRECONDITION)."""
+
+    status = 409
+    code = "conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """How one failed request is answered on either transport."""
@@ -62,7 +69,10 @@ _GRPC_CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    406: grpc.StatusCode.INVALID_ARGUMENT,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -104,19 +104,30 @@ def boolean(value: object, name: str, *, strict: bool = False, index: int | None
     raise _fail(name, f"must be a boolean, not {_kind(value)}", index)
 
 
+_LEAP_SECOND: Final = re.compile(r"(T\d{2}:\d{2}:)60")
+
+
 def timestamp(value: object, name: str) -> datetime:
-    """An ISO 8601 date or date-time; one without an offset is UTC."""
+    """An ISO 8601 date or date-time (RFC 3339 too: lower-case ``t``/``z``, leap second 60 read as
+    59.999999); one without an offset is UTC. A moment beyond the years 1-9999 in UTC is clamped
+    to that range (as a bound, it excludes or includes everything alike)."""
     raw = text(value, name, max_len=64)
+    cleaned = raw.strip().upper()
+    leap = _LEAP_SECOND.search(cleaned) is not None
+    if leap:
+        cleaned = _LEAP_SECOND.sub(r"\g<1>59", cleaned, count=1)
     try:
-        parsed = datetime.fromisoformat(raw.strip())
+        parsed = datetime.fromisoformat(cleaned)
     except ValueError:
         raise _fail(name, f"must be an ISO 8601 date or date-time, not {raw[:40]!r}", None) from None
+    if leap:
+        parsed = parsed.replace(microsecond=999_999)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
-        raise _fail(name, "is out of range", None) from None
+        return (datetime.min if parsed.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def calendar_date(value: object, name: str, *, index: int | None = None) -> date:

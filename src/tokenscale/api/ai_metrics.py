@@ -9,9 +9,10 @@ scan from there. Other sort orders use OFFSET.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import psycopg
@@ -27,7 +28,10 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "METRIC_TYPES",
     "MODALITIES",
+    "MODALITY_FIELDS",
     "OPERATION_TYPES",
+    "SORT_ALIASES",
+    "SORT_PATTERN",
     "SORT_PROPERTIES",
     "AiMetricsPage",
     "AiMetricsQuery",
@@ -72,6 +76,7 @@ MAX_DURATION_MS: Final = 300_000
 MAX_TOTAL_COST: Final = 999_999.99
 
 _META: Final = "tokenscale.meta."
+_DATE_ONLY: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TOTAL_TOKENS: Final = sql.SQL(
     "(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)"
 )
@@ -107,6 +112,56 @@ SORT_PROPERTIES: Final[dict[str, sql.Composable]] = {
     "totalTokenCount": _TOTAL_TOKENS,
 }
 
+#: Type-specific fields of the audio, video and image listings, each read from a usage event
+#: attribute (``gen_ai.usage.<modality>.*`` units, ``gen_ai.request.image.*`` parameters): name,
+#: attribute key, and ``int``, ``float`` or ``str``.
+MODALITY_FIELDS: Final[dict[str, tuple[tuple[str, str, type], ...]]] = {
+    "audio": (
+        ("audioSeconds", "gen_ai.usage.audio.seconds", float),
+        ("characterCount", "gen_ai.usage.text.characters", int),
+        ("audioInputTokenCount", "gen_ai.usage.audio.input_tokens", int),
+        ("audioOutputTokenCount", "gen_ai.usage.audio.output_tokens", int),
+    ),
+    "video": (
+        ("videoSeconds", "gen_ai.usage.video.seconds", float),
+        ("videoCount", "gen_ai.usage.video.count", int),
+    ),
+    "images": (
+        ("imageCount", "gen_ai.usage.image.count", int),
+        ("imageSize", "gen_ai.request.image.size", str),
+        ("imageQuality", "gen_ai.request.image.quality", str),
+        ("imageInputTokenCount", "gen_ai.usage.image.input_tokens", int),
+        ("imageOutputTokenCount", "gen_ai.usage.image.output_tokens", int),
+    ),
+}
+_EXTRA_KEYS: Final = tuple(dict.fromkeys(key for fields in MODALITY_FIELDS.values() for _, key, _ in fields))
+
+#: Sort properties Revenium's clients use under other names, and the property each stands for.
+SORT_ALIASES: Final[dict[str, str]] = {
+    "timestamp": "requestTime",
+    "requestTimestamp": "requestTime",
+    "createdAt": "requestTime",
+    "created": "requestTime",
+    "time": "requestTime",
+    "cost": "totalCost",
+    "duration": "requestDuration",
+    "inputTokens": "inputTokenCount",
+    "outputTokens": "outputTokenCount",
+    "totalTokens": "totalTokenCount",
+    "reasoningTokens": "reasoningTokenCount",
+    "cacheCreationTokens": "cacheCreationTokenCount",
+    "cacheReadTokens": "cacheReadTokenCount",
+}
+
+_SORT_NAMES: Final = "|".join(re.escape(name) for name in (*SORT_PROPERTIES, *SORT_ALIASES))
+#: One ``sort`` value: properties (or aliases) separated by commas, optionally a direction last.
+SORT_PATTERN: Final = f"^(?:{_SORT_NAMES})(?:,(?:{_SORT_NAMES}))*(?:,(?:[aA][sS][cC]|[dD][eE][sS][cC]))?$"
+_SORT_RE: Final = re.compile(SORT_PATTERN)
+
+#: Filters whose stored values are normalised (lower case: providers, tools, e-mails, model ids):
+#: matched case-insensitively.
+_CASELESS_FILTERS: Final = frozenset({"agent", "provider", "model", "subscriberEmail"})
+
 # Exact-match filters on columns, and on tokenscale.meta.* attributes (answered by the GIN index).
 _COLUMN_FILTERS: Final = {
     "transactionId": "request_id",
@@ -117,8 +172,9 @@ _COLUMN_FILTERS: Final = {
     "model": "model",
     "errorReason": "error_type",
 }
+#: The OTLP trace id of a span's usage event (tokenscale.mapping), when the app sets no trace id.
+_OTEL_TRACE_ID: Final = "otel.trace_id"
 _META_FILTERS: Final = {
-    "traceId": _META + "trace_id",
     "organizationName": _META + "organization_name",
     "subscriptionId": _META + "subscription_id",
     "productId": _META + "product_id",
@@ -136,6 +192,7 @@ QUERY_PARAMETERS: Final = (
     "totalCostMax",
     *_COLUMN_FILTERS,
     *_META_FILTERS,
+    "traceId",
     "traceType",
     "operationType",
     "environment",
@@ -204,7 +261,15 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
             query.conditions.append(sql.SQL(template).format(query.bind(convert(value, name))))
 
     add("startDate", "e.time >= {}", timestamp)
-    add("endDate", "e.time <= {}", timestamp)
+    end = params.get("endDate")
+    if end is not None:
+        bound = timestamp(end, "endDate")
+        if _DATE_ONLY.match(str(end).strip()):
+            # A date without a time means the whole of that UTC day.
+            if bound < datetime.max.replace(tzinfo=UTC) - timedelta(days=1):
+                query.conditions.append(sql.SQL("e.time < {}").format(query.bind(bound + timedelta(days=1))))
+        else:
+            query.conditions.append(sql.SQL("e.time <= {}").format(query.bind(bound)))
 
     def duration(value: object, name: str) -> int:
         return integer(value, name, minimum=0, maximum=MAX_DURATION_MS)
@@ -218,16 +283,27 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
     add("totalCostMax", "e.cost_usd <= {}::numeric", cost)
     for name, column in _COLUMN_FILTERS.items():
         value = params.get(name)
-        if value is not None:
-            query.conditions.append(
-                sql.SQL("e.{} = {}").format(sql.Identifier(column), query.bind(text(value, name)))
-            )
+        if value is None:
+            continue
+        wanted = text(value, name)
+        template = "lower(e.{}) = lower({})" if name in _CASELESS_FILTERS else "e.{} = {}"
+        query.conditions.append(sql.SQL(template).format(sql.Identifier(column), query.bind(wanted)))
     for name, key in _META_FILTERS.items():
         value = params.get(name)
         if value is not None:
             query.conditions.append(
                 sql.SQL("e.attributes @> {}").format(query.bind(Jsonb({key: text(value, name)})))
             )
+    trace = params.get("traceId")
+    if trace is not None:
+        value = text(trace, "traceId")
+        own = query.bind(Jsonb({_META + "trace_id": value}))
+        otlp = query.bind(Jsonb({_OTEL_TRACE_ID: value.lower()}))
+        query.conditions.append(
+            sql.SQL("(e.attributes @> {} OR (e.attributes @> {} AND NOT e.attributes ? {}))").format(
+                own, otlp, query.bind(_META + "trace_id")
+            )
+        )
     trace_type = params.get("traceType")
     if trace_type is not None:
         value = text(trace_type, "traceType")
@@ -275,16 +351,19 @@ def _parse_sort(values: Sequence[object]) -> list[tuple[str, bool]]:
     """Spring's ``sort=property[,property...][,(asc|desc)]``, repeatable; default ``requestTime,DESC``."""
     order: list[tuple[str, bool]] = []
     for raw in values:
-        parts = [p.strip() for p in text(raw, "sort", max_len=500).split(",") if p.strip()]
+        value = text(raw, "sort", max_len=500)
+        if not _SORT_RE.match(value):
+            raise InvalidRequestError(
+                f"sort: {value[:60]!r} is not property[,property...][,asc|desc]; sortable: "
+                f"{', '.join(SORT_PROPERTIES)} (or {', '.join(SORT_ALIASES)})",
+                field="sort",
+            )
+        parts = value.split(",")
         ascending = True  # Spring's default direction for a property given without one
-        if parts and parts[-1].lower() in ("asc", "desc"):
+        if parts[-1].lower() in ("asc", "desc"):
             ascending = parts.pop().lower() == "asc"
-        for prop in parts:
-            if prop not in SORT_PROPERTIES:
-                raise InvalidRequestError(
-                    f"sort: unknown property {prop[:60]!r}; sortable: {', '.join(SORT_PROPERTIES)}",
-                    field="sort",
-                )
+        for alias in parts:
+            prop = SORT_ALIASES.get(alias, alias)
             if prop not in (p for p, _ in order):
                 order.append((prop, ascending))
     return order or [("requestTime", False)]
@@ -294,15 +373,18 @@ _SELECT: Final = sql.SQL(
     """e.time, e.dedupe_key, e.tool, e.user_email, e.user_id, e.provider, e.model, e.operation, e.request_id,
 e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
 e.cost_usd, e.duration_ms, e.error_type, {metric_type}, {operation_type}, {environment}, {skipped},
-tokenscale.is_coding_assistant(e.tool), e.attributes->>{trace_id}, e.attributes->>{trace_type},
+tokenscale.is_coding_assistant(e.tool), coalesce(e.attributes->>{trace_id}, e.attributes->>{otel_trace_id}),
+e.attributes->>{trace_type},
 e.attributes->>{organization}, e.attributes->>{subscription}, e.attributes->>{product},
-e.attributes->>{model_source}"""
+e.attributes->>{model_source}, {extras}"""
 ).format(
+    extras=sql.SQL(", ").join(sql.SQL("e.attributes->{}").format(sql.Literal(k)) for k in _EXTRA_KEYS),
     metric_type=_METRIC_TYPE,
     operation_type=_OPERATION_TYPE,
     environment=_ENVIRONMENT,
     skipped=_BILLING_SKIPPED,
     trace_id=sql.Literal(_META + "trace_id"),
+    otel_trace_id=sql.Literal(_OTEL_TRACE_ID),
     trace_type=sql.Literal(_META + "trace_type"),
     organization=sql.Literal(_META + "organization_name"),
     subscription=sql.Literal(_META + "subscription_id"),
@@ -327,7 +409,7 @@ def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetrics
         page = _page_sql(conn, query, where, offset) if offset < total else None
         if page is not None:
             rows = conn.execute(page, query.params).fetchall()
-    items = [_item(row, completions=query.modality == "completions") for row in rows]
+    items = [_item(row, query.modality) for row in rows]
     return AiMetricsPage(items=items, size=query.size, total_elements=total, number=query.page)
 
 
@@ -389,7 +471,23 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
+def _unit(value: Any, kind: type) -> Any:
+    """An attribute as the field's type (``None`` when absent or not of that kind)."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    if kind is str:
+        return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return int(number) if kind is int else number
+
+
+def _item(row: Sequence[Any], modality: str) -> dict[str, Any]:
+    extras = dict(zip(_EXTRA_KEYS, row[28:], strict=True))
     (
         time_,
         dedupe_key,
@@ -419,7 +517,7 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
         subscription,
         product,
         model_source,
-    ) = row
+    ) = row[:28]
     item: dict[str, Any] = {
         "id": bytes(dedupe_key).hex(),
         "metricType": metric_type,
@@ -443,7 +541,7 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
         "billingSkipped": bool(skipped),
         "isCodingAssistant": bool(coding),
     }
-    if completions:
+    if modality != "all":
         item.update(
             inputTokenCount=int(input_tokens),
             outputTokenCount=int(output_tokens),
@@ -452,4 +550,6 @@ def _item(row: Sequence[Any], *, completions: bool) -> dict[str, Any]:
             cacheReadTokenCount=int(cache_read),
             totalTokenCount=int(input_tokens + cache_read + cache_write + output_tokens),
         )
+    for name, key, kind in MODALITY_FIELDS.get(modality, ()):
+        item[name] = _unit(extras[key], kind)
     return item

@@ -134,7 +134,10 @@ def run_command(args: argparse.Namespace, conninfo: str, out: TextIO) -> int:
             out.write("revoked\n")
         elif command == "budgets set":
             budget = budgets_set(conninfo, args.tenant, args.token_limit, args.window_days)
-            out.write(f"{budget.tenant}: {budget.token_limit} tokens per {budget.window_days} days\n")
+            out.write(
+                f"{budget.tenant}: {budget.token_limit} tokens per {budget.window_days} days "
+                f"(company id {budget.company_id})\n"
+            )
         elif command == "budgets delete":
             if not budgets_delete(conninfo, args.tenant):
                 out.write(f"tenant {args.tenant!r} has no budget\n")
@@ -145,9 +148,9 @@ def run_command(args: argparse.Namespace, conninfo: str, out: TextIO) -> int:
             if args.json:
                 out.write(json.dumps(budgets_json(budgets)) + "\n")
             else:
-                out.write("tenant\ttoken_limit\twindow_days\n")
+                out.write("tenant\ttoken_limit\twindow_days\tcompany_id\n")
             for b in [] if args.json else budgets:
-                out.write(f"{b.tenant}\t{b.token_limit}\t{b.window_days}\n")
+                out.write(f"{b.tenant}\t{b.token_limit}\t{b.window_days}\t{b.company_id}\n")
         else:
             raise ValueError(f"unknown command {command!r}")
     except ValueError as exc:

@@ -8,6 +8,7 @@ parameter names), so both transports validate and answer alike; failures abort w
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -87,10 +88,25 @@ def _present(message: Message, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def _tool_metric(message: pb.AiToolMetric) -> dict[str, Any]:
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _tool_metric(message: pb.AiToolMetric, where: str = "") -> dict[str, Any]:
     record = _present(message, _TOOL_METRIC_FIELDS)
+    if message.HasField("metrics") and message.HasField("metrics_json"):
+        raise InvalidRequestError(
+            f"{where}metrics_json: send either metrics or metrics_json, not both", field="metrics_json"
+        )
     if message.HasField("metrics"):
         record["metrics"] = _plain(MessageToDict(message.metrics))
+    if message.HasField("metrics_json"):
+        try:
+            record["metrics"] = json.loads(message.metrics_json, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidRequestError(
+                f"{where}metrics_json: not valid JSON ({str(exc)[:120]})", field="metrics_json"
+            ) from None
     return record
 
 
@@ -104,6 +120,7 @@ def _tool_metric_record(record: Mapping[str, Any]) -> pb.AiToolMetricRecord:
     )
     if record["metrics"] is not None:
         out.metrics.update(record["metrics"])
+        out.metrics_json = json.dumps(record["metrics"], ensure_ascii=False, separators=(",", ":"))
     for name in COUNT_FIELDS:
         if record[name] is not None:
             setattr(out, name, record[name])
@@ -128,14 +145,16 @@ def _ai_metrics_page(page: AiMetricsPage) -> pb.ListAiMetricsResponse:
 
 
 def _budget(status: Mapping[str, Any]) -> pb.AiChatUsageResponse:
-    return pb.AiChatUsageResponse(
+    out = pb.AiChatUsageResponse(
         company_id=status["CompanyId"],
         tokens_used=status["TokensUsed"],
-        token_limit=status["TokenLimit"],
-        tokens_remaining=status["TokensRemaining"],
         is_within_budget=status["IsWithinBudget"],
         window_days=status["WindowDays"],
     )
+    if status["TokenLimit"] is not None:
+        out.token_limit = status["TokenLimit"]
+        out.tokens_remaining = status["TokensRemaining"]
+    return out
 
 
 def _usage_records(result: Mapping[str, Any]) -> pb.ListUsageRecordsResponse:
@@ -152,6 +171,7 @@ def _usage_records(result: Mapping[str, Any]) -> pb.ListUsageRecordsResponse:
             **{_snake(name): item[name] for name in RELATION_FILTERS if name in item},
         )
         record.meta.update(item["meta"])
+        record.meta_json = json.dumps(item["meta"], ensure_ascii=False, separators=(",", ":"))
         out.items.append(record)
     return out
 
@@ -212,7 +232,9 @@ class UsageApiServicer:
         """aiToolMetrics.pushAll."""
 
         def work(principal: Principal) -> pb.PushAllAiToolMetricsResponse:
-            records = parse_push_all({"data": [_tool_metric(m) for m in request.data]})
+            records = parse_push_all(
+                {"data": [_tool_metric(m, f"data[{i}].") for i, m in enumerate(request.data)]}
+            )
             stored = self.service.push_tool_metrics(principal, records)
             return pb.PushAllAiToolMetricsResponse(data=[_tool_metric_record(r) for r in stored])
 
@@ -254,10 +276,15 @@ class UsageApiServicer:
     async def RecordAiChatUsage(self, request: Any, context: Any) -> pb.AiChatUsageResponse:  # noqa: N802
         """POST /assistant/ai-chat/usage."""
 
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        key = metadata.get("idempotency-key")
+        if key is None:
+            key = metadata.get("x-request-id") or None
+
         def work(principal: Principal) -> pb.AiChatUsageResponse:
             company = request.company_id if request.HasField("company_id") else None
             tokens = request.tokens_used if request.HasField("tokens_used") else None
-            return _budget(self.service.record_chat_usage(principal, company, tokens))
+            return _budget(self.service.record_chat_usage(principal, company, tokens, key))
 
         return await self._call(request, context, "ingest", work)
 

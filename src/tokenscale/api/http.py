@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl
 
 import grpc
 from psycopg_pool import ConnectionPool
@@ -31,11 +32,13 @@ from tokenscale.api.tool_metrics import parse_push, parse_push_all
 from tokenscale.auth import AuthPolicy
 from tokenscale.pipeline import ResultWriter
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_api_routes"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "REVENIUM_BASE_PATH", "create_api_routes"]
 
 #: The largest request body accepted (HTTP 413 beyond it).
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 _JSV: Final = "text/jsv"
+#: The base path of Revenium's public API; the AI metrics listings answer under it too.
+REVENIUM_BASE_PATH: Final = "/profitstream"
 
 T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -67,8 +70,10 @@ def create_api_routes(
         Route("/openapi.json", api.openapi, methods=["GET"], name="api_openapi"),
         Route("/api/aiToolMetrics.push", api.push, methods=["POST"], name="api_tool_metrics_push"),
         Route("/api/aiToolMetrics.pushAll", api.push_all, methods=["POST"], name="api_tool_metrics_push_all"),
-        Route("/assistant/ai-chat/usage", api.record_chat_usage, methods=["POST"], name="api_ai_chat_usage"),
-        Route("/api/budgets/check", api.check_budget, methods=["GET"], name="api_budget_check"),
+        Route(
+            "/assistant/ai-chat/usage", api.record_chat_usage(), methods=["POST"], name="api_ai_chat_usage"
+        ),
+        Route("/api/budgets/check", api.check_budget(), methods=["GET"], name="api_budget_check"),
         Route("/api/v1/usage/list", api.list_usage_records, methods=["GET"], name="api_usage_list"),
         Route(
             "/api/v1/usage/list",
@@ -78,11 +83,20 @@ def create_api_routes(
         ),
         Route("/api/v1/usage/series/fetch", api.usage_series, methods=["GET"], name="api_usage_series"),
     ]
+    # ServiceStack's format suffixes and predefined routes of the same request DTO.
+    for fmt in _SERVICESTACK_FORMATS:
+        routes.append(Route(f"/assistant/ai-chat/usage.{fmt}", api.record_chat_usage(fmt), methods=["POST"]))
+        routes.append(Route(f"/{fmt}/reply/RecordAiChatUsage", api.record_chat_usage(fmt), methods=["POST"]))
+        routes.append(Route(f"/api/budgets/check.{fmt}", api.check_budget(fmt), methods=["GET"]))
+    routes.append(Route("/api/RecordAiChatUsage", api.record_chat_usage(), methods=["POST"]))
+    routes.append(Route("/api/assistant/ai-chat/usage", api.record_chat_usage(), methods=["POST"]))
     for modality in MODALITIES:
         path = "/v2/api/sources/metrics/ai" + ("" if modality == "all" else f"/{modality}")
         routes.append(
             Route(path, api.ai_metrics(modality), methods=["GET"], name=f"api_ai_metrics_{modality}")
         )
+        # Revenium's public base path, as its clients call it.
+        routes.append(Route(REVENIUM_BASE_PATH + path, api.ai_metrics(modality), methods=["GET"]))
     return routes
 
 
@@ -179,6 +193,9 @@ _SERVICESTACK_CODES: Final = {
     "not_null": "NotNull",
     "invalid_request": "InvalidValue",
     "payload_too_large": "PayloadTooLarge",
+    "not_acceptable": "NotAcceptable",
+    "unsupported_media_type": "UnsupportedMediaType",
+    "conflict": "Conflict",
     "unavailable": "ServiceUnavailable",
     "internal": "InternalServerError",
 }
@@ -192,21 +209,87 @@ def _servicestack_error(failure: Failure, jsv: bool) -> Response:
     return _servicestack_response({"ResponseStatus": status}, failure.http_status, jsv, _headers(failure))
 
 
-# --- JSV, ServiceStack's text format (flat objects only: enough for these two endpoints) -----------
+# --- ServiceStack: content negotiation, JSV, request fields ------------------------------------------
+
+#: Formats the Bookmore routes answer: ``?format=`` / suffix name -> media type.
+_SERVICESTACK_FORMATS: Final = {"json": "application/json", "jsv": _JSV}
+#: Media ranges of an ``Accept`` header and the format each selects.
+_ACCEPT_FORMATS: Final = {
+    "application/json": "json",
+    "text/json": "json",
+    "text/jsv": "jsv",
+    "application/jsv": "jsv",
+    "*/*": "json",
+    "application/*": "json",
+    "text/*": "jsv",
+}
 
 
-def _wants_jsv(request: Request) -> bool:
-    if request.query_params.get("format", "").lower() == "jsv":
-        return True
-    accept = request.headers.get("accept", "").lower()
-    return _JSV in accept and "application/json" not in accept
+class UnsupportedMediaTypeError(ApiError):
+    """A request body in a format that is not read (HTTP 415)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotAcceptableError(ApiError):
+    """A requested response format that is not served (HTTP 406)."""
+
+    status = 406
+    code = "not_acceptable"
+
+
+def _accepted_format(accept: str) -> str | None:
+    """The format an ``Accept`` header prefers: highest q first, then the order listed."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        found = _ACCEPT_FORMATS.get(media.lower())
+        if found is not None and quality > 0:
+            ranked.append((-quality, position, found))
+    return min(ranked)[2] if ranked else None
+
+
+def _response_format(request: Request, suffix: str | None = None) -> str:
+    """``json`` or ``jsv``, as ServiceStack picks it: the path's format, ``?format=``, then ``Accept``.
+
+    An unknown ``?format=`` is :class:`NotAcceptableError`; an ``Accept`` naming no served type
+    gets JSON.
+    """
+    if suffix is not None:
+        return suffix
+    named = request.query_params.get("format")
+    if named is not None:
+        if named.lower() not in _SERVICESTACK_FORMATS:
+            raise NotAcceptableError(
+                f"format: {named[:40]!r} is not served; use {' or '.join(_SERVICESTACK_FORMATS)}",
+                field="format",
+            )
+        return named.lower()
+    return _accepted_format(request.headers.get("accept", "")) or "json"
+
+
+def _wants_jsv(request: Request, suffix: str | None = None) -> bool:
+    try:
+        return _response_format(request, suffix) == "jsv"
+    except NotAcceptableError:
+        return False
 
 
 def _jsv_value(value: Any) -> str:
+    """ServiceStack's JSV text of ``value``; null fields are left out, as ServiceStack writes them."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_jsv_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{k}:{_jsv_value(v)}" for k, v in value.items() if v is not None) + "}"
     if isinstance(value, list):
         return "[" + ",".join(_jsv_value(v) for v in value) + "]"
     text = str(value)
@@ -255,6 +338,46 @@ def _servicestack_response(
     if jsv:
         return Response(_jsv_value(body), status, headers=headers, media_type=_JSV)
     return JSONResponse(body, status, headers=headers)
+
+
+_FORM: Final = "application/x-www-form-urlencoded"
+_MAX_COMPANY_ID_CHARS: Final = 255
+
+
+def _request_fields(request: Request, body: bytes) -> list[Mapping[str, Any]]:
+    """The request DTO's fields in the body, read by its ``Content-Type`` (JSON when none is given)."""
+    if not body.strip():
+        return []
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in (_JSV, "application/jsv"):
+        return [_parse_jsv(body)]
+    if content_type == _FORM:
+        try:
+            text_body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("request body: not UTF-8 text") from None
+        return [dict(parse_qsl(text_body, keep_blank_values=True))]
+    if content_type not in ("", "application/json", "text/json") and not content_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type: {content_type[:60]!r} is not read; send application/json, text/jsv or {_FORM}",
+            field="Content-Type",
+        )
+    parsed = _json(body)
+    if not isinstance(parsed, dict):
+        raise InvalidRequestError("request body: must be a JSON object")
+    return [parsed]
+
+
+def _query_fields(request: Request) -> dict[str, str]:
+    """The query string's fields; a NUL in any is refused (ServiceStack would bind each one)."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in name:
+            raise InvalidRequestError(f"{name[:60]}: must not contain NUL characters", field=name[:60])
+        if name.lower() == "companyid" and len(value) > _MAX_COMPANY_ID_CHARS:
+            raise InvalidRequestError(
+                f"CompanyId: length must be at most {_MAX_COMPANY_ID_CHARS}", field="CompanyId"
+            )
+    return dict(request.query_params)
 
 
 def _field(sources: list[Mapping[str, Any]], name: str) -> object:
@@ -307,44 +430,51 @@ class _HttpApi:
                 page = await _run(self.service.list_ai_metrics, principal, params, modality)
             except Exception as exc:
                 return _spring_error(classify(exc), request)
-            return JSONResponse(_paged(page, modality, request))
+            return JSONResponse(_paged(page, modality, request), media_type=_hal_media_type(request))
 
         return list_metrics
 
-    async def record_chat_usage(self, request: Request) -> Response:
-        jsv = _wants_jsv(request)
-        try:
-            principal = await _run(self.service.principal, request.headers, "ingest")
-            body = await _read_body(request, self.max_body_bytes)
-            sources: list[Mapping[str, Any]] = []
-            if body.strip():
-                if request.headers.get("content-type", "").lower().startswith(_JSV):
-                    sources.append(_parse_jsv(body))
-                else:
-                    parsed = _json(body)
-                    if not isinstance(parsed, dict):
-                        raise InvalidRequestError("request body: must be a JSON object")
-                    sources.append(parsed)
-            sources.append(dict(request.query_params))
-            result = await _run(
-                self.service.record_chat_usage,
-                principal,
-                _field(sources, "CompanyId"),
-                _field(sources, "TokensUsed"),
-            )
-        except Exception as exc:
-            return _servicestack_error(classify(exc), jsv)
-        return _servicestack_response(result, 200, jsv)
+    def record_chat_usage(self, suffix: str | None = None) -> Endpoint:
+        """``RecordAiChatUsage`` answering in the format ``suffix`` names (else negotiated)."""
 
-    async def check_budget(self, request: Request) -> Response:
-        jsv = _wants_jsv(request)
-        try:
-            principal = await _run(self.service.principal, request.headers, "read")
-            company = request.query_params.get("company_id")
-            result = await _run(self.service.check_budget, principal, company)
-        except Exception as exc:
-            return _servicestack_error(classify(exc), jsv)
-        return _servicestack_response(result, 200, jsv)
+        async def record(request: Request) -> Response:
+            jsv = _wants_jsv(request, suffix)
+            try:
+                principal = await _run(self.service.principal, request.headers, "ingest")
+                _response_format(request, suffix)  # an unknown ?format= is refused before recording
+                body = await _read_body(request, self.max_body_bytes)
+                sources = [*_request_fields(request, body), _query_fields(request)]
+                key = request.headers.get("idempotency-key")
+                if key is None:
+                    key = request.headers.get("x-request-id") or None
+                result = await _run(
+                    self.service.record_chat_usage,
+                    principal,
+                    _field(sources, "CompanyId"),
+                    _field(sources, "TokensUsed"),
+                    key,
+                )
+            except Exception as exc:
+                return _servicestack_error(classify(exc), jsv)
+            return _servicestack_response(result, 200, jsv)
+
+        return record
+
+    def check_budget(self, suffix: str | None = None) -> Endpoint:
+        """The read-only budget check, in the PascalCase fields of ``AiChatUsageResponse``."""
+
+        async def check(request: Request) -> Response:
+            jsv = _wants_jsv(request, suffix)
+            try:
+                principal = await _run(self.service.principal, request.headers, "read")
+                _response_format(request, suffix)
+                company = request.query_params.get("company_id")
+                result = await _run(self.service.check_budget, principal, company)
+            except Exception as exc:
+                return _servicestack_error(classify(exc), jsv)
+            return _servicestack_response(result, 200, jsv)
+
+        return check
 
     async def list_usage_records(self, request: Request) -> Response:
         try:
@@ -375,6 +505,31 @@ class _HttpApi:
         )
         response.headers["Allow"] = "GET, HEAD"
         return response
+
+
+_HAL: Final = "application/hal+json"
+
+
+def _hal_media_type(request: Request) -> str:
+    """``application/hal+json`` when ``Accept`` prefers it to plain JSON, else ``application/json``."""
+    best: tuple[float, int] | None = None
+    plain: tuple[float, int] | None = None
+    for position, item in enumerate(request.headers.get("accept", "").split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        rank = (-quality, position)
+        if media.lower() == _HAL and quality > 0 and (best is None or rank < best):
+            best = rank
+        if media.lower() in ("application/json", "*/*", "application/*") and (plain is None or rank < plain):
+            plain = rank
+    return _HAL if best is not None and (plain is None or best < plain) else "application/json"
 
 
 def _paged(page: AiMetricsPage, modality: str, request: Request) -> dict[str, Any]:

@@ -14,12 +14,15 @@ from tokenscale.api.ai_metrics import (
     MAX_TOTAL_COST,
     METRIC_TYPES,
     MODALITIES,
+    MODALITY_FIELDS,
     OPERATION_TYPES,
+    SORT_ALIASES,
+    SORT_PATTERN,
     SORT_PROPERTIES,
 )
-from tokenscale.api.budgets import MAX_TURN_TOKENS
+from tokenscale.api.budgets import MAX_IDEMPOTENCY_KEY_CHARS, MAX_TOKEN_LIMIT, MAX_TURN_TOKENS
 from tokenscale.api.tool_metrics import COUNT_FIELDS, EMAIL_PATTERN, MAX_RECORDS
-from tokenscale.api.usage_records import DEFAULT_TAKE, MAX_TAKE, RELATION_FILTERS
+from tokenscale.api.usage_records import CURSOR_PATTERN, DEFAULT_TAKE, MAX_TAKE, RELATION_FILTERS
 
 __all__ = ["openapi_document"]
 
@@ -50,9 +53,12 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
         400: "Invalid request: the message (and `field`) name the offending value",
         401: "No API key, or an invalid or revoked one",
         403: "The key lacks the scope, or the request names another tenant",
-        404: "The company has no budget",
+        404: "Not found",
         405: "Method not allowed",
+        406: "The requested format is not served (json, jsv)",
+        409: "The Idempotency-Key was first used for a different turn",
         413: "Request body too large",
+        415: "The request body's Content-Type is not read",
         503: "The database is unavailable; retry later",
     }
     headers = {
@@ -74,7 +80,11 @@ def _query(name: str, schema: dict[str, Any], description: str, *, required: boo
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-_TEXT: Final = {"type": "string", "minLength": 1, "maxLength": 255}
+#: Text the server takes: no NUL (PostgreSQL text cannot hold it).
+_NO_NUL: Final = "^[^\\u0000]*$"
+_TEXT: Final = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _NO_NUL}
+#: An ISO 8601 date-time (RFC 3339); a bare date (YYYY-MM-DD) is accepted too.
+_MOMENT: Final = {"type": "string", "format": "date-time", "maxLength": 64}
 _TURN_TOKENS: Final = {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_TURN_TOKENS}
 
 
@@ -87,8 +97,8 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             _query("metricType", {"type": "string", "enum": list(METRIC_TYPES)}, "Filter by modality.")
         )
     params += [
-        _query("startDate", {"type": "string", "maxLength": 64}, "From this ISO 8601 date/time (inclusive)."),
-        _query("endDate", {"type": "string", "maxLength": 64}, "Up to this ISO 8601 date/time (inclusive)."),
+        _query("startDate", _MOMENT, "From this ISO 8601 date-time, or date (inclusive)."),
+        _query("endDate", _MOMENT, "Up to this ISO 8601 date-time, or the end of this date (inclusive)."),
         _query(
             "requestDurationMin",
             {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_DURATION_MS},
@@ -106,20 +116,24 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             "totalCostMax", {"type": "number", "minimum": 0, "maximum": MAX_TOTAL_COST}, "Maximum cost ($)."
         ),
         _query("transactionId", _TEXT, "Exact transaction (request) id."),
-        _query("traceId", _TEXT, "Exact trace id (attribute tokenscale.meta.trace_id)."),
+        _query("traceId", _TEXT, "Exact trace id: the app's tokenscale.meta.trace_id, else the OTLP one."),
         _query("traceType", _TEXT, "Trace type; 'unknown' for metrics without one."),
         _query("organizationName", _TEXT, "Consuming organization name."),
         _query("subscriberId", _TEXT, "Subscriber (user) id."),
-        _query("subscriberEmail", _TEXT, "Subscriber (user) email."),
+        _query("subscriberEmail", _TEXT, "Subscriber (user) email (case-insensitive)."),
         _query("subscriptionId", _TEXT, "Subscription id."),
         _query("productId", _TEXT, "Product id."),
-        _query("agent", _TEXT, "Agent (tool) name, e.g. claude_code."),
-        _query("provider", _TEXT, "AI provider."),
-        _query("model", _TEXT, "AI model."),
+        _query("agent", _TEXT, "Agent (tool) name, e.g. claude_code (case-insensitive)."),
+        _query("provider", _TEXT, "AI provider (case-insensitive)."),
+        _query("model", _TEXT, "AI model (case-insensitive)."),
         _query("modelSource", _TEXT, "Model source (routing layer)."),
         _query("errorReason", _TEXT, "Error reason (error.type)."),
         _query("operationType", {"type": "string", "enum": list(OPERATION_TYPES)}, "Operation type."),
-        _query("environment", {"type": "string", "minLength": 1, "maxLength": 50}, "Deployment environment."),
+        _query(
+            "environment",
+            {"type": "string", "minLength": 1, "maxLength": 50, "pattern": _NO_NUL},
+            "Deployment environment.",
+        ),
         _query("billingSkipped", {"type": "boolean"}, "Whether billing was skipped."),
         _query(
             "includeCodingAssistants",
@@ -140,16 +154,28 @@ def _ai_metrics_parameters(modality: str) -> list[dict[str, Any]]:
             "explode": True,
             "schema": {
                 "type": "array",
-                "items": {"type": "string", "maxLength": 500},
+                "items": {"type": "string", "maxLength": 500, "pattern": SORT_PATTERN},
                 "default": ["requestTime,DESC"],
             },
-            "description": "property,(asc|desc); repeatable. Properties: " + ", ".join(SORT_PROPERTIES),
+            "description": "property,(asc|desc); repeatable. Properties: "
+            + ", ".join(SORT_PROPERTIES)
+            + "; aliases: "
+            + ", ".join(f"{alias} ({prop})" for alias, prop in SORT_ALIASES.items()),
         },
     ]
     return params
 
 
-def _ai_metric_schema(completions: bool) -> dict[str, Any]:
+_METRIC_SCHEMAS: Final = {
+    "all": "AiMetric",
+    "completions": "AiCompletionMetric",
+    "audio": "AiAudioMetric",
+    "video": "AiVideoMetric",
+    "images": "AiImageMetric",
+}
+
+
+def _ai_metric_schema(modality: str) -> dict[str, Any]:
     string = _nullable({"type": "string"})
     properties: dict[str, Any] = {
         "id": {"type": "string"},
@@ -179,7 +205,7 @@ def _ai_metric_schema(completions: bool) -> dict[str, Any]:
         "isCodingAssistant": {"type": "boolean"},
     }
     required = ["id", "metricType", "requestTime", "agent", "operationType", "subscriber", "billingSkipped"]
-    if completions:
+    if modality != "all":
         for name in (
             "inputTokenCount",
             "outputTokenCount",
@@ -190,11 +216,17 @@ def _ai_metric_schema(completions: bool) -> dict[str, Any]:
         ):
             properties[name] = {"type": "integer", "minimum": 0}
             required.append(name)
+    for name, _key, kind in MODALITY_FIELDS.get(modality, ()):
+        schema: dict[str, Any] = {"type": "string"} if kind is str else {"type": "number", "minimum": 0}
+        if kind is int:
+            schema = {"type": "integer", "minimum": 0}
+        properties[name] = _nullable(schema)
+        required.append(name)
     return {"type": "object", "properties": properties, "required": required}
 
 
 def _paged_schema(modality: str) -> dict[str, Any]:
-    item = "AiCompletionMetric" if modality == "completions" else "AiMetric"
+    item = _METRIC_SCHEMAS[modality]
     return {
         "type": "object",
         "required": ["_embedded", "page"],
@@ -212,11 +244,27 @@ def _paged_schema(modality: str) -> dict[str, Any]:
 
 def _tool_metric_input() -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "email": {"type": "string", "maxLength": 320, "pattern": EMAIL_PATTERN, "description": "User email."},
-        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "YYYY-MM-DD."},
+        "email": {
+            "type": "string",
+            "maxLength": 320,
+            "pattern": EMAIL_PATTERN.replace("@]", "@\\u0000]"),
+            "description": "User email.",
+        },
+        "date": {
+            "type": "string",
+            "format": "date",
+            "pattern": r"^\d{4}-\d{2}-\d{2}$",
+            "description": "YYYY-MM-DD.",
+        },
         "is_active": {"type": "boolean"},
-        "tool": {"type": "string", "minLength": 1, "maxLength": 255},
-        "metrics": _nullable({"type": "object", "description": "Usage data object (free-form JSON)."}),
+        "tool": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _NO_NUL},
+        "metrics": _nullable(
+            {
+                "type": "object",
+                "additionalProperties": _ref("JsonValue"),
+                "description": "Usage data object (free-form JSON that PostgreSQL's jsonb stores: no NUL).",
+            }
+        ),
     }
     for name in COUNT_FIELDS:
         properties[name] = _nullable({"type": "integer", "minimum": 0, "maximum": _MAX_COUNT})
@@ -292,13 +340,102 @@ def _budget_status() -> dict[str, Any]:
             "WindowDays",
         ],
         "properties": {
-            "CompanyId": {"type": "string"},
-            "TokensUsed": {"type": "integer", "minimum": 0},
-            "TokenLimit": {"type": "integer", "minimum": 0},
-            "TokensRemaining": {"type": "integer", "minimum": 0},
+            "CompanyId": {"type": "string", "format": "uuid", "description": "The company's UUID."},
+            "TokensUsed": {"type": "integer", "format": "int64", "minimum": 0},
+            "TokenLimit": _nullable(
+                {
+                    "type": "integer",
+                    "format": "int32",
+                    "minimum": 0,
+                    "maximum": MAX_TOKEN_LIMIT,
+                    "description": "null: the company has no budget (unlimited).",
+                }
+            ),
+            "TokensRemaining": _nullable({"type": "integer", "format": "int64", "minimum": 0}),
             "IsWithinBudget": {"type": "boolean"},
-            "WindowDays": {"type": "integer", "minimum": 1},
+            "WindowDays": {"type": "integer", "format": "int32", "minimum": 1},
             "ResponseStatus": _nullable(_ref("ResponseStatus")),
+        },
+    }
+
+
+#: The routes of RecordAiChatUsage and the budget check, with the format their path fixes.
+_RECORD_ROUTES: Final = (
+    ("/assistant/ai-chat/usage", None),
+    ("/assistant/ai-chat/usage.json", "json"),
+    ("/assistant/ai-chat/usage.jsv", "jsv"),
+    ("/json/reply/RecordAiChatUsage", "json"),
+    ("/jsv/reply/RecordAiChatUsage", "jsv"),
+    ("/api/RecordAiChatUsage", None),
+    ("/api/assistant/ai-chat/usage", None),
+)
+_CHECK_ROUTES: Final = (
+    ("/api/budgets/check", None),
+    ("/api/budgets/check.json", "json"),
+    ("/api/budgets/check.jsv", "jsv"),
+)
+_FORMAT_PARAMETER: Final = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^([jJ][sS][oO][nN]|[jJ][sS][vV])$"},
+    "description": "Response format (ServiceStack's ?format=); the path's suffix wins.",
+}
+
+
+def _budget_answer(fmt: str | None, description: str) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if fmt in (None, "json"):
+        content["application/json"] = {"schema": _ref("AiChatUsageResponse")}
+    if fmt in (None, "jsv"):
+        content[_JSV] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+def _record_chat_usage(path: str, fmt: str | None) -> dict[str, Any]:
+    suffix = path.strip("/").replace("/", "_").replace(".", "_").replace("-", "_")
+    return {
+        "operationId": "recordAiChatUsage" if fmt is None and path == "/assistant/ai-chat/usage" else suffix,
+        "summary": "Record a chat turn's tokens against the company's rolling-window budget",
+        "parameters": [
+            _query(
+                "CompanyId", {**_TEXT, "minLength": 0}, "The company's UUID (or name), when not in the body."
+            ),
+            *([_FORMAT_PARAMETER] if fmt is None else []),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_CHARS},
+                "description": "A retried turn with the same key is recorded once (else X-Request-Id).",
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("AiChatUsageRequest")},
+                "application/x-www-form-urlencoded": {"schema": _ref("AiChatUsageRequest")},
+            },
+            "description": "JSON or form fields; JSV (text/jsv) bodies are read too (see docs/api.md).",
+        },
+        "responses": {
+            "200": _budget_answer(fmt, "Usage in the window, after this turn"),
+            **_servicestack(400, 401, 403, 406, 409, 413, 415, 503),
+        },
+    }
+
+
+def _check_budget(path: str, fmt: str | None) -> dict[str, Any]:
+    return {
+        "operationId": "checkBudget" if fmt is None else f"checkBudget_{fmt}",
+        "summary": "The company's budget and its usage in the current window (read-only)",
+        "parameters": [
+            _query("company_id", {**_TEXT, "minLength": 0}, "The company's UUID or name."),
+            *([_FORMAT_PARAMETER] if fmt is None else []),
+        ],
+        "responses": {
+            "200": _budget_answer(fmt, "Usage in the window"),
+            **_servicestack(400, 401, 403, 406, 503),
         },
     }
 
@@ -342,8 +479,7 @@ def _components() -> dict[str, Any]:
                 "field": {"type": "string"},
             },
         },
-        "AiMetric": _ai_metric_schema(completions=False),
-        "AiCompletionMetric": _ai_metric_schema(completions=True),
+        **{name: _ai_metric_schema(modality) for modality, name in _METRIC_SCHEMAS.items()},
         "PageMetadata": {
             "type": "object",
             "required": ["size", "totalElements", "totalPages", "number"],
@@ -354,11 +490,32 @@ def _components() -> dict[str, Any]:
                 "number": {"type": "integer", "minimum": 0},
             },
         },
+        # Free-form JSON as jsonb stores it: any value, but no NUL in text.
+        "JsonValue": {
+            "anyOf": [
+                {"type": "string", "pattern": _NO_NUL, "nullable": True},
+                {"type": "number", "minimum": -1e300, "maximum": 1e300},
+                {"type": "boolean"},
+                {"type": "array", "items": _ref("JsonValue")},
+                {"type": "object", "additionalProperties": _ref("JsonValue")},
+            ]
+        },
         "AiChatUsageRequest": {
             "type": "object",
+            "required": ["TokensUsed"],
             "properties": {
-                "CompanyId": _nullable({"type": "string", "description": "Defaults to the key's tenant."}),
-                "TokensUsed": {**_TURN_TOKENS, "description": "Required (here or in the query)."},
+                "CompanyId": _nullable(
+                    {
+                        "type": "string",
+                        "maxLength": 255,
+                        "pattern": _NO_NUL,
+                        "description": "The company's UUID (or name); defaults to the key's.",
+                    }
+                ),
+                "TokensUsed": {
+                    **_TURN_TOKENS,
+                    "description": "Required (ServiceStack also reads it from the query).",
+                },
             },
         },
         "AiChatUsageResponse": _budget_status(),
@@ -451,64 +608,18 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
-        "/assistant/ai-chat/usage": {
-            "post": {
-                "operationId": "recordAiChatUsage",
-                "summary": "Record a chat turn's tokens against the company's rolling-window budget",
-                "parameters": [
-                    _query(
-                        "CompanyId", {"type": "string", "maxLength": 255}, "Defaults to the key's tenant."
-                    ),
-                    _query("TokensUsed", _TURN_TOKENS, "When not in the body."),
-                    _query("format", {"type": "string", "enum": ["json", "jsv"]}, "Response format."),
-                ],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {"schema": _ref("AiChatUsageRequest")},
-                        _JSV: {"schema": {"type": "string"}},
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "Usage in the window, after this turn",
-                        "content": {
-                            "application/json": {"schema": _ref("AiChatUsageResponse")},
-                            _JSV: {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_servicestack(400, 401, 403, 404, 413, 503),
-                },
-            }
-        },
-        "/api/budgets/check": {
-            "get": {
-                "operationId": "checkBudget",
-                "summary": "The company's budget and its usage in the current window (read-only)",
-                "parameters": [
-                    _query(
-                        "company_id", {"type": "string", "maxLength": 255}, "Defaults to the key's tenant."
-                    ),
-                    _query("format", {"type": "string", "enum": ["json", "jsv"]}, "Response format."),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Usage in the window",
-                        "content": {
-                            "application/json": {"schema": _ref("AiChatUsageResponse")},
-                            _JSV: {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_servicestack(400, 401, 403, 404, 503),
-                },
-            }
-        },
+        **{path: {"post": _record_chat_usage(path, fmt)} for path, fmt in _RECORD_ROUTES},
+        **{path: {"get": _check_budget(path, fmt)} for path, fmt in _CHECK_ROUTES},
         "/api/v1/usage/list": {
             "get": {
                 "operationId": "listUsageRecords",
                 "summary": "Usage records, cursor-paginated",
                 "parameters": [
-                    _query("cursor", {"type": "string", "maxLength": 200}, "From a previous response."),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "From a previous response (opaque).",
+                    ),
                     _query(
                         "order", {"type": "string", "enum": ["asc", "desc"], "default": "desc"}, "Direction."
                     ),
@@ -529,22 +640,14 @@ def _paths() -> dict[str, Any]:
                             "type": "object",
                             "additionalProperties": {"type": "string", "maxLength": 1000},
                         },
-                        "description": "meta[key]=value: records whose metadata has that value.",
+                        "description": "meta[key]=value: records whose metadata has that value; a key is "
+                        "any 1-200 characters without control characters (spaces included).",
                     },
                 ],
                 "responses": {
                     "200": _json(_ref("UsageRecordList"), "A page of usage records"),
                     **_errors("SpringError", 400, 401, 403, 503),
                 },
-            },
-            **{
-                method: {
-                    "operationId": f"{method}UsageRecords",
-                    "summary": "Usage records are immutable",
-                    "security": [],
-                    "responses": _errors("SpringError", 405),
-                }
-                for method in ("post", "put", "patch", "delete")
             },
         },
         "/api/v1/usage/series/fetch": {
@@ -560,17 +663,21 @@ def _paths() -> dict[str, Any]:
     }
     for modality in MODALITIES:
         path = "/v2/api/sources/metrics/ai" + ("" if modality == "all" else f"/{modality}")
-        paths[path] = {
-            "get": {
-                "operationId": f"listAiMetrics{modality.capitalize()}",
-                "summary": f"AI metrics ({modality}), paged",
-                "parameters": _ai_metrics_parameters(modality),
-                "responses": {
-                    "200": _json(_paged_schema(modality), "One page (Spring HATEOAS paged model)"),
-                    **_errors("SpringError", 400, 401, 403, 503),
-                },
+        for base in ("", "/profitstream"):
+            page = _json(_paged_schema(modality), "One page (Spring HATEOAS paged model)")
+            page["content"]["application/hal+json"] = page["content"]["application/json"]
+            paths[base + path] = {
+                "get": {
+                    "operationId": f"listAiMetrics{modality.capitalize()}" + ("Profitstream" if base else ""),
+                    "summary": f"AI metrics ({modality}), paged"
+                    + (" (Revenium's base path)" if base else ""),
+                    "parameters": _ai_metrics_parameters(modality),
+                    "responses": {
+                        "200": page,
+                        **_errors("SpringError", 400, 401, 403, 503),
+                    },
+                }
             }
-        }
     return paths
 
 

@@ -18,11 +18,19 @@ from psycopg_pool import ConnectionPool
 from tokenscale.api._errors import InvalidRequestError
 from tokenscale.api._values import Params, integer, text
 from tokenscale.api.ai_metrics import AiMetricsPage, list_ai_metrics, parse_ai_metrics_query
-from tokenscale.api.budgets import MAX_TURN_TOKENS, Budget, budget_status, record_chat_usage
+from tokenscale.api.budgets import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_TURN_TOKENS,
+    Budget,
+    budget_status,
+    idempotent_identity,
+    record_chat_usage,
+)
 from tokenscale.api.tool_metrics import ToolMetric, store_tool_metrics
 from tokenscale.api.usage_records import list_usage_records, usage_series
-from tokenscale.auth import AuthPolicy, PermissionDeniedError, Principal
+from tokenscale.auth import AuthenticationError, AuthPolicy, PermissionDeniedError, Principal
 from tokenscale.pipeline import ResultWriter
+from tokenscale.tenants import TenantIds
 
 __all__ = ["UsageApiService", "same_tenant"]
 
@@ -58,6 +66,7 @@ class UsageApiService:
         self.writer = writer
         self.default_budget = default_budget
         self.timeout = timeout
+        self.tenants = TenantIds(pool, timeout=timeout)
 
     def principal(self, headers: Mapping[str, str], scope: str) -> Principal:
         """The caller, who must hold ``scope`` (blocking on a key-cache miss)."""
@@ -66,13 +75,25 @@ class UsageApiService:
         return principal
 
     def _own(self, principal: Principal, named: object, name: str) -> str:
-        """The tenant a request is about: the caller's own, whether named or not."""
+        """The tenant a request is about: the caller's own, named by its UUID or its name, or not named."""
         if named is None or named == "":
             return principal.tenant
         value = text(named, name, max_len=255)
-        if not same_tenant(value, principal.tenant):
+        if not (
+            same_tenant(value, principal.tenant) or self.tenants.names(value, principal.tenant, by_name=True)
+        ):
             raise PermissionDeniedError(f"{name} {value[:80]!r} is not this API key's tenant")
         return principal.tenant
+
+    def company_id(self, tenant: str) -> str:
+        """The id a tenant is answered under: its UUID."""
+        return str(self.tenants.uuid_of(tenant))
+
+    @staticmethod
+    def _keyed(principal: Principal) -> None:
+        """The budget routes need a company: anonymous callers are refused (Bookmore's IsAuthenticated)."""
+        if principal.key_id is None:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
 
     def push_tool_metrics(self, principal: Principal, records: list[ToolMetric]) -> list[dict[str, Any]]:
         """aiToolMetrics.push/pushAll: store ``records`` (already validated) for the caller's tenant."""
@@ -89,26 +110,46 @@ class UsageApiService:
             return list_ai_metrics(conn, tenant, query)
 
     def record_chat_usage(
-        self, principal: Principal, company_id: object, tokens_used: object
+        self,
+        principal: Principal,
+        company_id: object,
+        tokens_used: object,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Record a chat turn's tokens against the company's budget; the budget status after it."""
+        """Record a chat turn's tokens against the company's budget; the budget status after it.
+
+        A company without a budget is unlimited (``TokenLimit`` null), and the turn is recorded all
+        the same. With ``idempotency_key``, a retried turn is recorded once.
+        """
+        self._keyed(principal)
         principal.require("ingest")
         if tokens_used is None:
             raise InvalidRequestError("TokensUsed: is required", field="TokensUsed", code="not_null")
         tokens = integer(tokens_used, "TokensUsed", minimum=0, maximum=MAX_TURN_TOKENS)
         tenant = self._own(principal, company_id, "CompanyId")
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidRequestError(
+                f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+                field="Idempotency-Key",
+            )
+        answered_as = self.company_id(tenant)
+        identity = None
         with self.pool.connection(timeout=self.timeout) as conn:
-            budget_status(conn, tenant, self.default_budget)  # 404 before anything is recorded
-        record_chat_usage(self.writer, tenant, tokens)
+            budget_status(conn, tenant, self.default_budget)  # a limit beyond the DTO: 400 before recording
+            if idempotency_key is not None and tokens > 0:
+                identity = idempotent_identity(conn, tenant, idempotency_key, tokens)
+        record_chat_usage(self.writer, tenant, tokens, identity)
         with self.pool.connection(timeout=self.timeout) as conn:
-            return budget_status(conn, tenant, self.default_budget).as_json()
+            return budget_status(conn, tenant, self.default_budget, company_id=answered_as).as_json()
 
     def check_budget(self, principal: Principal, company_id: object) -> dict[str, Any]:
         """The budget status of the caller's company, recording nothing."""
+        self._keyed(principal)
         principal.require("read")
         tenant = self._own(principal, company_id, "company_id")
+        answered_as = self.company_id(tenant)
         with self.pool.connection(timeout=self.timeout) as conn:
-            return budget_status(conn, tenant, self.default_budget).as_json()
+            return budget_status(conn, tenant, self.default_budget, company_id=answered_as).as_json()
 
     def list_usage_records(self, principal: Principal, params: Params) -> dict[str, Any]:
         """One cursor page of the caller's usage records."""

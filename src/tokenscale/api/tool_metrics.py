@@ -38,7 +38,10 @@ COUNT_FIELDS: Final = (
 MAX_RECORDS: Final = 1000
 _MAX_COUNT: Final = 10**15
 #: Deliberately loose: one @ with something on each side (leading and trailing blanks are dropped).
-EMAIL_PATTERN: Final = r"^\s*[^\s@]+@[^\s@]+\s*$"
+#: Blanks are the ASCII ones, spelled out, so that the pattern means the same in Python and in
+#: the OpenAPI document's (ECMA) regular expressions.
+_BLANKS: Final = " \t\n\r\f\v"
+EMAIL_PATTERN: Final = r"^[ \t\n\r\f\v]*[^ \t\n\r\f\v@]+@[^ \t\n\r\f\v@]+[ \t\n\r\f\v]*$"
 _EMAIL_RE: Final = re.compile(EMAIL_PATTERN)
 
 Connection = psycopg.Connection[Any]
@@ -70,7 +73,7 @@ def parse_record(obj: object, index: int | None = None) -> ToolMetric:
         if obj.get(name) is None:
             where = name if index is None else f"data[{index}].{name}"
             raise InvalidRequestError(f"{where}: is required", field=name, index=index)
-    email = text(obj["email"], "email", max_len=320, index=index).strip().lower()
+    email = text(obj["email"], "email", max_len=320, index=index).strip(_BLANKS).lower()
     if not _EMAIL_RE.match(email):
         where = "email" if index is None else f"data[{index}].email"
         raise InvalidRequestError(f"{where}: not an email address", field="email", index=index)

@@ -23,8 +23,10 @@ from tokenscale.api._errors import InvalidRequestError
 from tokenscale.api._values import Params, integer, text
 
 __all__ = [
+    "CURSOR_PATTERN",
     "DEFAULT_TAKE",
     "MAX_TAKE",
+    "PROMPT_ID_KEYS",
     "RELATION_FILTERS",
     "SERIES_DAYS",
     "list_usage_records",
@@ -36,9 +38,14 @@ DEFAULT_TAKE: Final = 25
 MAX_TAKE: Final = 500
 SERIES_DAYS: Final = 90
 _META: Final = "tokenscale.meta."
-_META_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+#: The longest meta key filtered on (any text: every key an app can store).
+_MAX_META_KEY_CHARS: Final = 1000
 _META_PARAM_RE: Final = re.compile(r"^meta\[(.*)\]$")
-_CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
+#: A cursor: the last record's time (microseconds since the epoch) and id, ``<micros>.<hex id>``.
+CURSOR_PATTERN: Final = r"^[0-9]{1,17}\.([0-9a-f]{2}){1,32}$"
+_CURSOR_RE: Final = re.compile(r"^(\d{1,17})\.((?:[0-9a-f]{2}){1,32})$")
+#: Cursors of earlier versions (base64url of ``<micros>:<hex id>``), still read.
+_OLD_CURSOR_RE: Final = re.compile(r"^(-?\d{1,20}):([0-9a-f]{2,64})$")
 #: The time windows a page is looked for in before the unbounded search (see list_usage_records).
 _WINDOWS: Final = (timedelta(days=1), timedelta(days=8), timedelta(days=40))
 
@@ -79,22 +86,27 @@ e.attributes->>{skillset}, e.attributes->>{ability},
 
 
 def meta_filters(params: Params) -> dict[str, str]:
-    """The ``meta[key]=value`` (deep-object) filters of a query."""
+    """The ``meta[key]=value`` (deep-object) filters of a query: any key, spaces and brackets included."""
     found: dict[str, str] = {}
     for name in params.names():
         match = _META_PARAM_RE.match(name)
         if match is None:
             continue
         key = match[1]
-        if not _META_KEY_RE.match(key):
+        if len(key) > _MAX_META_KEY_CHARS:
             raise InvalidRequestError(
-                f"meta[{key[:60]}]: keys are 1-100 characters of letters, digits and _.:-", field="meta"
+                f"meta[...]: keys are at most {_MAX_META_KEY_CHARS} characters", field="meta"
             )
-        found[key] = text(params.get(name), f"meta[{key}]", min_len=0, max_len=1000)
+        value = params.get(name)
+        if isinstance(value, str) and len(value) > 1000:
+            raise InvalidRequestError(f"meta[{key[:60]}]: values are at most 1000 characters", field="meta")
+        found[key] = value if isinstance(value, str) else text(value, f"meta[{key}]", min_len=0, max_len=1000)
     return found
 
 
 def _meta_condition(key: str, value: str, bind: Any) -> sql.Composable:
+    if "\x00" in key or "\x00" in value:
+        return sql.SQL("false")  # nothing stored holds a NUL (PostgreSQL text cannot)
     # Containment keeps the GIN index usable; numbers and booleans stored as JSON match their text.
     candidates: list[Any] = [value]
     if value in ("true", "false"):
@@ -107,17 +119,18 @@ def _meta_condition(key: str, value: str, bind: Any) -> sql.Composable:
 
 def _encode_cursor(moment: datetime, dedupe_key: bytes) -> str:
     micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    raw = f"{micros}:{dedupe_key.hex()}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{micros}.{dedupe_key.hex()}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, bytes]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    match = _CURSOR_RE.match(raw)
+    match = _CURSOR_RE.match(cursor)
     if match is None:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raw = ""
+        match = _OLD_CURSOR_RE.match(raw)
+    if match is None or len(match[2]) % 2:
         raise InvalidRequestError("cursor: not a cursor returned by this API", field="cursor")
     try:
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(match[1]))
@@ -219,22 +232,55 @@ FROM tokenscale.usage_hourly h
 WHERE h.tenant = %(tenant)s AND h.hour >= %(start)s AND h.hour < %(end)s GROUP BY 1"""
 ).format(tokens=sql.SQL("h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens"))
 
-# A conversation counts on the day of its first usage within the series' span.
+# A conversation counts on the day of its first usage ever: seen in the series' span, and never before
+# it (an index probe of usage_events_read_conversation per conversation).
 _SERIES_CONVERSATIONS: Final = """
-SELECT date_trunc('day', first_seen, 'UTC'), count(*) FROM (
-    SELECT min(e.time) AS first_seen FROM tokenscale.usage_events e
+SELECT date_trunc('day', c.first_seen, 'UTC'), count(*) FROM (
+    SELECT e.conversation_id, min(e.time) AS first_seen FROM tokenscale.usage_events e
     WHERE e.tenant = %(tenant)s AND e.counted AND e.conversation_id IS NOT NULL
       AND e.time >= %(start)s AND e.time < %(end)s
     GROUP BY e.conversation_id
-) c GROUP BY 1
+) c
+WHERE NOT EXISTS (
+    SELECT 1 FROM tokenscale.usage_events p
+    WHERE p.tenant = %(tenant)s AND p.conversation_id = c.conversation_id AND p.counted
+      AND p.time < %(start)s
+)
+GROUP BY 1
 """
+
+#: The attributes that name the user input (prompt) an AI request answers: Claude Code's
+#: ``prompt.id``, Gemini CLI's ``prompt_id``. Every request of one agentic turn carries the same one.
+PROMPT_ID_KEYS: Final = ("prompt.id", "prompt_id")
+
+# User inputs per day: a prompt id counts once, on the day of its first request; a request without
+# a prompt id answers one input of its own.
+_SERIES_INPUTS: Final = sql.SQL(
+    """
+WITH w AS (
+    SELECT e.time, e.requests, coalesce({prompt}) AS prompt FROM tokenscale.usage_events e
+    WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(start)s AND e.time < %(end)s
+)
+SELECT day, sum(n)::bigint FROM (
+    SELECT date_trunc('day', min(w.time), 'UTC') AS day, 1 AS n FROM w
+    WHERE w.prompt IS NOT NULL GROUP BY w.prompt
+    UNION ALL
+    SELECT date_trunc('day', w.time, 'UTC'), w.requests FROM w WHERE w.prompt IS NULL
+) x GROUP BY day
+"""
+).format(
+    prompt=sql.SQL(", ").join(sql.SQL("e.attributes->>{}").format(sql.Literal(k)) for k in PROMPT_ID_KEYS)
+)
 
 
 def usage_series(conn: psycopg.Connection[Any], tenant: str, now: datetime | None = None) -> dict[str, Any]:
     """``tokens``, ``conversations`` and ``messages`` per UTC day for the last 90 days (today included).
 
     Each point is ``{"date": <midnight UTC in ms>, "total": n}``; days without usage are 0.
-    Tokens and messages (AI requests) come from usage_hourly (the tenant's usage per UTC hour).
+    Tokens and bot responses (AI requests) come from usage_hourly (the tenant's usage per UTC
+    hour). Messages are user inputs plus bot responses: an input is a distinct prompt id
+    (:data:`PROMPT_ID_KEYS`) on the day of its first request, or, for a request without one, the
+    request's own. Conversations count on the day of their first usage ever.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     today = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
@@ -250,6 +296,8 @@ def usage_series(conn: psycopg.Connection[Any], tenant: str, now: datetime | Non
             messages[_ms(day)] = int(day_requests or 0)
         for day, count in conn.execute(_SERIES_CONVERSATIONS, span):
             conversations[_ms(day)] = int(count)
+        for day, inputs in conn.execute(_SERIES_INPUTS, span):
+            messages[_ms(day)] = messages.get(_ms(day), 0) + int(inputs or 0)
     points = [_ms(d) for d in days]
     return {
         "tokens": [{"date": p, "total": tokens.get(p, 0)} for p in points],

@@ -63,8 +63,9 @@ class BudgetStatus:
     """One answer of the budget check endpoint."""
 
     tokens_used: int
-    token_limit: int
-    tokens_remaining: int
+    #: ``None``: the company has no budget (unlimited).
+    token_limit: int | None
+    tokens_remaining: int | None
     is_within_budget: bool
     window_days: int
 
@@ -78,8 +79,8 @@ class BudgetStatus:
             raise ValueError(f"budget check answer has no boolean {FIELD_IS_WITHIN_BUDGET}")
         return cls(
             tokens_used=_int_field(data, FIELD_TOKENS_USED),
-            token_limit=_int_field(data, FIELD_TOKEN_LIMIT),
-            tokens_remaining=_int_field(data, FIELD_TOKENS_REMAINING),
+            token_limit=_optional_int_field(data, FIELD_TOKEN_LIMIT),
+            tokens_remaining=_optional_int_field(data, FIELD_TOKENS_REMAINING),
             is_within_budget=within,
             window_days=_int_field(data, FIELD_WINDOW_DAYS),
         )
@@ -90,6 +91,10 @@ def _int_field(data: Mapping[str, object], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"budget check field {key} is not a number")
     return int(value)
+
+
+def _optional_int_field(data: Mapping[str, object], key: str) -> int | None:
+    return None if data.get(key, 0) is None else _int_field(data, key)
 
 
 class BudgetExceededError(TokenscaleError):

@@ -37,6 +37,26 @@ ERROR_TYPE: Final = "error.type"
 
 OPERATION_CHAT: Final = "chat"
 OPERATION_EMBEDDINGS: Final = "embeddings"
+#: Operations of the image and audio APIs (no semconv names yet; tokenscale's read APIs file them
+#: under the IMAGE and AUDIO metric types).
+OPERATION_IMAGE_GENERATION: Final = "image_generation"
+OPERATION_IMAGE_EDIT: Final = "image.edit"
+OPERATION_TRANSCRIPTION: Final = "transcription"
+OPERATION_TRANSLATION: Final = "translation"
+OPERATION_SPEECH: Final = "speech"
+#: Per-modality usage (``gen_ai.usage.<modality>.<unit>``) and the request's image parameters.
+GEN_AI_USAGE_IMAGE_COUNT: Final = "gen_ai.usage.image.count"
+GEN_AI_USAGE_IMAGE_INPUT_TOKENS: Final = "gen_ai.usage.image.input_tokens"
+GEN_AI_USAGE_IMAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.image.output_tokens"
+GEN_AI_USAGE_TEXT_INPUT_TOKENS: Final = "gen_ai.usage.text.input_tokens"
+GEN_AI_USAGE_TEXT_CHARACTERS: Final = "gen_ai.usage.text.characters"
+GEN_AI_USAGE_AUDIO_SECONDS: Final = "gen_ai.usage.audio.seconds"
+GEN_AI_USAGE_AUDIO_INPUT_TOKENS: Final = "gen_ai.usage.audio.input_tokens"
+GEN_AI_REQUEST_IMAGE_SIZE: Final = "gen_ai.request.image.size"
+GEN_AI_REQUEST_IMAGE_QUALITY: Final = "gen_ai.request.image.quality"
+#: Images and documents sent as input (their tokens are part of ``gen_ai.usage.input_tokens``).
+GEN_AI_REQUEST_IMAGE_COUNT: Final = "gen_ai.request.image.count"
+GEN_AI_REQUEST_DOCUMENT_COUNT: Final = "gen_ai.request.document.count"
 PROVIDER_OPENAI: Final = "openai"
 PROVIDER_ANTHROPIC: Final = "anthropic"
 TOKEN_TYPE_INPUT: Final = "input"

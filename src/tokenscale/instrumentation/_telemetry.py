@@ -150,6 +150,7 @@ class Invocation:
         "_telemetry",
         "error_type",
         "finish_reasons",
+        "response_attributes",
         "response_id",
         "response_model",
         "span",
@@ -177,6 +178,8 @@ class Invocation:
         self.finish_reasons: list[str] | None = None
         self.error_type: str | None = None
         self.usage = Usage()
+        #: Further span attributes the response told (e.g. per-modality usage units).
+        self.response_attributes: dict[str, AttributeValue] = {}
 
     @property
     def ended(self) -> bool:
@@ -239,7 +242,7 @@ class Invocation:
         _put(attributes, sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, usage.cache_read_input_tokens)
         _put(attributes, sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, usage.cache_creation_input_tokens)
         _put(attributes, sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, usage.reasoning_output_tokens)
-        self.span.set_attributes(attributes)
+        self.span.set_attributes({**self.response_attributes, **attributes})
 
         telemetry.duration.record(elapsed, metric_attributes)
         if usage.input_tokens is not None:

@@ -55,7 +55,26 @@ def _describe(instance: Any, kwargs: Mapping[str, Any]) -> Request:
     stream = kwargs.get("stream") is True
     if stream:
         attributes[sc.GEN_AI_REQUEST_STREAM] = True
+    images, documents = _media_blocks(kwargs.get("messages"))
+    if images:
+        attributes[sc.GEN_AI_REQUEST_IMAGE_COUNT] = images
+    if documents:
+        attributes[sc.GEN_AI_REQUEST_DOCUMENT_COUNT] = documents
     return Request(sc.OPERATION_CHAT, as_text(kwargs.get("model")), stream, attributes)
+
+
+def _media_blocks(messages: object) -> tuple[int, int]:
+    """Image and document (PDF) blocks sent: Anthropic counts them as input tokens without a split."""
+    images = documents = 0
+    if not isinstance(messages, list | tuple):
+        return 0, 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for block in content if isinstance(content, list | tuple) else ():
+            kind = block.get("type") if isinstance(block, Mapping) else None
+            images += kind == "image"
+            documents += kind == "document"
+    return images, documents
 
 
 class _UsageParts:

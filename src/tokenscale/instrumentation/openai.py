@@ -1,10 +1,11 @@
-"""Instrumentor for the official ``openai`` SDK: chat completions, Responses API and embeddings."""
+"""Instrumentor for the official ``openai`` SDK: chat completions, Responses API, embeddings, images
+(generate, edit) and audio (transcriptions, translations, speech)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 from tokenscale.instrumentation import _semconv as sc
@@ -38,6 +39,10 @@ SCOPE: Final = "tokenscale.instrumentation.openai"
 _CHAT_MODULE: Final = "openai.resources.chat.completions"
 _RESPONSES_MODULE: Final = "openai.resources.responses"
 _EMBEDDINGS_MODULE: Final = "openai.resources.embeddings"
+_IMAGES_MODULE: Final = "openai.resources.images"
+_TRANSCRIPTIONS_MODULE: Final = "openai.resources.audio.transcriptions"
+_TRANSLATIONS_MODULE: Final = "openai.resources.audio.translations"
+_SPEECH_MODULE: Final = "openai.resources.audio.speech"
 
 # Terminal statuses of a Responses API response (others, e.g. in_progress, are not final).
 _RESPONSE_FINISH_REASONS: Final = {"completed": "stop", "failed": "error", "cancelled": "cancelled"}
@@ -79,6 +84,36 @@ def _describe_responses(instance: Any, kwargs: Mapping[str, Any]) -> Request:
 
 def _describe_embeddings(instance: Any, kwargs: Mapping[str, Any]) -> Request:
     return _request(sc.OPERATION_EMBEDDINGS, None, instance, kwargs, None)
+
+
+def _describe_image(operation: str) -> Callable[[Any, Mapping[str, Any]], Request]:
+    def describe(instance: Any, kwargs: Mapping[str, Any]) -> Request:
+        request = _request(operation, None, instance, kwargs, None)
+        for key, name in (
+            (sc.GEN_AI_REQUEST_IMAGE_SIZE, "size"),
+            (sc.GEN_AI_REQUEST_IMAGE_QUALITY, "quality"),
+        ):
+            if (value := as_text(kwargs.get(name))) is not None:
+                request.attributes[key] = value
+        return request
+
+    return describe
+
+
+def _describe_audio(operation: str) -> Callable[[Any, Mapping[str, Any]], Request]:
+    def describe(instance: Any, kwargs: Mapping[str, Any]) -> Request:
+        return _request(operation, None, instance, kwargs, None)
+
+    return describe
+
+
+def _describe_speech(instance: Any, kwargs: Mapping[str, Any]) -> Request:
+    request = _request(sc.OPERATION_SPEECH, None, instance, kwargs, None)
+    text = kwargs.get("input")
+    if isinstance(text, str):
+        # Speech is billed per input character; the response (audio bytes) reports no usage.
+        request.attributes[sc.GEN_AI_USAGE_TEXT_CHARACTERS] = len(text)
+    return request
 
 
 # --- response -----------------------------------------------------------------------------------
@@ -192,6 +227,53 @@ def _on_embeddings_response(invocation: Invocation, response: object) -> None:
     invocation.usage.input_tokens = as_int(getattr(usage, "prompt_tokens", None))
 
 
+def _on_images_response(invocation: Invocation, response: object) -> None:
+    """gpt-image models report tokens (image and text input, image output); every model the count."""
+    if response is None:
+        return
+    data = getattr(response, "data", None)
+    if isinstance(data, list):
+        invocation.response_attributes[sc.GEN_AI_USAGE_IMAGE_COUNT] = len(data)
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return
+    invocation.usage.input_tokens = as_int(getattr(usage, "input_tokens", None))
+    invocation.usage.output_tokens = as_int(getattr(usage, "output_tokens", None))
+    details = getattr(usage, "input_tokens_details", None)
+    units = (
+        (sc.GEN_AI_USAGE_IMAGE_INPUT_TOKENS, as_int(getattr(details, "image_tokens", None))),
+        (sc.GEN_AI_USAGE_TEXT_INPUT_TOKENS, as_int(getattr(details, "text_tokens", None))),
+        (sc.GEN_AI_USAGE_IMAGE_OUTPUT_TOKENS, invocation.usage.output_tokens),
+    )
+    for key, value in units:
+        if value is not None:
+            invocation.response_attributes[key] = value
+
+
+def _on_audio_text_response(invocation: Invocation, response: object) -> None:
+    """Transcriptions and translations: tokens (gpt-4o models) or billed seconds (whisper)."""
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return
+    kind = as_text(getattr(usage, "type", None))
+    if kind == "duration" and (seconds := as_float(getattr(usage, "seconds", None))) is not None:
+        invocation.response_attributes[sc.GEN_AI_USAGE_AUDIO_SECONDS] = seconds
+    if kind == "tokens":
+        invocation.usage.input_tokens = as_int(getattr(usage, "input_tokens", None))
+        invocation.usage.output_tokens = as_int(getattr(usage, "output_tokens", None))
+        details = getattr(usage, "input_token_details", None)
+        for key, value in (
+            (sc.GEN_AI_USAGE_AUDIO_INPUT_TOKENS, as_int(getattr(details, "audio_tokens", None))),
+            (sc.GEN_AI_USAGE_TEXT_INPUT_TOKENS, as_int(getattr(details, "text_tokens", None))),
+        ):
+            if value is not None:
+                invocation.response_attributes[key] = value
+
+
+def _on_speech_response(invocation: Invocation, response: object) -> None:
+    """Speech answers audio bytes: no usage beyond the characters recorded with the request."""
+
+
 def _no_stream(invocation: Invocation) -> Observer:
     return lambda item: None
 
@@ -200,7 +282,8 @@ def _no_stream(invocation: Invocation) -> Observer:
 
 
 class OpenAIInstrumentor(SdkInstrumentor):
-    """Records GenAI spans and metrics for ``openai`` chat completions, responses and embeddings.
+    """Records GenAI spans and metrics for ``openai`` chat completions, responses, embeddings, images
+    and audio.
 
     ``instrument(tracer_provider=..., meter_provider=..., budget_guard=...)``; every argument is
     optional (the global providers, no guard). Instrumenting twice is a no-op and
@@ -222,10 +305,27 @@ class OpenAIInstrumentor(SdkInstrumentor):
             _describe_responses, _on_responses_response, _responses_stream_observer, is_stream
         )
         embeddings = Extractor(_describe_embeddings, _on_embeddings_response, _no_stream, is_stream)
-        targets = (
+
+        def audio(operation: str) -> Extractor:
+            return Extractor(_describe_audio(operation), _on_audio_text_response, _no_stream, is_stream)
+
+        def images(operation: str) -> Extractor:
+            return Extractor(_describe_image(operation), _on_images_response, _no_stream, is_stream)
+
+        targets: tuple[tuple[str, str, tuple[str, ...], Extractor], ...] = (
             (_CHAT_MODULE, "Completions", ("create", "parse"), chat),
             (_RESPONSES_MODULE, "Responses", ("create", "parse"), responses),
             (_EMBEDDINGS_MODULE, "Embeddings", ("create",), embeddings),
+            (_IMAGES_MODULE, "Images", ("generate",), images(sc.OPERATION_IMAGE_GENERATION)),
+            (_IMAGES_MODULE, "Images", ("edit",), images(sc.OPERATION_IMAGE_EDIT)),
+            (_TRANSCRIPTIONS_MODULE, "Transcriptions", ("create",), audio(sc.OPERATION_TRANSCRIPTION)),
+            (_TRANSLATIONS_MODULE, "Translations", ("create",), audio(sc.OPERATION_TRANSLATION)),
+            (
+                _SPEECH_MODULE,
+                "Speech",
+                ("create",),
+                Extractor(_describe_speech, _on_speech_response, _no_stream, is_stream),
+            ),
         )
         patches = Patches()
         for module_name, class_name, methods, extractor in targets:

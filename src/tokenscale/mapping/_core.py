@@ -44,6 +44,7 @@ from tokenscale.mapping.rules import (
     SENSITIVE_KEYS,
     TOKENSCALE_SCOPE_PREFIX,
     TOKENSCALE_SPAN,
+    UNIT_USAGE_KEYS,
     ActivityRule,
     Contribution,
     FieldRule,
@@ -70,6 +71,8 @@ _SESSION_KEYS: Final = ("session.id",)
 _CONVERSATION_KEYS: Final = ("gen_ai.conversation.id", "conversation.id")
 _STREAM_CONVERSATION_KEYS: Final = ("conversation.id",)
 _PROVIDER_KEYS: Final = ("gen_ai.provider.name", "gen_ai.system")
+#: The attribute a span's usage event keeps its OTLP trace id under (lower-case hex).
+OTEL_TRACE_ID_KEY: Final = "otel.trace_id"
 _SPAN_REQUEST_ID_KEYS: Final = ("request_id", "gen_ai.response.id")
 _ERROR_KEYS: Final = ("error.type", "status_code", "error")
 #: Every key an activity event reads from its record (identity and stream only).
@@ -540,7 +543,9 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
     _check_time(time_ns)
     usage = _usage(attrs, rule.fields)
     if usage is None:
-        return None
+        if rule is CLAUDE_SPAN or UNIT_USAGE_KEYS.isdisjoint(attrs):
+            return None
+        usage = ([0, 0, 0, 0, 0, 0], None)  # units only (speech, whisper): one request, no tokens
     dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + span.trace_id + _SEP + span.span_id + _SEP)
     request_id = _first_text(attrs, _SPAN_REQUEST_ID_KEYS)
     error_type = None
@@ -559,6 +564,9 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
     event.error_type = error_type
+    if span.trace_id:
+        # The OTLP trace id, for the read APIs' traceId (an app's own tokenscale.meta.trace_id wins).
+        event.attributes[OTEL_TRACE_ID_KEY] = span.trace_id.hex()
     price_event(event, per_request=True)
     return event
 

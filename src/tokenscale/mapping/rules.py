@@ -33,6 +33,7 @@ __all__ = [
     "SENSITIVE_KEYS",
     "TOKENSCALE_SCOPE_PREFIX",
     "TOKENSCALE_SPAN",
+    "UNIT_USAGE_KEYS",
     "USAGE_COLUMNS",
     "ActivityRule",
     "Contribution",
@@ -228,6 +229,19 @@ MIRROR_CARRIERS: Final[dict[str, frozenset[str]]] = {
     "gemini_cli": frozenset({"gen_ai.client.inference.operation.details", "gen_ai.span"}),
     "codex": frozenset({"gen_ai.client.inference.operation.details", "gen_ai.span"}),
 }
+
+#: Per-modality usage units (``gen_ai.usage.<modality>.<unit>``) that make a span one billable
+#: request even without token counts (speech is billed per input character, whisper per second):
+#: such a span is stored as one request with zero tokens, its units kept in its attributes.
+UNIT_USAGE_KEYS: Final = frozenset(
+    {
+        "gen_ai.usage.image.count",
+        "gen_ai.usage.audio.seconds",
+        "gen_ai.usage.text.characters",
+        "gen_ai.usage.video.seconds",
+        "gen_ai.usage.video.count",
+    }
+)
 
 #: Spans of these operations aggregate their children's usage; counting them would double count.
 NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AiToolMetric(_message.Message):
-    __slots__ = ("email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents")
+    __slots__ = ("email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents", "metrics_json")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
     IS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class AiToolMetric(_message.Message):
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEND_CENTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     email: str
     date: str
     is_active: bool
@@ -32,10 +33,11 @@ class AiToolMetric(_message.Message):
     cache_write_tokens: int
     cache_read_tokens: int
     spend_cents: int
-    def __init__(self, email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ...) -> None: ...
+    metrics_json: str
+    def __init__(self, email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
 
 class AiToolMetricRecord(_message.Message):
-    __slots__ = ("id", "email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents")
+    __slots__ = ("id", "email", "date", "is_active", "tool", "metrics", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "spend_cents", "metrics_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class AiToolMetricRecord(_message.Message):
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEND_CENTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     email: str
     date: str
@@ -58,7 +61,8 @@ class AiToolMetricRecord(_message.Message):
     cache_write_tokens: int
     cache_read_tokens: int
     spend_cents: int
-    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ...) -> None: ...
+    metrics_json: str
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., date: _Optional[str] = ..., is_active: _Optional[bool] = ..., tool: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., spend_cents: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
 
 class PushAllAiToolMetricsRequest(_message.Message):
     __slots__ = ("data",)
@@ -133,7 +137,7 @@ class ListAiMetricsRequest(_message.Message):
     def __init__(self, team_id: _Optional[str] = ..., metric_type: _Optional[str] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., request_duration_min: _Optional[int] = ..., request_duration_max: _Optional[int] = ..., total_cost_min: _Optional[float] = ..., total_cost_max: _Optional[float] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., agent: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., billing_skipped: _Optional[bool] = ..., include_coding_assistants: _Optional[bool] = ..., page: _Optional[int] = ..., size: _Optional[int] = ..., sort: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AiMetric(_message.Message):
-    __slots__ = ("id", "metric_type", "transaction_id", "trace_id", "trace_type", "request_time", "request_duration", "model", "provider", "agent", "operation_type", "environment", "subscriber_id", "subscriber_email", "organization_name", "subscription_id", "product_id", "model_source", "error_reason", "total_cost", "billing_skipped", "is_coding_assistant", "input_token_count", "output_token_count", "reasoning_token_count", "cache_creation_token_count", "cache_read_token_count", "total_token_count")
+    __slots__ = ("id", "metric_type", "transaction_id", "trace_id", "trace_type", "request_time", "request_duration", "model", "provider", "agent", "operation_type", "environment", "subscriber_id", "subscriber_email", "organization_name", "subscription_id", "product_id", "model_source", "error_reason", "total_cost", "billing_skipped", "is_coding_assistant", "input_token_count", "output_token_count", "reasoning_token_count", "cache_creation_token_count", "cache_read_token_count", "total_token_count", "audio_seconds", "character_count", "audio_input_token_count", "audio_output_token_count", "video_seconds", "video_count", "image_count", "image_size", "image_quality", "image_input_token_count", "image_output_token_count")
     ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +166,17 @@ class AiMetric(_message.Message):
     CACHE_CREATION_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     CACHE_READ_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_INPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     metric_type: str
     transaction_id: str
@@ -190,7 +205,18 @@ class AiMetric(_message.Message):
     cache_creation_token_count: int
     cache_read_token_count: int
     total_token_count: int
-    def __init__(self, id: _Optional[str] = ..., metric_type: _Optional[str] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., request_time: _Optional[str] = ..., request_duration: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., agent: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., total_cost: _Optional[float] = ..., billing_skipped: _Optional[bool] = ..., is_coding_assistant: _Optional[bool] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., reasoning_token_count: _Optional[int] = ..., cache_creation_token_count: _Optional[int] = ..., cache_read_token_count: _Optional[int] = ..., total_token_count: _Optional[int] = ...) -> None: ...
+    audio_seconds: float
+    character_count: int
+    audio_input_token_count: int
+    audio_output_token_count: int
+    video_seconds: float
+    video_count: int
+    image_count: int
+    image_size: str
+    image_quality: str
+    image_input_token_count: int
+    image_output_token_count: int
+    def __init__(self, id: _Optional[str] = ..., metric_type: _Optional[str] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., request_time: _Optional[str] = ..., request_duration: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., agent: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., total_cost: _Optional[float] = ..., billing_skipped: _Optional[bool] = ..., is_coding_assistant: _Optional[bool] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., reasoning_token_count: _Optional[int] = ..., cache_creation_token_count: _Optional[int] = ..., cache_read_token_count: _Optional[int] = ..., total_token_count: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., character_count: _Optional[int] = ..., audio_input_token_count: _Optional[int] = ..., audio_output_token_count: _Optional[int] = ..., video_seconds: _Optional[float] = ..., video_count: _Optional[int] = ..., image_count: _Optional[int] = ..., image_size: _Optional[str] = ..., image_quality: _Optional[str] = ..., image_input_token_count: _Optional[int] = ..., image_output_token_count: _Optional[int] = ...) -> None: ...
 
 class PageInfo(_message.Message):
     __slots__ = ("size", "total_elements", "total_pages", "number")
@@ -282,7 +308,7 @@ class ListUsageRecordsRequest(_message.Message):
     def __init__(self, cursor: _Optional[str] = ..., order: _Optional[str] = ..., take: _Optional[int] = ..., type: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("id", "created_at", "updated_at", "type", "count", "conversation_id", "message_id", "task_id", "contact_id", "blueprint_id", "bot_id", "dataset_id", "skillset_id", "ability_id", "meta")
+    __slots__ = ("id", "created_at", "updated_at", "type", "count", "conversation_id", "message_id", "task_id", "contact_id", "blueprint_id", "bot_id", "dataset_id", "skillset_id", "ability_id", "meta", "meta_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +324,7 @@ class UsageRecord(_message.Message):
     SKILLSET_ID_FIELD_NUMBER: _ClassVar[int]
     ABILITY_ID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: int
     updated_at: int
@@ -313,7 +340,8 @@ class UsageRecord(_message.Message):
     skillset_id: str
     ability_id: str
     meta: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., type: _Optional[str] = ..., count: _Optional[int] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    meta_json: str
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., type: _Optional[str] = ..., count: _Optional[int] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., contact_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., skillset_id: _Optional[str] = ..., ability_id: _Optional[str] = ..., meta: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
 class ListUsageRecordsResponse(_message.Message):
     __slots__ = ("items", "cursor")
