@@ -39,7 +39,8 @@ class Request:
     #: The per-request carriers this request is reported by (a sampled trace, an event dropped):
     #: any subset of the session's; empty only when the session's metrics cover it.
     carriers: frozenset[str]
-    #: Which identity the GenAI event carries: its response id, the trace context of its span, or both.
+    #: Which identity the GenAI carriers name the request by: its response id (span and event), the
+    #: trace context (the event emitted inside the span, neither with an id), or both.
     event_identity: str
 
 
@@ -167,7 +168,7 @@ def exports_of(session: Session) -> list[tuple[str, Any]]:
                     end_time_unix_nano=BASE_NS + i * 10**9 + 5 * 10**8,
                 )
                 span.attributes.extend([kv("session.id", sid), *_usage_attrs(session, r)])
-                if session.client == "semconv":
+                if session.client == "semconv" and r.event_identity in ("id", "both"):
                     span.attributes.append(kv("gen_ai.response.id", f"chatcmpl-{id(r):x}"))
             out.append(("traces", traces))
         if "metric" in session.carriers:

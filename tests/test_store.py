@@ -289,7 +289,7 @@ def test_rollups_stay_exact_over_hours_days_retries_and_amendments(db_url: str) 
                     output_tokens=rng.randrange(500),
                     reasoning_tokens=rng.randrange(50),
                     cost_usd=rng.choice((None, rng.random() / 7)),
-                    identities=(identity,),
+                    identity=identity,
                 )
             )
     for i in range(150):  # aggregate increments (metric points): reconciled against the records

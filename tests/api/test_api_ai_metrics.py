@@ -295,9 +295,9 @@ def test_a_request_is_listed_once_and_amended_by_a_better_carrier(
     # A request reported as a span (rank 3) and then as an event (rank 1) with the same identity:
     # ONE record, first the span's, then amended with the event's values; the event itself is kept
     # as uncounted evidence and never listed.
-    same = (b"request-1",)
+    same = b"request-1"
     api.write(
-        [make_event("acme", stream="sess", rank=3, carrier="gen_ai.span", request_id="span", identities=same)]
+        [make_event("acme", stream="sess", rank=3, carrier="gen_ai.span", request_id="span", identity=same)]
     )
     key = api.key("acme", ["read"])
     assert _ids(api.http("GET", f"{PATH}?teamId=acme", key).json()) == ["span"]
@@ -309,7 +309,7 @@ def test_a_request_is_listed_once_and_amended_by_a_better_carrier(
                 rank=1,
                 carrier="claude_code.api_request",
                 request_id="event",
-                identities=same,
+                identity=same,
             )
         ]
     )

@@ -557,10 +557,13 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         event.aggregate = True
     else:
         _check_disjoint(event, rule.fields, attrs)
-        # A span's own context identifies its request as surely as a response id (log events
+        # Without a response id, the span's own context identifies its request (log events
         # emitted inside it carry the same context).
-        ctx = _hash(_prefix(res.tenant, "ctx") + span.trace_id + _SEP + span.span_id)
-        event.identities = (_request_identity(res, request_id), ctx) if request_id else (ctx,)
+        event.identity = (
+            _request_identity(res, request_id)
+            if request_id
+            else _hash(_prefix(res.tenant, "ctx") + span.trace_id + _SEP + span.span_id)
+        )
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
     event.error_type = error_type
@@ -682,11 +685,11 @@ def _log_event(
     else:
         _check_disjoint(event, rule.fields, attrs)
         if identity:
-            event.identities = (_request_identity(res, identity),)
+            event.identity = _request_identity(res, identity)
         elif record.trace_id and record.span_id:
             # No id of its own: the span it was emitted in (the request's span, in the GenAI
             # conventions) identifies it.
-            event.identities = (_hash(_prefix(res.tenant, "ctx") + record.trace_id + _SEP + record.span_id),)
+            event.identity = _hash(_prefix(res.tenant, "ctx") + record.trace_id + _SEP + record.span_id)
     price_event(event, per_request=True)
     return event
 

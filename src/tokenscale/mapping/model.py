@@ -32,7 +32,7 @@ class UsageEvent:
     """One AI request (or, from a metric carrier, one increment of usage) as stored in ``usage_events``.
 
     ``carrier`` names the signal and rule the row came from. Per-request carriers of one request
-    share an identity (:attr:`identities`); of those, the best (lowest) ``rank`` is the request's
+    share an :attr:`identity`; of those, the best (lowest) ``rank`` is the request's
     counted record. Aggregate carriers are evidence: the writer reconciles them against the records
     of their ``stream`` (the client's resource) and counts only the usage no record accounts for.
     """
@@ -64,9 +64,10 @@ class UsageEvent:
     duration_ms: float | None = None
     error_type: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
-    #: The request's identities (hashed provider response / request ids, or the trace context),
-    #: shared by every per-request carrier of the same request; empty for aggregate carriers.
-    identities: tuple[bytes, ...] = ()
+    #: The request's identity (its hashed provider response / request id, else its trace context),
+    #: shared by every per-request carrier of the same request; None for aggregate carriers and
+    #: for a record that names neither (it is a request of its own).
+    identity: bytes | None = None
     #: An aggregate carrier (a metric increment, or a per-request carrier that shares no identity
     #: with its client's primary carrier): reconciled against the per-request records by totals.
     aggregate: bool = False

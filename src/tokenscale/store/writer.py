@@ -570,25 +570,21 @@ def _insert_new(
 
 # --- per-request records -------------------------------------------------------------------------
 
-_INSERT_IDS: Final = """
-INSERT INTO tokenscale.request_ids (tenant, id, request_key)
-SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS i(tenant, id, request_key) ORDER BY tenant, id
-ON CONFLICT (tenant, id) DO NOTHING
-"""
-_SELECT_IDS: Final = """
-SELECT tenant, id, request_key FROM tokenscale.request_ids
-JOIN unnest(%s::text[], %s::bytea[]) AS k(tenant, id) USING (tenant, id)
-"""
-_JOIN_IDS: Final = """
-UPDATE tokenscale.request_ids r SET request_key = v.request_key
-FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS v(tenant, id, request_key)
-WHERE r.tenant = v.tenant AND r.id = v.id
-"""
+_CREATE_REQUEST_STAGE, _COPY_REQUEST_STAGE = _temp_table_sql(
+    "tokenscale_request_stage",
+    (
+        ("tenant", "text"),
+        ("request_key", "bytea"),
+        ("rank", "int2"),
+        ("row_time", "timestamptz"),
+        ("row_key", "bytea"),
+    ),
+)
+#: A new request's record is its best carrier of the export. Returns the requests inserted.
 _INSERT_REQUESTS: Final = """
-INSERT INTO tokenscale.requests (tenant, request_key, rank)
-SELECT tenant, request_key, 32767 FROM unnest(%s::text[], %s::bytea[]) AS k(tenant, request_key)
-ORDER BY tenant, request_key
-ON CONFLICT (tenant, request_key) DO NOTHING
+INSERT INTO tokenscale.requests (tenant, request_key, rank, row_time, row_key)
+SELECT tenant, request_key, rank, row_time, row_key FROM tokenscale_request_stage ORDER BY tenant, request_key
+ON CONFLICT (tenant, request_key) DO NOTHING RETURNING request_key
 """
 _LOCK_REQUESTS: Final = """
 SELECT tenant, request_key, rank, row_key, row_time FROM tokenscale.requests
@@ -637,35 +633,9 @@ _AMEND: Final = sql.SQL(
 ).format(sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in _AMENDED))
 
 
-def _groups(records: list[UsageEvent]) -> list[list[UsageEvent]]:
-    """The export's records grouped by request: records sharing any identity are one request (a
-    record without an identity is a request of its own)."""
-    parent: dict[bytes, bytes] = {}
-
-    def find(x: bytes) -> bytes:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for e in records:
-        ids = _identities(e)
-        for i in ids:
-            parent.setdefault(i, i)
-        root = find(ids[0])
-        for i in ids[1:]:
-            other = find(i)
-            if other != root:
-                parent[max(root, other)] = min(root, other)
-                root = min(root, other)
-    grouped: dict[bytes, list[UsageEvent]] = {}
-    for e in records:
-        grouped.setdefault(find(_identities(e)[0]), []).append(e)
-    return list(grouped.values())
-
-
-def _identities(e: UsageEvent) -> tuple[bytes, ...]:
-    return e.identities or (b"row:" + e.dedupe_key,)
+def _request_key(e: UsageEvent) -> bytes:
+    """The request a record belongs to: its identity, else its own row (a request of its own)."""
+    return e.identity if e.identity is not None else b"row:" + e.dedupe_key
 
 
 def _resolve_requests(
@@ -678,61 +648,34 @@ def _resolve_requests(
     Idempotent: a retried export finds its rows already recorded and changes nothing."""
     if not records:
         return set(), []
-    groups = _groups(records)
-    # Every identity of a group proposes the group's smallest identity as the request's key; an
-    # identity already known keeps its key (a concurrent export inserting the same identity waits
-    # here for the other to commit, then sees its key).
-    tenants, ids, proposals = [], [], []
-    for group in groups:
-        tenant = group[0].tenant
-        group_ids = sorted({i for e in group for i in _identities(e)})
-        for i in group_ids:
-            tenants.append(tenant)
-            ids.append(i)
-            proposals.append(group_ids[0])
-    conn.execute(_INSERT_IDS, (tenants, ids, proposals))
-    known = {(t, bytes(i)): bytes(k) for t, i, k in conn.execute(_SELECT_IDS, (tenants, ids))}
-    keys: list[bytes] = []
-    joins: list[tuple[str, bytes, bytes]] = []
-    for group in groups:
-        tenant = group[0].tenant
-        group_ids = sorted({i for e in group for i in _identities(e)})
-        found = {known[(tenant, i)] for i in group_ids}
-        existing = sorted(found - {group_ids[0]})
-        key = existing[0] if existing else group_ids[0]
-        keys.append(key)
-        joins += [(tenant, i, key) for i in group_ids if known[(tenant, i)] != key]
-    if joins:
-        conn.execute(_JOIN_IDS, ([j[0] for j in joins], [j[1] for j in joins], [j[2] for j in joins]))
     requests: dict[tuple[str, bytes], list[UsageEvent]] = {}
-    for group, key in zip(groups, keys, strict=True):
-        requests.setdefault((group[0].tenant, key), []).extend(group)
-    order = sorted(requests)
-    columns = ([o[0] for o in order], [o[1] for o in order])
-    conn.execute(_INSERT_REQUESTS, columns)
-    stored = {
-        (t, bytes(k)): (rank, None if row is None else bytes(row), row_time)
-        for t, k, rank, row, row_time in conn.execute(_LOCK_REQUESTS, columns)
-    }
-    counted: set[int] = set()
+    for e in records:
+        requests.setdefault((e.tenant, _request_key(e)), []).append(e)
+    best = {request: min(group, key=lambda e: e.rank) for request, group in requests.items()}  # first of best
+    conn.execute(_CREATE_REQUEST_STAGE)
+    _copy(
+        conn,
+        _COPY_REQUEST_STAGE,
+        ("text", "bytea", "int2", "int8", "bytea"),
+        ((t, k, e.rank, _pg_time(e.time_ns), e.dedupe_key) for (t, k), e in best.items()),
+    )
+    new = {bytes(k) for (k,) in conn.execute(_INSERT_REQUESTS)}
+    # A new request: its best carrier is its record.
+    counted: set[int] = {id(e) for (_, k), e in best.items() if k in new}
     amendments: list[_Amendment] = []
     updates: dict[tuple[str, bytes], tuple[int, datetime, bytes]] = {}
-    for request, group in requests.items():
-        rank, row_key, row_time = stored[request]
-        best = min(group, key=lambda e: e.rank)  # the first of the best rank
-        if row_key is None:  # a new request: its best carrier is its record
-            counted.add(id(best))
-            updates[request] = (
-                best.rank,
-                _UNIX_EPOCH + timedelta(microseconds=best.time_ns // 1000),
-                best.dedupe_key,
-            )
-            continue
-        counted.update(id(e) for e in group if e.dedupe_key == row_key)  # a retry: still its record
-        if best.rank < rank and best.dedupe_key != row_key:
-            # A better carrier: the record keeps its identity and takes the carrier's values.
-            amendments.append(_Amendment(row_key, row_time, best))
-            updates[request] = (best.rank, row_time, row_key)
+    known_requests = sorted(r for r in requests if r[1] not in new)
+    if known_requests:
+        columns = ([r[0] for r in known_requests], [r[1] for r in known_requests])
+        for t, k, rank, row_key, row_time in conn.execute(_LOCK_REQUESTS, columns):
+            request = (t, bytes(k))
+            group, carrier = requests[request], best[request]
+            stored_key = bytes(row_key)
+            counted.update(id(e) for e in group if e.dedupe_key == stored_key)  # a retry: still its record
+            if carrier.rank < rank and carrier.dedupe_key != stored_key:
+                # A better carrier: the record keeps its identity and takes the carrier's values.
+                amendments.append(_Amendment(stored_key, row_time, carrier))
+                updates[request] = (carrier.rank, row_time, stored_key)
     if updates:
         items = sorted(updates.items())
         conn.execute(

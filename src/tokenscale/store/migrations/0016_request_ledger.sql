@@ -2,16 +2,8 @@
 -- aggregate carriers (metrics, and per-request carriers without a shared identity) by totals per
 -- stream (the client's resource). See docs/mapping.md.
 
--- Every identity a request was seen with (a provider response/request id, or a trace context),
--- hashed, and the request it belongs to.
-CREATE TABLE tokenscale.request_ids (
-    tenant       text  NOT NULL,
-    id           bytea NOT NULL,
-    request_key  bytea NOT NULL,
-    PRIMARY KEY (tenant, id)
-);
-
--- One row per request: the usage_events row that is its counted record (its best carrier).
+-- One row per request, by its identity (its hashed provider response / request id, else its trace
+-- context): the usage_events row that is its counted record, and the rank of the best carrier seen.
 CREATE TABLE tokenscale.requests (
     tenant       text        NOT NULL,
     request_key  bytea       NOT NULL,
