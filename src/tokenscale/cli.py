@@ -246,6 +246,7 @@ def _service(
     from tokenscale.auth import AuthPolicy  # noqa: PLC0415
     from tokenscale.dashboard import create_dashboard_routes  # noqa: PLC0415
     from tokenscale.mapping import MappingOptions  # noqa: PLC0415
+    from tokenscale.mapping.limits import Limits  # noqa: PLC0415
     from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
     from tokenscale.receiver.server import Receiver  # noqa: PLC0415
     from tokenscale.selfmetrics import (  # noqa: PLC0415
@@ -257,9 +258,9 @@ def _service(
     )
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
-    pool = open_pool(url)
+    pool = open_pool(url, connect_timeout=settings.connect_timeout)
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
-    read_pool = open_pool(url, max_size=4)
+    read_pool = open_pool(url, max_size=4, connect_timeout=settings.connect_timeout)
     try:
         # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
         # worker's counters must stay series of their own.
@@ -271,10 +272,18 @@ def _service(
                 "process alone).",
                 ("pid",),
             ).labels(str(os.getpid())).set(1)
-        writer = InstrumentedWriter(UsageWriter(pool), registry)
+        writer = InstrumentedWriter(UsageWriter(pool, timeout=settings.export_timeout), registry)
         options = MappingOptions(capture_content=settings.capture_content)
-        pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
-        auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
+        limits = Limits(
+            max_identity_bytes=settings.max_identity_bytes,
+            max_attribute_bytes=settings.max_attribute_bytes,
+            max_attributes=settings.max_attributes,
+            max_cost_usd=settings.max_cost_usd,
+        )
+        pipeline = InstrumentedPipeline(ExportPipeline(writer, options, limits), registry)
+        auth = AuthPolicy.for_bind(
+            read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout
+        )
         api = UsageApiService(read_pool, auth, UsageWriter(pool))
         receiver = Receiver(
             pipeline,
@@ -285,6 +294,12 @@ def _service(
             tenant_for=auth.tenant_for,
             grpc_services=[UsageApiServicer(api).add_to_server],
             reuse_port=worker is not None,
+            export_timeout=settings.export_timeout,
+            body_timeout=settings.body_timeout,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+            max_concurrent_exports=settings.max_concurrent_exports,
+            max_inflight_bytes=settings.max_inflight_bytes,
         )
         receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
         receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))

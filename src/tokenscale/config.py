@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,8 +52,33 @@ class Settings:
     retention_days: int = 0
     #: Compress raw usage events older than this many days (0: never; TimescaleDB community only).
     compress_after_days: int = 0
-    #: Largest accepted OTLP/HTTP request body, in bytes.
+    #: Largest accepted OTLP request body (HTTP, after gzip too) or gRPC message, in bytes.
     max_body_bytes: int = 64 * 1024 * 1024
+    #: Seconds an export may wait for the database (key lookup, write) before it is answered
+    #: UNAVAILABLE / 503 with Retry-After; keep it under the clients' export timeout (10 s by default).
+    export_timeout: float = 4.0
+    #: Seconds to wait for a database connection to open before the database counts as unreachable.
+    connect_timeout: float = 3.0
+    #: Exports handled at once per receiver process; beyond it RESOURCE_EXHAUSTED / 429, retry later.
+    max_concurrent_exports: int = 16
+    #: Request bytes (decompressed) held at once per receiver process; beyond it RESOURCE_EXHAUSTED /
+    #: 429 before the body is parsed (an export arriving alone is always let in).
+    max_inflight_bytes: int = 96 * 1024 * 1024
+    #: Open OTLP/HTTP connections per receiver process; further ones are closed at once.
+    max_connections: int = 4096
+    #: Seconds an HTTP connection may take to send a request's headers before it is closed.
+    header_timeout: float = 10.0
+    #: Seconds a started HTTP request body may stall before the request is answered 408.
+    body_timeout: float = 30.0
+    #: Longest text column value (service, user, session, model, request id, ...), in UTF-8 bytes;
+    #: an item with a longer one is rejected.
+    max_identity_bytes: int = 512
+    #: Longest string attribute value kept with a row, in UTF-8 bytes; longer ones are cut.
+    max_attribute_bytes: int = 16384
+    #: Most attributes kept with one row; the rest are dropped.
+    max_attributes: int = 128
+    #: A cost (USD) at or above this, of one record or one cost counter, is rejected.
+    max_cost_usd: float = 1000000.0
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
     #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
@@ -76,6 +102,13 @@ def _convert(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -133,6 +166,21 @@ def load_settings(
     for name in ("retention_days", "compress_after_days", "max_body_bytes"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"setting {name!r}: must not be negative")
+    for name in (
+        "export_timeout",
+        "connect_timeout",
+        "max_concurrent_exports",
+        "max_inflight_bytes",
+        "max_connections",
+        "header_timeout",
+        "body_timeout",
+        "max_identity_bytes",
+        "max_attribute_bytes",
+        "max_attributes",
+        "max_cost_usd",
+    ):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"setting {name!r}: must be greater than 0")
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
     return settings
