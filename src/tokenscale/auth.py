@@ -53,6 +53,9 @@ _MAX_TOKEN_CHARS: Final = 256
 DEFAULT_CACHE_SECONDS: Final = 5.0
 #: Seconds a key lookup waits for a pooled connection before the key store counts as unavailable.
 DEFAULT_LOOKUP_TIMEOUT: Final = 4.0
+#: While the database cannot be asked, a key found valid within this many seconds is still
+#: accepted (its exports go to the outage spool): an outage does not turn into lost exports.
+STALE_KEY_SECONDS: Final = 3600.0
 DEFAULT_CACHE_ENTRIES: Final = 4096
 #: The tenant of anonymous requests (loopback bind with authentication not required).
 ANONYMOUS_TENANT: Final = DEFAULT_TENANT
@@ -194,13 +197,20 @@ class KeyCache:
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(digest)
-            if entry is None:
-                return False, None
-            if entry[0] <= now:
-                del self._entries[digest]
-                return False, None
+            if entry is None or entry[0] <= now:
+                return False, None  # an expired answer is kept for :meth:`stale`
             self._entries.move_to_end(digest)
             return True, entry[1]
+
+    def stale(self, digest: bytes, max_age: float) -> Principal | None:
+        """The principal of a key found valid, its answer expired less than ``max_age`` s ago: used
+        only while the database cannot be asked (its exports are spooled, not refused)."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or entry[1] is None or now - entry[0] > max_age:
+            return None
+        return entry[1]
 
     def put(self, digest: bytes, principal: Principal | None) -> None:
         """Remember one answer (a miss too, so unknown tokens do not hit the database every time)."""
@@ -229,9 +239,10 @@ def authenticate(
     """The principal of the live key whose secret is ``token``, else ``None``.
 
     ``source`` is a connection or a pool (waited on for at most ``timeout`` s). Answers are cached
-    (see :class:`KeyCache`), so revoking a key takes effect within the cache's TTL. A database that
-    cannot answer raises :class:`~tokenscale.errors.RetryableError` (503 / UNAVAILABLE, never a
-    refusal of the key).
+    (see :class:`KeyCache`), so revoking a key takes effect within the cache's TTL. While the
+    database cannot answer, a key found valid within :data:`STALE_KEY_SECONDS` is still accepted;
+    any other raises :class:`~tokenscale.errors.RetryableError` (503 / UNAVAILABLE, never a refusal
+    of the key).
     """
     if not token.startswith(KEY_PREFIX) or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
         return None
@@ -248,6 +259,9 @@ def authenticate(
         else:
             row = source.execute(query, (digest,)).fetchone()
     except (psycopg.OperationalError, PoolTimeout) as exc:
+        stale = cache.stale(digest, STALE_KEY_SECONDS)
+        if stale is not None:
+            return stale
         raise RetryableError("the API key store is unavailable") from exc
     principal = None if row is None else Principal(row[1], frozenset(row[2]), str(row[0]))
     cache.put(digest, principal)

@@ -249,6 +249,7 @@ def _service(
     from tokenscale.mapping.limits import Limits  # noqa: PLC0415
     from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
     from tokenscale.receiver.server import Receiver  # noqa: PLC0415
+    from tokenscale.receiver.spool import Spool  # noqa: PLC0415
     from tokenscale.selfmetrics import (  # noqa: PLC0415
         HttpTransportMiddleware,
         InstrumentedPipeline,
@@ -259,6 +260,7 @@ def _service(
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
     pool = open_pool(url, connect_timeout=settings.connect_timeout)
+    spool: Any = None
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
     read_pool = open_pool(url, max_size=4, connect_timeout=settings.connect_timeout)
     try:
@@ -272,7 +274,10 @@ def _service(
                 "process alone).",
                 ("pid",),
             ).labels(str(os.getpid())).set(1)
-        writer = InstrumentedWriter(UsageWriter(pool, timeout=settings.export_timeout), registry)
+        # Half the export timeout for a pooled connection: an export the database cannot take is
+        # then still spooled (or answered UNAVAILABLE) within the export timeout.
+        wait = settings.export_timeout / 2
+        writer = InstrumentedWriter(UsageWriter(pool, timeout=wait), registry)
         options = MappingOptions(capture_content=settings.capture_content)
         limits = Limits(
             max_identity_bytes=settings.max_identity_bytes,
@@ -280,10 +285,12 @@ def _service(
             max_attributes=settings.max_attributes,
             max_cost_usd=settings.max_cost_usd,
         )
-        pipeline = InstrumentedPipeline(ExportPipeline(writer, options, limits), registry)
-        auth = AuthPolicy.for_bind(
-            read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout
-        )
+        spool = None
+        if settings.spool_max_bytes:
+            spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
+        exports = ExportPipeline(writer, options, limits, spool)
+        pipeline = InstrumentedPipeline(exports, registry)
+        auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth, timeout=wait)
         api = UsageApiService(read_pool, auth, UsageWriter(pool))
         receiver = Receiver(
             pipeline,
@@ -308,8 +315,12 @@ def _service(
         retention: Callable[[], Coroutine[Any, Any, None]] | None = None
         if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
             retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
+        if spool is not None:
+            spool.start(exports.replay)
         yield receiver, retention
     finally:
+        if spool is not None:
+            spool.stop()
         read_pool.close()
         pool.close()
 

@@ -79,6 +79,9 @@ class Settings:
     max_attributes: int = 128
     #: A cost (USD) at or above this, of one record or one cost counter, is rejected.
     max_cost_usd: float = 1000000.0
+    #: Bytes of exports kept on disk (``data_dir/spool``) while the database is unreachable, replayed
+    #: when it is back; 0: no spool (such exports are answered UNAVAILABLE / 503).
+    spool_max_bytes: int = 1024 * 1024 * 1024
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
     #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
@@ -163,7 +166,7 @@ def load_settings(
     settings = Settings(**values)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"setting 'log_format': {settings.log_format!r} is not one of text, json")
-    for name in ("retention_days", "compress_after_days", "max_body_bytes"):
+    for name in ("retention_days", "compress_after_days", "max_body_bytes", "spool_max_bytes"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"setting {name!r}: must not be negative")
     for name in (

@@ -6,14 +6,32 @@ write (:mod:`tokenscale.store`) -> aggregate (in the database).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from tokenscale.errors import RetryableError
 from tokenscale.mapping import MappingOptions, map_request
 from tokenscale.mapping.limits import DEFAULT_LIMITS, Limits, enforce_limits
 from tokenscale.mapping.model import MappingResult, Signal
 
-__all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ResultWriter"]
+__all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ExportSpool", "ResultWriter", "is_poison"]
+
+log = logging.getLogger("tokenscale.pipeline")
+
+#: SQLSTATE classes of data the database will never take, however often it is retried: 22 data
+#: exception (a value out of range, an invalid byte), 54 program limit exceeded (an index row too large).
+POISON_SQLSTATE_CLASSES: Final = ("22", "54")
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is the database refusing the data itself, not an outage."""
+    for candidate in (exc, exc.__cause__):
+        sqlstate = getattr(candidate, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES:
+            return True
+    return False
+
 
 #: The tenant of data that arrives without an API key (loopback, auth off).
 DEFAULT_TENANT = "default"
@@ -33,15 +51,30 @@ class ResultWriter(Protocol):
     def write(self, result: MappingResult) -> None: ...
 
 
+class ExportSpool(Protocol):
+    """Keeps exports the database cannot take now (:class:`tokenscale.receiver.spool.Spool`)."""
+
+    def put(self, signal: Signal, tenant: str, request: Any) -> bool: ...
+
+
 class ExportPipeline:
-    """Maps an export request and commits its rows before the export is acknowledged."""
+    """Maps an export request and commits its rows before the export is acknowledged.
+
+    With a ``spool``, an export the database cannot take now (an outage, not bad data) is kept in
+    the spool instead, durably, and acknowledged; the spool replays it through :meth:`replay`.
+    """
 
     def __init__(
-        self, writer: ResultWriter, options: MappingOptions | None = None, limits: Limits = DEFAULT_LIMITS
+        self,
+        writer: ResultWriter,
+        options: MappingOptions | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        spool: ExportSpool | None = None,
     ) -> None:
         self._writer = writer
         self._options = options or MappingOptions()
         self._limits = limits
+        self.spool = spool
 
     def export(self, signal: Signal, request: Any, tenant: str = DEFAULT_TENANT) -> ExportResult:
         """Handle one decoded ``Export*ServiceRequest``. Blocking: call it from a worker thread.
@@ -50,6 +83,22 @@ class ExportPipeline:
         rejected, naming the field. An export with nothing to store succeeds without touching the
         database.
         """
+        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
+        if result.events or result.activity or result.cumulative:
+            try:
+                self._writer.write(result)
+            except RetryableError as exc:
+                if (
+                    self.spool is None
+                    or is_poison(exc)
+                    or not self.spool.put(signal, request=request, tenant=tenant)
+                ):
+                    raise
+                log.warning("database unavailable (%s): export kept in the outage spool", exc)
+        return ExportResult(result.rejected, result.error_message)
+
+    def replay(self, signal: Signal, request: Any, tenant: str) -> ExportResult:
+        """:meth:`export` without the spool: for exports the spool hands back."""
         result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
         if result.events or result.activity or result.cumulative:
             self._writer.write(result)

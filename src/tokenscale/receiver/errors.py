@@ -15,6 +15,7 @@ from psycopg_pool import PoolTimeout
 from tokenscale.auth import AuthenticationError, PermissionDeniedError
 from tokenscale.errors import PermanentError, RetryableError
 from tokenscale.otlp import PayloadTooLargeError
+from tokenscale.pipeline import is_poison
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_SECONDS",
@@ -77,12 +78,6 @@ def public_text(message: str, limit: int = 1000) -> str:
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-#: SQLSTATE classes that mean the data cannot be stored, however often it is retried: 22 data
-#: exception (a value out of range, an invalid byte), 54 program limit exceeded (an index row too
-#: large). The mapping's limits keep such values out; this is the net under them.
-_POISON_SQLSTATE_CLASSES = ("22", "54")
-
-
 def _database_cause(exc: BaseException) -> BaseException | None:
     """The database or pool error behind ``exc`` (itself or its cause), if any."""
     for candidate in (exc, exc.__cause__):
@@ -119,7 +114,9 @@ def classify_error(exc: BaseException, retry_after: int = DEFAULT_RETRY_AFTER_SE
             grpc.StatusCode.INVALID_ARGUMENT, 400, public_text(str(exc)) or "invalid export request"
         )
     cause = _database_cause(exc)
-    if isinstance(cause, psycopg.Error) and (cause.sqlstate or "")[:2] in _POISON_SQLSTATE_CLASSES:
+    # Data the database refuses however often it is retried; the mapping's limits keep such values
+    # out (see tokenscale.mapping.limits), this is the net under them.
+    if isinstance(cause, psycopg.Error) and is_poison(cause):
         logger.warning(
             "export refused by the database as unstorable (SQLSTATE %s): %s", cause.sqlstate, cause
         )
