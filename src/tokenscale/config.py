@@ -63,7 +63,7 @@ class Settings:
     max_concurrent_exports: int = 16
     #: Request bytes (decompressed) held at once per receiver process; beyond it RESOURCE_EXHAUSTED /
     #: 429 before the body is parsed (an export arriving alone is always let in).
-    max_inflight_bytes: int = 96 * 1024 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024
     #: Open OTLP/HTTP connections per receiver process; further ones are closed at once.
     max_connections: int = 4096
     #: Seconds an HTTP connection may take to send a request's headers before it is closed.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from tokenscale.mapping.model import Signal
@@ -22,6 +23,7 @@ __all__ = [
     "Ticket",
     "call_blocking",
     "default_tenant_for",
+    "export_deadline",
     "resolve_tenant",
 ]
 
@@ -69,10 +71,24 @@ async def resolve_tenant(
 #: Seconds an export may wait for the database (key lookup, then mapping and writing) before it is
 #: answered UNAVAILABLE: well within the OpenTelemetry SDKs' default export timeout of 10 s.
 DEFAULT_EXPORT_TIMEOUT = 4.0
+#: A large export gets one more second of its deadline per this many (decompressed) bytes: mapping
+#: it takes time of its own, which the database is not to blame for.
+DEADLINE_BYTES_PER_SECOND = 10 * 1024 * 1024
+
+
+#: gRPC messages read at once (their size is unknown until read).
+_UNSIZED_READS = 2
+
+
+def export_deadline(now: float, timeout: float, size: int) -> float:
+    """The event loop time by which an export of ``size`` bytes must be answered."""
+    return now + timeout + size / DEADLINE_BYTES_PER_SECOND
+
+
 #: Exports handled at once per receiver process; more are answered RESOURCE_EXHAUSTED / 429.
 DEFAULT_MAX_CONCURRENT_EXPORTS = 16
 #: Decompressed request bytes held at once per receiver process (an export alone is always let in).
-DEFAULT_MAX_INFLIGHT_BYTES = 96 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 async def call_blocking(deadline: float, function: Callable[..., T], *args: Any) -> T:
@@ -119,6 +135,24 @@ class Admission:
         self.bytes = 0
         #: Exports refused since start (for tests and metrics).
         self.refused = 0
+        # A gRPC message's size is known only once it is read: so few are read at once.
+        self._unsized = asyncio.Semaphore(_UNSIZED_READS)
+
+    @contextlib.asynccontextmanager
+    async def unsized_read(self) -> AsyncIterator[None]:
+        """Around the read of a body whose size is not known beforehand (a gRPC message): at most
+        :data:`_UNSIZED_READS` such reads at once; another is refused at once rather than made to
+        wait (gRPC would take in its bytes while it waits)."""
+        if self._unsized.locked():
+            self.refused += 1
+            raise OverloadedError(
+                "too many large exports being received at once: retry later", self.retry_after
+            )
+        await self._unsized.acquire()  # free: returns at once
+        try:
+            yield
+        finally:
+            self._unsized.release()
 
     def admit(self, size: int = 0) -> Ticket:
         """A ticket for one export of (at least) ``size`` bytes, or :class:`OverloadedError`."""

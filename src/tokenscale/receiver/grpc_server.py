@@ -23,6 +23,7 @@ from tokenscale.receiver._export import (
     Ticket,
     call_blocking,
     default_tenant_for,
+    export_deadline,
     resolve_tenant,
 )
 from tokenscale.receiver.errors import DEFAULT_RETRY_AFTER_SECONDS, classify_error
@@ -86,13 +87,13 @@ class _OtlpExport:
             headers = _metadata_headers(context.invocation_metadata())
             tenant = await resolve_tenant(self._tenant_for, headers, loop.time() + self._export_timeout)
             ticket = self._admission.admit()
-            data = await _one_message(requests)
+            async with self._admission.unsized_read():
+                data = await _one_message(requests)
             ticket.hold(len(data))
             request = await _parse(self.signal, data)
+            deadline = export_deadline(loop.time(), self._export_timeout, len(data))
             del data
-            result = await call_blocking(
-                loop.time() + self._export_timeout, self._pipeline.export, self.signal, request, tenant
-            )
+            result = await call_blocking(deadline, self._pipeline.export, self.signal, request, tenant)
         except Exception as exc:
             failure = classify_error(exc, self._retry_after)
         else:
@@ -215,6 +216,8 @@ def create_grpc_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             # Idle connections are closed after 5 minutes, so that they cannot pile up.
             ("grpc.max_connection_idle_ms", 300_000),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 65536),
         ]
     )
     add_otlp_services(

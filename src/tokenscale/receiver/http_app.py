@@ -34,6 +34,7 @@ from tokenscale.receiver._export import (
     Ticket,
     call_blocking,
     default_tenant_for,
+    export_deadline,
     resolve_tenant,
 )
 from tokenscale.receiver.errors import (
@@ -140,10 +141,9 @@ def _export_endpoint(
                 message = decode_request(signal, body, content_type)
             else:
                 message = await asyncio.to_thread(decode_request, signal, body, content_type)
+            deadline = export_deadline(loop.time(), limits.export_timeout, len(body))
             del body
-            result = await call_blocking(
-                loop.time() + limits.export_timeout, pipeline.export, signal, message, tenant
-            )
+            result = await call_blocking(deadline, pipeline.export, signal, message, tenant)
         except ClientDisconnect:
             logger.debug("OTLP/HTTP client went away before its export was read")
             return Response(status_code=499)
