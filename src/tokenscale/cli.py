@@ -101,7 +101,7 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
     command leaves the server of a running ``serve`` alone.
     """
     if settings.database_url:
-        yield settings.database_url
+        yield _with_connect_timeout(settings.database_url, settings.connect_timeout)
         return
     from tokenscale.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when embedded
 
@@ -113,6 +113,16 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
         yield server.conninfo
     finally:
         server.stop()
+
+
+def _with_connect_timeout(url: str, seconds: float) -> str:
+    """``url`` with libpq's ``connect_timeout`` (unless it sets one): a database host that accepts
+    connections and never answers is then reported within that time instead of hanging."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415
+
+    if "connect_timeout" in conninfo_to_dict(url):
+        return url
+    return make_conninfo(url, connect_timeout=max(2, round(seconds)))
 
 
 def _migrate(url: str) -> Any:
@@ -416,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tokenscale: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
-        print(f"tokenscale: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"tokenscale: database unavailable: {detail}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

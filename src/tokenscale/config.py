@@ -130,6 +130,27 @@ def _convert(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind}") from None
 
 
+def _check_database_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is a PostgreSQL URL or key=value conninfo."""
+    try:
+        from psycopg import ProgrammingError  # noqa: PLC0415 - a server dependency
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+    except ImportError:  # the instrumentation alone is installed: nothing connects
+        return
+    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"setting 'database_url': unsupported scheme {url.split('://', 1)[0]!r} "
+            "(expected postgresql://user@host:port/dbname)"
+        )
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise ConfigError(
+            f"setting 'database_url': not a PostgreSQL URL (postgresql://user@host:port/dbname) "
+            f"or key=value conninfo: {str(exc).strip().splitlines()[0]}"
+        ) from None
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -186,4 +207,10 @@ def load_settings(
             raise ConfigError(f"setting {name!r}: must be greater than 0")
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
+    for name in ("grpc_port", "http_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"setting {name!r}: {port} is not a TCP port (0-65535; 0 picks a free one)")
+    if settings.database_url:
+        _check_database_url(settings.database_url)
     return settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tokenscale.errors import TokenscaleError
 from tokenscale.receiver._export import (
     DEFAULT_EXPORT_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_EXPORTS,
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HOST",
     "DEFAULT_HTTP_PORT",
+    "PortError",
     "Receiver",
 ]
 
@@ -209,16 +212,25 @@ class Receiver:
         address = _grpc_address(self.host, self.grpc_port)
         try:
             port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises RuntimeError, older releases return 0
-            raise OSError(f"cannot bind the OTLP/gRPC port {address}: {exc}") from exc
+        except RuntimeError:  # grpcio raises RuntimeError, older releases return 0
+            port = 0
         if not port:
-            raise OSError(f"cannot bind the OTLP/gRPC port {address}")
+            raise PortError(
+                "OTLP/gRPC",
+                "--grpc-port",
+                self.host,
+                self.grpc_port,
+                _bind_problem(self.host, self.grpc_port),
+            )
         self.grpc_port = port
         await server.start()
 
     async def _start_http(self) -> None:
         # Binding here, not in uvicorn, turns a busy port into an OSError instead of sys.exit().
-        sock = _bind_tcp(self.host, self.http_port, reuse_port=self.reuse_port)
+        try:
+            sock = _bind_tcp(self.host, self.http_port, reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise PortError("OTLP/HTTP", "--http-port", self.host, self.http_port, exc) from exc
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.http_app,
@@ -290,6 +302,33 @@ async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
         await server.serve(sockets=[sock])
     except SystemExit as exc:
         raise RuntimeError(f"the OTLP/HTTP server failed to start (exit status {exc.code})") from None
+
+
+class PortError(TokenscaleError, OSError):
+    """A port cannot be bound; the one-line message names it and what to do."""
+
+    def __init__(self, what: str, flag: str, host: str, port: int, problem: OSError | None) -> None:
+        if problem is not None and problem.errno == errno.EADDRINUSE:
+            reason = "it is already in use (another tokenscale, or an OpenTelemetry Collector?)"
+        elif problem is not None and problem.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges)"
+        elif problem is not None:
+            reason = problem.strerror or str(problem)
+        else:
+            reason = "the address cannot be bound"
+        super().__init__(
+            f"cannot bind the {what} port {port} on {host or 'every interface'}: {reason}; "
+            f"choose another with {flag} N, or {flag} 0 for a free one"
+        )
+
+
+def _bind_problem(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound, found by binding it (gRPC does not say)."""
+    try:
+        _bind_tcp(host, port).close()
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _grpc_address(host: str, port: int) -> str:
