@@ -109,7 +109,9 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
     log.info("starting the embedded PostgreSQL in %s", server.data_dir)
     server.start()
     try:
-        log.info("embedded PostgreSQL listening at %s", server.conninfo)
+        log.info(
+            "embedded PostgreSQL listening at %s (password in %s)", server.address, server.credentials_file
+        )
         yield server.conninfo
     finally:
         server.stop()
