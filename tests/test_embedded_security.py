@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -67,3 +69,31 @@ def test_a_cluster_created_with_trust_gets_the_password(server_tmp_path: Path) -
             assert conn.execute("SELECT 1").fetchone() == (1,)
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(f"postgresql://tokenscale@127.0.0.1:{again.port}/tokenscale", connect_timeout=5)
+
+
+def test_a_dead_server_is_restarted_on_its_port(server_tmp_path: Path) -> None:
+    with EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS) as pg:
+        port = pg.port
+        with psycopg.connect(pg.conninfo) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+            conn.commit()
+            conn.execute("CHECKPOINT")  # the test server runs with synchronous_commit off
+        done = pg.supervise(interval=0.3)
+        try:
+            pid = int((pg.cluster_dir / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            row = None
+            while time.monotonic() < deadline:
+                try:
+                    with psycopg.connect(pg.conninfo, connect_timeout=2) as conn:
+                        row = conn.execute("SELECT x FROM kept").fetchone()
+                    break
+                except psycopg.OperationalError:
+                    time.sleep(0.3)
+            assert row == (42,)
+            assert pg.port == port
+            assert int((pg.cluster_dir / "postmaster.pid").read_text().split()[0]) != pid
+        finally:
+            done.set()

@@ -108,12 +108,16 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
     server = EmbeddedPostgres(settings.data_dir, stop_adopted=owner)
     log.info("starting the embedded PostgreSQL in %s", server.data_dir)
     server.start()
+    # The service keeps its server running: restarted (on the same port) if it dies.
+    supervisor = server.supervise() if owner else None
     try:
         log.info(
             "embedded PostgreSQL listening at %s (password in %s)", server.address, server.credentials_file
         )
-        yield server.conninfo
+        yield _with_connect_timeout(server.conninfo, settings.connect_timeout)
     finally:
+        if supervisor is not None:
+            supervisor.set()
         server.stop()
 
 

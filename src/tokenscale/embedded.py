@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -257,6 +258,10 @@ def _tail(path: Path, start: int = 0, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _postmaster_pid(pid_file: Path) -> int:
+    return int(pid_file.read_text().split()[0])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -405,6 +410,40 @@ class EmbeddedPostgres:
         if self._temp_socket_dir is not None:
             shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
             self._temp_socket_dir = None
+
+    def alive(self) -> bool:
+        """Whether the server's postmaster is running (its pid file names a live process of ours)."""
+        try:
+            pid = _postmaster_pid(self.cluster_dir / "postmaster.pid")
+        except (OSError, ValueError, IndexError):
+            return False
+        return _pid_alive(pid) and self._is_our_postmaster(pid)
+
+    def restart_if_dead(self) -> bool:
+        """Start the server again, on the same port, if it died; True if it had to."""
+        if not self._running or self.alive():
+            return False
+        log.error("the embedded PostgreSQL server is gone (see %s): starting it again", self.log_file)
+        self.requested_port = self.port  # the service's connections name this port
+        self._adopt_or_clear_stale()
+        self._start_server()
+        log.info("the embedded PostgreSQL server is running again on port %d", self.port)
+        return True
+
+    def supervise(self, interval: float = 2.0) -> threading.Event:
+        """Check every ``interval`` s in a background thread that the server runs, restarting it when
+        it died; set the returned event to stop watching."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(interval):
+                try:
+                    self.restart_if_dead()
+                except Exception:
+                    log.exception("restarting the embedded PostgreSQL server failed; trying again")
+
+        threading.Thread(target=watch, name="tokenscale-pg-supervisor", daemon=True).start()
+        return done
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
