@@ -306,7 +306,10 @@ def _service(
             spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
         exports = ExportPipeline(writer, options, limits, spool)
         pipeline = InstrumentedPipeline(exports, registry)
-        auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth, timeout=wait)
+        # A key lookup waits a quarter of the export timeout: the write's wait must fit in it too.
+        auth = AuthPolicy.for_bind(
+            read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
+        )
         api = UsageApiService(read_pool, auth, UsageWriter(pool))
         receiver = Receiver(
             pipeline,
