@@ -191,6 +191,8 @@ class KeyCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
+        #: Until when (monotonic) the key store counts as unreachable after a failed lookup.
+        self.down_until = 0.0
 
     def get(self, digest: bytes) -> tuple[bool, Principal | None]:
         """``(found, principal)``; expired entries are not found."""
@@ -252,6 +254,10 @@ def authenticate(
     if found:
         return principal
     query = "SELECT id, tenant, scopes FROM tokenscale.api_keys WHERE hash = %s AND revoked_at IS NULL"
+    if time.monotonic() < cache.down_until:  # the key store failed seconds ago: do not wait again
+        stale = cache.stale(digest, STALE_KEY_SECONDS)
+        if stale is not None:
+            return stale
     try:
         if isinstance(source, ConnectionPool):
             with source.connection(timeout=timeout) as conn:
@@ -259,6 +265,7 @@ def authenticate(
         else:
             row = source.execute(query, (digest,)).fetchone()
     except (psycopg.OperationalError, PoolTimeout) as exc:
+        cache.down_until = time.monotonic() + 5.0
         stale = cache.stale(digest, STALE_KEY_SECONDS)
         if stale is not None:
             return stale

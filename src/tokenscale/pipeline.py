@@ -7,6 +7,7 @@ write (:mod:`tokenscale.store`) -> aggregate (in the database).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -18,6 +19,10 @@ from tokenscale.mapping.model import MappingResult, Signal
 __all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ExportSpool", "ResultWriter", "is_poison"]
 
 log = logging.getLogger("tokenscale.pipeline")
+
+#: After the database failed an export, how long further exports go straight to the spool (unless a
+#: replay from the spool succeeds first).
+_DOWN_SECONDS: Final = 5.0
 
 #: SQLSTATE classes of data the database will never take, however often it is retried: 22 data
 #: exception (a value out of range, an invalid byte), 54 program limit exceeded (an index row too large).
@@ -75,6 +80,7 @@ class ExportPipeline:
         self._options = options or MappingOptions()
         self._limits = limits
         self.spool = spool
+        self._down_until = 0.0
 
     def export(self, signal: Signal, request: Any, tenant: str = DEFAULT_TENANT) -> ExportResult:
         """Handle one decoded ``Export*ServiceRequest``. Blocking: call it from a worker thread.
@@ -85,9 +91,19 @@ class ExportPipeline:
         """
         result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
         if result.events or result.activity or result.cumulative:
+            # The database failed a moment ago: spool at once rather than wait for it again (an export
+            # after a few seconds tries it again; a successful replay from the spool ends this).
+            if (
+                self.spool is not None
+                and time.monotonic() < self._down_until
+                and self.spool.put(signal, tenant, request)
+            ):
+                return ExportResult(result.rejected, result.error_message)
             try:
                 self._writer.write(result)
             except RetryableError as exc:
+                if not is_poison(exc):
+                    self._down_until = time.monotonic() + _DOWN_SECONDS
                 if (
                     self.spool is None
                     or is_poison(exc)
@@ -102,4 +118,5 @@ class ExportPipeline:
         result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
         if result.events or result.activity or result.cumulative:
             self._writer.write(result)
+            self._down_until = 0.0  # the database is back
         return ExportResult(result.rejected, result.error_message)
