@@ -75,7 +75,7 @@ class Spool:
         name = f"{time.time_ns():020d}-{secrets.token_hex(6)}.{signal}"
         temporary = self.directory / f".{name}.tmp"
         try:
-            with open(temporary, "wb") as handle:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(tenant.encode() + b"\n" + data)
                 handle.flush()
                 os.fsync(handle.fileno())
