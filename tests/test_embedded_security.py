@@ -97,3 +97,13 @@ def test_a_dead_server_is_restarted_on_its_port(server_tmp_path: Path) -> None:
             assert int((pg.cluster_dir / "postmaster.pid").read_text().split()[0]) != pid
         finally:
             done.set()
+
+
+def test_a_restarted_server_keeps_its_port(server_tmp_path: Path) -> None:
+    with EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS) as pg:
+        port = pg.port
+    with EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS) as again:
+        assert again.port == port
+        assert not again.adopted
+        with psycopg.connect(again.conninfo) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

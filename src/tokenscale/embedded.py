@@ -640,11 +640,24 @@ class EmbeddedPostgres:
             return False  # we can read the cwd of every server we started: this one is someone else's
         return Path(cwd) == self.cluster_dir.resolve()
 
+    def _remembered_port(self) -> int:
+        """The port the server last ran on, if it is free now (else 0)."""
+        try:
+            port = int((self.data_dir / "port").read_text().strip())
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                probe.bind((self.host, port))
+        except (OSError, ValueError):
+            return 0
+        return port
+
     def _start_server(self) -> None:
         assert self._binaries is not None
         attempts = 5 if self.requested_port == 0 else 1
         for attempt in range(attempts):
-            port = self.requested_port or free_port(self.host)
+            # The port it last ran on, if free: serve and the short commands then agree on one address
+            # even when the server had to be started again.
+            remembered = self._remembered_port() if attempt == 0 else 0
+            port = self.requested_port or remembered or free_port(self.host)
             options = [
                 "-p", str(port), "-c", f"listen_addresses={self.host}",
                 "-c", f"unix_socket_directories={self.socket_dir}",
@@ -655,6 +668,8 @@ class EmbeddedPostgres:
             result = self._pg_ctl("start", "-l", str(self.log_file), "-o", shlex.join(options))
             if result.returncode == 0:
                 self._port = port
+                with contextlib.suppress(OSError):
+                    (self.data_dir / "port").write_text(f"{port}\n")
                 return
             server_log = _tail(self.log_file, log_start)
             if attempt + 1 < attempts and "could not bind" in server_log:
