@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 
 from tokenscale.dashboard._page import CONTENT_SECURITY_POLICY, PAGE_HTML
 from tokenscale.dashboard._queries import MAX_DAYS, summary
-from tokenscale.errors import PermanentError
+from tokenscale.errors import PermanentError, RetryableError
 
 __all__ = ["DEFAULT_DAYS", "SUMMARY_PATH", "DashboardAuth", "create_dashboard_routes", "summary"]
 
@@ -93,6 +93,8 @@ def create_dashboard_routes(
                 principal.require("read")
             except PermanentError as exc:
                 return _auth_failure(exc)
+            except RetryableError:  # the key store cannot be asked
+                return _error(503, "database unavailable", {"Retry-After": "5"})
             if tenant is not None and tenant != principal.tenant:
                 return _error(403, f"this API key cannot read tenant {tenant!r}")
             tenant = principal.tenant
