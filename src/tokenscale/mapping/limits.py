@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final
 
 from tokenscale.mapping.model import (
@@ -102,6 +103,12 @@ _ACTIVITY_TEXT: Final = (
     "stream",
 )
 _KIND: Final[dict[type, str]] = {list: "an array", dict: "a key-value list", bytes: "bytes"}
+_NESTED: Final = frozenset({list, dict})
+_STR: Final = frozenset({str})
+_USAGE_TEXT_OF: Final = attrgetter(*_USAGE_TEXT)
+_ACTIVITY_TEXT_OF: Final = attrgetter(*_ACTIVITY_TEXT)
+_USAGE_NUMBERS: Final = ("requests", *TOKEN_FIELDS)
+_USAGE_NUMBERS_OF: Final = attrgetter(*_USAGE_NUMBERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,19 +173,28 @@ class _Checker:
         if len(self.notes) < 5 and message not in self.notes:
             self.notes.append(message)
 
-    def text_columns(self, item: Any, names: tuple[str, ...]) -> None:
+    def text_columns(self, item: Any, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
         limit = self.limits.max_identity_bytes
-        for name in names:
-            value = getattr(item, name)
+        present = [v for v in values if v]
+        joined = "".join(present)
+        # One pass over all of them in C for the common case: ASCII, no NUL, all short enough.
+        if (
+            "\x00" not in joined
+            and joined.isascii()
+            and (len(joined) <= limit or max(map(len, present)) <= limit)
+        ):
+            return
+        for name, value in zip(names, values, strict=True):
             if value is not None:
                 check_text(name, value, limit)
 
     def usage(self, event: UsageEvent) -> None:
-        self.text_columns(event, _USAGE_TEXT)
-        for name in ("requests", *TOKEN_FIELDS):
-            value = getattr(event, name)
-            if not 0 <= value <= _INT8_MAX:
-                raise LimitError(f"{name}: {value} is out of range (0 to {_INT8_MAX})")
+        self.text_columns(event, _USAGE_TEXT, _USAGE_TEXT_OF(event))
+        numbers = _USAGE_NUMBERS_OF(event)
+        if min(numbers) < 0 or max(numbers) > _INT8_MAX:
+            for name, value in zip(_USAGE_NUMBERS, numbers, strict=True):
+                if not 0 <= value <= _INT8_MAX:
+                    raise LimitError(f"{name}: {value} is out of range (0 to {_INT8_MAX})")
         self.cost("cost", event.cost_usd)
         if event.duration_ms is not None and not math.isfinite(event.duration_ms):
             raise LimitError(f"duration: not finite ({event.duration_ms!r})")
@@ -193,7 +209,7 @@ class _Checker:
             raise LimitError(f"{field}: {cost!r} USD, at or above the limit of {self.limits.max_cost_usd:g}")
 
     def activity(self, event: ActivityEvent) -> None:
-        self.text_columns(event, _ACTIVITY_TEXT)
+        self.text_columns(event, _ACTIVITY_TEXT, _ACTIVITY_TEXT_OF(event))
         if not math.isfinite(event.value):
             raise LimitError(f"value: not finite ({event.value!r})")
 
@@ -220,6 +236,21 @@ class _Checker:
                 "the rest were dropped"
             )
             attrs = dict(list(attrs.items())[: limits.max_attributes])
+        values = list(attrs.values())
+        kinds = set(map(type, values))
+        if kinds.isdisjoint(_NESTED):
+            strings = values if kinds == _STR else [v for v in values if type(v) is str]
+            joined = "".join(strings) + "".join(attrs)
+            # The common case, checked in C: ASCII, no NUL, no long or nested value.
+            if (
+                "\x00" not in joined
+                and joined.isascii()
+                and (
+                    len(joined) <= limits.max_attribute_bytes
+                    or max(map(len, strings), default=0) <= limits.max_attribute_bytes
+                )
+            ):
+                return attrs
         cut: list[str] = []
         for key, value in attrs.items():
             if "\x00" in key or not key.isascii():
