@@ -41,9 +41,10 @@ def _serve(data_dir: Path) -> tuple[subprocess.Popen[str], int, str]:
         if "ready" in line or process.poll() is not None:
             break
     ports = re.search(r"gRPC port (\d+), HTTP port (\d+)", log)
-    url = re.search(r"(postgresql://\S+)", log)
-    assert ports and url, log
-    return process, int(ports[1]), url[1]
+    found = re.search(r"listening at (\S+) \(password in (\S+)\)", log)
+    assert ports and found, log
+    password = Path(found[2]).read_text().strip()
+    return process, int(ports[1]), f"postgresql://tokenscale:{password}@{found[1]}/tokenscale"
 
 
 def test_serve_on_the_embedded_default_records_sdk_usage(server_tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from tokenscale.config import ConfigError, Settings, load_settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-TYPES = {"str": "string", "int": "integer", "bool": "boolean", "Path": "path"}
+TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "Path": "path"}
 _CODE = re.compile(r"`([^`]*)`")
 
 

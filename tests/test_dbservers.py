@@ -95,7 +95,7 @@ def test_embedded_restart_reuses_the_cluster(server_tmp_path: Path) -> None:
     pg = EmbeddedPostgres(server_tmp_path, settings=FAST_SETTINGS)
     pg.stop()  # never started: nothing to do
     with pg:
-        assert pg.conninfo.startswith("postgresql://tokenscale@127.0.0.1:")
+        assert pg.conninfo.startswith(f"postgresql://tokenscale:{pg.password}@127.0.0.1:")
         assert pg.conninfo.endswith("/tokenscale")
         with psycopg.connect(pg.conninfo) as conn:
             conn.execute("CREATE TABLE kept (v text)")

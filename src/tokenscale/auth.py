@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, Final
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tokenscale.errors import PermanentError
+from tokenscale.errors import PermanentError, RetryableError
 from tokenscale.pipeline import DEFAULT_TENANT
 from tokenscale.tenants import tenant_uuid
 
@@ -52,6 +52,11 @@ _DISPLAY_CHARS: Final = 12
 _MAX_TOKEN_CHARS: Final = 256
 #: How long an authentication answer is reused: a revoked key stops working within this time.
 DEFAULT_CACHE_SECONDS: Final = 5.0
+#: Seconds a key lookup waits for a pooled connection before the key store counts as unavailable.
+DEFAULT_LOOKUP_TIMEOUT: Final = 4.0
+#: While the database cannot be asked, a key found valid within this many seconds is still
+#: accepted (its exports go to the outage spool): an outage does not turn into lost exports.
+STALE_KEY_SECONDS: Final = 3600.0
 DEFAULT_CACHE_ENTRIES: Final = 4096
 #: The tenant of anonymous requests (loopback bind with authentication not required).
 ANONYMOUS_TENANT: Final = DEFAULT_TENANT
@@ -188,19 +193,28 @@ class KeyCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
+        #: Until when (monotonic) the key store counts as unreachable after a failed lookup.
+        self.down_until = 0.0
 
     def get(self, digest: bytes) -> tuple[bool, Principal | None]:
         """``(found, principal)``; expired entries are not found."""
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(digest)
-            if entry is None:
-                return False, None
-            if entry[0] <= now:
-                del self._entries[digest]
-                return False, None
+            if entry is None or entry[0] <= now:
+                return False, None  # an expired answer is kept for :meth:`stale`
             self._entries.move_to_end(digest)
             return True, entry[1]
+
+    def stale(self, digest: bytes, max_age: float) -> Principal | None:
+        """The principal of a key found valid, its answer expired less than ``max_age`` s ago: used
+        only while the database cannot be asked (its exports are spooled, not refused)."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or entry[1] is None or now - entry[0] > max_age:
+            return None
+        return entry[1]
 
     def put(self, digest: bytes, principal: Principal | None) -> None:
         """Remember one answer (a miss too, so unknown tokens do not hit the database every time)."""
@@ -220,12 +234,19 @@ _DEFAULT_CACHE = KeyCache()
 
 
 def authenticate(
-    source: Connection | ConnectionPool, token: str, *, cache: KeyCache | None = None
+    source: Connection | ConnectionPool,
+    token: str,
+    *,
+    cache: KeyCache | None = None,
+    timeout: float = DEFAULT_LOOKUP_TIMEOUT,
 ) -> Principal | None:
     """The principal of the live key whose secret is ``token``, else ``None``.
 
-    ``source`` is a connection or a pool. Answers are cached (see :class:`KeyCache`), so revoking
-    a key takes effect within the cache's TTL.
+    ``source`` is a connection or a pool (waited on for at most ``timeout`` s). Answers are cached
+    (see :class:`KeyCache`), so revoking a key takes effect within the cache's TTL. While the
+    database cannot answer, a key found valid within :data:`STALE_KEY_SECONDS` is still accepted;
+    any other raises :class:`~tokenscale.errors.RetryableError` (503 / UNAVAILABLE, never a refusal
+    of the key).
     """
     if not token.startswith(KEY_PREFIX) or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
         return None
@@ -235,11 +256,22 @@ def authenticate(
     if found:
         return principal
     query = "SELECT id, tenant, scopes FROM tokenscale.api_keys WHERE hash = %s AND revoked_at IS NULL"
-    if isinstance(source, ConnectionPool):
-        with source.connection() as conn:
-            row = conn.execute(query, (digest,)).fetchone()
-    else:
-        row = source.execute(query, (digest,)).fetchone()
+    if time.monotonic() < cache.down_until:  # the key store failed seconds ago: do not wait again
+        stale = cache.stale(digest, STALE_KEY_SECONDS)
+        if stale is not None:
+            return stale
+    try:
+        if isinstance(source, ConnectionPool):
+            with source.connection(timeout=timeout) as conn:
+                row = conn.execute(query, (digest,)).fetchone()
+        else:
+            row = source.execute(query, (digest,)).fetchone()
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        cache.down_until = time.monotonic() + 5.0
+        stale = cache.stale(digest, STALE_KEY_SECONDS)
+        if stale is not None:
+            return stale
+        raise RetryableError("the API key store is unavailable") from exc
     principal = None if row is None else Principal(row[1], frozenset(row[2]), str(row[0]))
     cache.put(digest, principal)
     return principal
@@ -281,18 +313,30 @@ class AuthPolicy:
     """
 
     def __init__(
-        self, pool: ConnectionPool, *, allow_anonymous: bool = False, cache: KeyCache | None = None
+        self,
+        pool: ConnectionPool,
+        *,
+        allow_anonymous: bool = False,
+        cache: KeyCache | None = None,
+        timeout: float = DEFAULT_LOOKUP_TIMEOUT,
     ) -> None:
         self._pool = pool
         self.allow_anonymous = allow_anonymous
         self._cache = cache
+        self.timeout = timeout
 
     @classmethod
     def for_bind(
-        cls, pool: ConnectionPool, host: str, *, require_auth: bool, cache: KeyCache | None = None
+        cls,
+        pool: ConnectionPool,
+        host: str,
+        *,
+        require_auth: bool,
+        cache: KeyCache | None = None,
+        timeout: float = DEFAULT_LOOKUP_TIMEOUT,
     ) -> AuthPolicy:
         """The policy of a server bound to ``host``: never anonymous off loopback."""
-        return cls(pool, allow_anonymous=not require_auth and is_loopback(host), cache=cache)
+        return cls(pool, allow_anonymous=not require_auth and is_loopback(host), cache=cache, timeout=timeout)
 
     def principal(self, headers: Mapping[str, str]) -> Principal:
         """Who sent a request with these headers; :class:`AuthenticationError` when nobody valid.
@@ -304,7 +348,7 @@ class AuthPolicy:
             if self.allow_anonymous:
                 return Principal(ANONYMOUS_TENANT, frozenset(SCOPES))
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        principal = authenticate(self._pool, token, cache=self._cache)
+        principal = authenticate(self._pool, token, cache=self._cache, timeout=self.timeout)
         if principal is None:
             raise AuthenticationError("invalid or revoked API key")
         return principal

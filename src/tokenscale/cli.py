@@ -109,18 +109,34 @@ def _database(settings: Settings, *, owner: bool = False) -> Iterator[str]:
     command leaves the server of a running ``serve`` alone.
     """
     if settings.database_url:
-        yield settings.database_url
+        yield _with_connect_timeout(settings.database_url, settings.connect_timeout)
         return
     from tokenscale.embedded import EmbeddedPostgres  # noqa: PLC0415 - only when embedded
 
     server = EmbeddedPostgres(settings.data_dir, stop_adopted=owner)
     log.info("starting the embedded PostgreSQL in %s", server.data_dir)
     server.start()
+    # The service keeps its server running: restarted (on the same port) if it dies.
+    supervisor = server.supervise() if owner else None
     try:
-        log.info("embedded PostgreSQL listening at %s", server.conninfo)
-        yield server.conninfo
+        log.info(
+            "embedded PostgreSQL listening at %s (password in %s)", server.address, server.credentials_file
+        )
+        yield _with_connect_timeout(server.conninfo, settings.connect_timeout)
     finally:
+        if supervisor is not None:
+            supervisor.set()
         server.stop()
+
+
+def _with_connect_timeout(url: str, seconds: float) -> str:
+    """``url`` with libpq's ``connect_timeout`` (unless it sets one): a database host that accepts
+    connections and never answers is then reported within that time instead of hanging."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415
+
+    if "connect_timeout" in conninfo_to_dict(url):
+        return url
+    return make_conninfo(url, connect_timeout=max(2, round(seconds)))
 
 
 def _migrate(url: str) -> Any:
@@ -278,8 +294,10 @@ def _service(
     from tokenscale.auth import AuthPolicy  # noqa: PLC0415
     from tokenscale.dashboard import create_dashboard_routes  # noqa: PLC0415
     from tokenscale.mapping import MappingOptions  # noqa: PLC0415
+    from tokenscale.mapping.limits import Limits  # noqa: PLC0415
     from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
     from tokenscale.receiver.server import Receiver  # noqa: PLC0415
+    from tokenscale.receiver.spool import Spool  # noqa: PLC0415
     from tokenscale.selfmetrics import (  # noqa: PLC0415
         HttpTransportMiddleware,
         InstrumentedPipeline,
@@ -290,9 +308,10 @@ def _service(
     from tokenscale.store.prices import PriceBookCache  # noqa: PLC0415
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
-    pool = open_pool(url)
+    pool = open_pool(url, connect_timeout=settings.connect_timeout)
+    spool: Any = None
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
-    read_pool = open_pool(url, max_size=4)
+    read_pool = open_pool(url, max_size=4, connect_timeout=settings.connect_timeout)
     try:
         # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
         # worker's counters must stay series of their own.
@@ -304,10 +323,28 @@ def _service(
                 "process alone).",
                 ("pid",),
             ).labels(str(os.getpid())).set(1)
-        writer = InstrumentedWriter(UsageWriter(pool, prices=PriceBookCache(read_pool)), registry)
+        # Half the export timeout for a pooled connection: an export the database cannot take is
+        # then still spooled (or answered UNAVAILABLE) within the export timeout.
+        wait = settings.export_timeout / 2
+        writer = InstrumentedWriter(
+            UsageWriter(pool, timeout=wait, prices=PriceBookCache(read_pool)), registry
+        )
         options = MappingOptions(capture_content=settings.capture_content)
-        pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
-        auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
+        limits = Limits(
+            max_identity_bytes=settings.max_identity_bytes,
+            max_attribute_bytes=settings.max_attribute_bytes,
+            max_attributes=settings.max_attributes,
+            max_cost_usd=settings.max_cost_usd,
+        )
+        spool = None
+        if settings.spool_max_bytes:
+            spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
+        exports = ExportPipeline(writer, options, limits, spool)
+        pipeline = InstrumentedPipeline(exports, registry)
+        # A key lookup waits a quarter of the export timeout: the write's wait must fit in it too.
+        auth = AuthPolicy.for_bind(
+            read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
+        )
         api = UsageApiService(read_pool, auth, UsageWriter(pool))
         receiver = Receiver(
             pipeline,
@@ -318,6 +355,12 @@ def _service(
             tenant_for=auth.tenant_for,
             grpc_services=[UsageApiServicer(api).add_to_server],
             reuse_port=worker is not None,
+            export_timeout=settings.export_timeout,
+            body_timeout=settings.body_timeout,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+            max_concurrent_exports=settings.max_concurrent_exports,
+            max_inflight_bytes=settings.max_inflight_bytes,
         )
         receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
         receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
@@ -328,8 +371,12 @@ def _service(
         retention: Callable[[], Coroutine[Any, Any, None]] | None = None
         if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
             retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
+        if spool is not None:
+            spool.start(exports.replay)
         yield receiver, retention
     finally:
+        if spool is not None:
+            spool.stop()
         read_pool.close()
         pool.close()
 
@@ -450,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tokenscale: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
-        print(f"tokenscale: database unavailable: {exc}".rstrip(), file=sys.stderr)
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"tokenscale: database unavailable: {detail}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -54,8 +55,36 @@ class Settings:
     retention_days: int = 0
     #: Compress raw usage events older than this many days (0: never; TimescaleDB community only).
     compress_after_days: int = 0
-    #: Largest accepted OTLP/HTTP request body, in bytes.
+    #: Largest accepted OTLP request body (HTTP, after gzip too) or gRPC message, in bytes.
     max_body_bytes: int = 64 * 1024 * 1024
+    #: Seconds an export may wait for the database (key lookup, write) before it is answered
+    #: UNAVAILABLE / 503 with Retry-After; keep it under the clients' export timeout (10 s by default).
+    export_timeout: float = 4.0
+    #: Seconds to wait for a database connection to open before the database counts as unreachable.
+    connect_timeout: float = 3.0
+    #: Exports handled at once per receiver process; beyond it RESOURCE_EXHAUSTED / 429, retry later.
+    max_concurrent_exports: int = 16
+    #: Request bytes (decompressed) held at once per receiver process; beyond it RESOURCE_EXHAUSTED /
+    #: 429 before the body is parsed (an export arriving alone is always let in).
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    #: Open OTLP/HTTP connections per receiver process; further ones are closed at once.
+    max_connections: int = 4096
+    #: Seconds an HTTP connection may take to send a request's headers before it is closed.
+    header_timeout: float = 10.0
+    #: Seconds a started HTTP request body may stall before the request is answered 408.
+    body_timeout: float = 30.0
+    #: Longest text column value (service, user, session, model, request id, ...), in UTF-8 bytes;
+    #: an item with a longer one is rejected.
+    max_identity_bytes: int = 512
+    #: Longest string attribute value kept with a row, in UTF-8 bytes; longer ones are cut.
+    max_attribute_bytes: int = 16384
+    #: Most attributes kept with one row; the rest are dropped.
+    max_attributes: int = 128
+    #: A cost (USD) at or above this, of one record or one cost counter, is rejected.
+    max_cost_usd: float = 1000000.0
+    #: Bytes of exports kept on disk (``data_dir/spool``) while the database is unreachable, replayed
+    #: when it is back; 0: no spool (such exports are answered UNAVAILABLE / 503).
+    spool_max_bytes: int = 1024 * 1024 * 1024
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
     #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
@@ -79,6 +108,13 @@ def _convert(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -95,6 +131,27 @@ def _convert(name: str, value: Any) -> Any:
         return value
     except ValueError:
         raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind}") from None
+
+
+def _check_database_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is a PostgreSQL URL or key=value conninfo."""
+    try:
+        from psycopg import ProgrammingError  # noqa: PLC0415 - a server dependency
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+    except ImportError:  # the instrumentation alone is installed: nothing connects
+        return
+    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"setting 'database_url': unsupported scheme {url.split('://', 1)[0]!r} "
+            "(expected postgresql://user@host:port/dbname)"
+        )
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise ConfigError(
+            f"setting 'database_url': not a PostgreSQL URL (postgresql://user@host:port/dbname) "
+            f"or key=value conninfo: {str(exc).strip().splitlines()[0]}"
+        ) from None
 
 
 def load_settings(
@@ -133,11 +190,32 @@ def load_settings(
     settings = Settings(**values)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"setting 'log_format': {settings.log_format!r} is not one of text, json")
-    for name in ("retention_days", "compress_after_days", "max_body_bytes"):
+    for name in ("retention_days", "compress_after_days", "max_body_bytes", "spool_max_bytes"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"setting {name!r}: must not be negative")
+    for name in (
+        "export_timeout",
+        "connect_timeout",
+        "max_concurrent_exports",
+        "max_inflight_bytes",
+        "max_connections",
+        "header_timeout",
+        "body_timeout",
+        "max_identity_bytes",
+        "max_attribute_bytes",
+        "max_attributes",
+        "max_cost_usd",
+    ):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"setting {name!r}: must be greater than 0")
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
+    for name in ("grpc_port", "http_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"setting {name!r}: {port} is not a TCP port (0-65535; 0 picks a free one)")
+    if settings.database_url:
+        _check_database_url(settings.database_url)
     return settings
 
 

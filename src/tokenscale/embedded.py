@@ -9,6 +9,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -16,6 +17,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,11 +70,15 @@ _INSTALL_HINT = (
 _PG_CTL_TIMEOUT = 60
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
 _HBA = """\
-# Written by tokenscale: trust on the Unix socket and on loopback only; nothing else may connect.
-local all all trust
-host  all all 127.0.0.1/32 trust
-host  all all ::1/128      trust
+# Written by tokenscale: a password (SCRAM) on the Unix socket and on loopback only; nothing else may
+# connect. The password is in the data directory's credentials file, readable by its owner alone.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128      scram-sha-256
 """
+_LEGACY_HBA_MARK = "# Written by tokenscale: trust on"
+#: The file holding the superuser's password, mode 0600, in the data directory.
+CREDENTIALS_FILE = "credentials"
 
 
 def default_data_dir() -> Path:
@@ -252,6 +258,10 @@ def _tail(path: Path, start: int = 0, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _postmaster_pid(pid_file: Path) -> int:
+    return int(pid_file.read_text().split()[0])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -266,7 +276,7 @@ class EmbeddedPostgres:
     """A PostgreSQL cluster of our own under ``data_dir``, started and stopped by us.
 
     Layout: the cluster in ``data_dir/postgres``, the server log in ``data_dir/postgres.log``, the Unix
-    socket in ``data_dir/run``. :meth:`start` creates the cluster once (trust authentication on the
+    socket in ``data_dir/run``. :meth:`start` creates the cluster once (password authentication on the
     socket and loopback only, superuser and database ``tokenscale``), then reuses it. Run as root, the
     server runs as the user ``postgres`` (or the cluster's owner), since PostgreSQL refuses root.
     Usable as a context manager.
@@ -298,6 +308,7 @@ class EmbeddedPostgres:
         self.stop_adopted = stop_adopted
         self._binaries: PostgresBinaries | None = None
         self._account: _Account | None = None
+        self._password: str | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -321,9 +332,30 @@ class EmbeddedPostgres:
         return self.conninfo_for(DATABASE)
 
     def conninfo_for(self, dbname: str) -> str:
-        """libpq URL of another database of this server."""
+        """libpq URL of another database of this server (with the superuser's password)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"postgresql://{SUPERUSER}@{host}:{self.port}/{dbname}"
+        return f"postgresql://{SUPERUSER}:{self.password}@{host}:{self.port}/{dbname}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server, for messages (the conninfo holds the password)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / CREDENTIALS_FILE
+
+    @property
+    def password(self) -> str:
+        """The superuser's password, created with the cluster (see :data:`CREDENTIALS_FILE`)."""
+        if self._password is None:
+            try:
+                self._password = self.credentials_file.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                raise TokenscaleError(
+                    f"{self.credentials_file} is missing: the embedded PostgreSQL was not started"
+                ) from None
+        return self._password
 
     def start(self) -> None:
         """Create the cluster if needed and start the server; returns when it accepts connections."""
@@ -335,8 +367,9 @@ class EmbeddedPostgres:
         self._binaries = find_binaries(major)
         if self._account is not None:
             self._grant_access()
+        password = self._ensure_credentials()
         if major is None:
-            self._initdb()
+            self._initdb(password)
         self._prepare_socket_dir()
         self.adopted = self._adopt_or_clear_stale()
         if not self.adopted:
@@ -344,6 +377,7 @@ class EmbeddedPostgres:
         self._running = True
         atexit.register(self.stop)
         try:
+            self._require_password(password)
             self._ensure_database()
         except BaseException:
             self.stop()
@@ -376,6 +410,40 @@ class EmbeddedPostgres:
         if self._temp_socket_dir is not None:
             shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
             self._temp_socket_dir = None
+
+    def alive(self) -> bool:
+        """Whether the server's postmaster is running (its pid file names a live process of ours)."""
+        try:
+            pid = _postmaster_pid(self.cluster_dir / "postmaster.pid")
+        except (OSError, ValueError, IndexError):
+            return False
+        return _pid_alive(pid) and self._is_our_postmaster(pid)
+
+    def restart_if_dead(self) -> bool:
+        """Start the server again, on the same port, if it died; True if it had to."""
+        if not self._running or self.alive():
+            return False
+        log.error("the embedded PostgreSQL server is gone (see %s): starting it again", self.log_file)
+        self.requested_port = self.port  # the service's connections name this port
+        self._adopt_or_clear_stale()
+        self._start_server()
+        log.info("the embedded PostgreSQL server is running again on port %d", self.port)
+        return True
+
+    def supervise(self, interval: float = 2.0) -> threading.Event:
+        """Check every ``interval`` s in a background thread that the server runs, restarting it when
+        it died; set the returned event to stop watching."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(interval):
+                try:
+                    self.restart_if_dead()
+                except Exception:
+                    log.exception("restarting the embedded PostgreSQL server failed; trying again")
+
+        threading.Thread(target=watch, name="tokenscale-pg-supervisor", daemon=True).start()
+        return done
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -450,28 +518,78 @@ class EmbeddedPostgres:
                 )
                 os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
 
-    def _initdb(self) -> None:
+    def _ensure_credentials(self) -> str:
+        """The superuser's password, created (random, mode 0600, owned by whoever runs tokenscale)
+        the first time; the data directory itself is made private to its owner."""
+        path = self.credentials_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{CREDENTIALS_FILE}.tmp")
+            temporary.unlink(missing_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+            temporary.rename(path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("%s was readable by others (mode %o): made 0600", path, mode)
+            os.chmod(path, 0o600)
+        self._password = None
+        return self.password
+
+    def _require_password(self, password: str) -> None:
+        """A cluster created with trust authentication (older tokenscale) gets the password and the
+        password-only pg_hba.conf, then reloads its configuration."""
+        hba = self.cluster_dir / "pg_hba.conf"
+        try:
+            legacy = hba.read_text().startswith(_LEGACY_HBA_MARK)
+        except PermissionError:
+            legacy = False
+        if not legacy:
+            return
+        import psycopg  # noqa: PLC0415
+        from psycopg import sql  # noqa: PLC0415
+
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        trusted = f"postgresql://{SUPERUSER}@{host}:{self.port}/postgres"
+        with psycopg.connect(trusted, autocommit=True, connect_timeout=30) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(password))
+            )
+            hba.write_text(_HBA)
+            conn.execute("SELECT pg_reload_conf()")
+        log.info("the embedded PostgreSQL now requires its password (%s)", self.credentials_file)
+
+    def _initdb(self, password: str) -> None:
         """Create the cluster in a scratch directory, then rename it: a cluster dir is always complete."""
         assert self._binaries is not None
         scratch = self.data_dir / "postgres.initdb"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(mode=0o700)
         self._chown(scratch)
+        pwfile = scratch / "pwfile"  # read by initdb (the server's user), removed before the rename
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(password + "\n")
+        self._chown(pwfile)
+        data = scratch / "data"
         args = [
-            self._binaries.tool("initdb"), "-D", str(scratch), "-U", SUPERUSER, "-A", "trust",
-            "-E", "UTF8", "--locale=C",
+            self._binaries.tool("initdb"), "-D", str(data), "-U", SUPERUSER,
+            "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
         ]  # fmt: skip
         if self.settings.get("fsync") == "off":
             args.append("--no-sync")
         result = self._run(args)
+        pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             shutil.rmtree(scratch, ignore_errors=True)
             raise TokenscaleError(f"initdb failed: {(result.stderr or result.stdout).strip()}")
-        hba = scratch / "pg_hba.conf"
+        hba = data / "pg_hba.conf"
         hba.write_text(_HBA)
         self._chown(hba)
         os.chmod(hba, 0o600)
-        scratch.rename(self.cluster_dir)
+        data.rename(self.cluster_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
         log.info("created PostgreSQL %s cluster in %s", self._binaries.major, self.cluster_dir)
 
     def _prepare_socket_dir(self) -> None:

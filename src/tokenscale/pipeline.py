@@ -6,13 +6,37 @@ write (:mod:`tokenscale.store`) -> aggregate (in the database).
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from tokenscale.errors import RetryableError
 from tokenscale.mapping import MappingOptions, map_request
+from tokenscale.mapping.limits import DEFAULT_LIMITS, Limits, enforce_limits
 from tokenscale.mapping.model import MappingResult, Signal
 
-__all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ResultWriter"]
+__all__ = ["DEFAULT_TENANT", "ExportPipeline", "ExportResult", "ExportSpool", "ResultWriter", "is_poison"]
+
+log = logging.getLogger("tokenscale.pipeline")
+
+#: After the database failed an export, how long further exports go straight to the spool (unless a
+#: replay from the spool succeeds first).
+_DOWN_SECONDS: Final = 5.0
+
+#: SQLSTATE classes of data the database will never take, however often it is retried: 22 data
+#: exception (a value out of range, an invalid byte), 54 program limit exceeded (an index row too large).
+POISON_SQLSTATE_CLASSES: Final = ("22", "54")
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is the database refusing the data itself, not an outage."""
+    for candidate in (exc, exc.__cause__):
+        sqlstate = getattr(candidate, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES:
+            return True
+    return False
+
 
 #: The tenant of data that arrives without an API key (loopback, auth off).
 DEFAULT_TENANT = "default"
@@ -32,19 +56,67 @@ class ResultWriter(Protocol):
     def write(self, result: MappingResult) -> None: ...
 
 
-class ExportPipeline:
-    """Maps an export request and commits its rows before the export is acknowledged."""
+class ExportSpool(Protocol):
+    """Keeps exports the database cannot take now (:class:`tokenscale.receiver.spool.Spool`)."""
 
-    def __init__(self, writer: ResultWriter, options: MappingOptions | None = None) -> None:
+    def put(self, signal: Signal, tenant: str, request: Any) -> bool: ...
+
+
+class ExportPipeline:
+    """Maps an export request and commits its rows before the export is acknowledged.
+
+    With a ``spool``, an export the database cannot take now (an outage, not bad data) is kept in
+    the spool instead, durably, and acknowledged; the spool replays it through :meth:`replay`.
+    """
+
+    def __init__(
+        self,
+        writer: ResultWriter,
+        options: MappingOptions | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        spool: ExportSpool | None = None,
+    ) -> None:
         self._writer = writer
         self._options = options or MappingOptions()
+        self._limits = limits
+        self.spool = spool
+        self._down_until = 0.0
 
     def export(self, signal: Signal, request: Any, tenant: str = DEFAULT_TENANT) -> ExportResult:
         """Handle one decoded ``Export*ServiceRequest``. Blocking: call it from a worker thread.
 
-        An export with nothing to store succeeds without touching the database.
+        Items the database could not store as they are (see :mod:`tokenscale.mapping.limits`) are
+        rejected, naming the field. An export with nothing to store succeeds without touching the
+        database.
         """
-        result = map_request(signal, request, tenant, self._options)
+        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
+        if result.events or result.activity or result.cumulative:
+            # The database failed a moment ago: spool at once rather than wait for it again (an export
+            # after a few seconds tries it again; a successful replay from the spool ends this).
+            if (
+                self.spool is not None
+                and time.monotonic() < self._down_until
+                and self.spool.put(signal, tenant, request)
+            ):
+                return ExportResult(result.rejected, result.error_message)
+            try:
+                self._writer.write(result)
+            except RetryableError as exc:
+                if not is_poison(exc):
+                    self._down_until = time.monotonic() + _DOWN_SECONDS
+                if (
+                    self.spool is None
+                    or is_poison(exc)
+                    or not self.spool.put(signal, request=request, tenant=tenant)
+                ):
+                    raise
+                log.warning("database unavailable (%s): export kept in the outage spool", exc)
+        return ExportResult(result.rejected, result.error_message)
+
+    def replay(self, signal: Signal, request: Any, tenant: str) -> ExportResult:
+        """:meth:`export` without the spool: for exports the spool hands back."""
+        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
         if result.events or result.activity or result.cumulative:
             self._writer.write(result)
+            self._down_until = 0.0  # the database is back
         return ExportResult(result.rejected, result.error_message)

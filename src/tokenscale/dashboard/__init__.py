@@ -29,7 +29,7 @@ from tokenscale.dashboard._explorer import (
 )
 from tokenscale.dashboard._page import CONTENT_SECURITY_POLICY, PAGE_HTML
 from tokenscale.dashboard._queries import MAX_DAYS, summary
-from tokenscale.errors import PermanentError
+from tokenscale.errors import PermanentError, RetryableError
 
 __all__ = [
     "DEFAULT_DAYS",
@@ -135,6 +135,8 @@ def create_dashboard_routes(
             principal.require("read")
         except PermanentError as exc:
             raise _RefusedError(_auth_failure(exc)) from None
+        except RetryableError:  # the key store cannot be asked
+            raise _RefusedError(_error(503, "database unavailable", {"Retry-After": "5"})) from None
         key_id = getattr(principal, "key_id", "")
         admin = key_id is None or bool(
             admin_tenant and principal.tenant == admin_tenant and _allows(principal, "admin")

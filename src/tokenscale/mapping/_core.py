@@ -533,7 +533,8 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         rule = semconv
         seed = res.seed()
         attrs = attributes_of(keys, kvs, seed)
-        if attrs.get("gen_ai.operation.name") in NON_USAGE_OPERATIONS:
+        operation = attrs.get("gen_ai.operation.name")
+        if type(operation) is str and operation in NON_USAGE_OPERATIONS:  # an array is not hashable
             return None
     start = span.start_time_unix_nano
     end = span.end_time_unix_nano

@@ -74,6 +74,8 @@ _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _DATA_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+# A JSON escape of a UTF-16 surrogate: the only way a JSON body can carry a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class PayloadTooLargeError(PermanentError):
@@ -164,12 +166,35 @@ def _decode_json(signal: Signal, message_type: type[Any], body: bytes) -> Any:
         raise PermanentError(f"invalid JSON body: {exc}") from None
     if not isinstance(document, dict):
         raise PermanentError(f"OTLP/JSON body must be a JSON object, not {type(document).__name__}")
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        _reject_lone_surrogates(document)
     for record in _id_bearing_records(signal, document):
         _hex_ids_to_base64(record)
     try:
         return json_format.ParseDict(document, message_type(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise PermanentError(f"invalid OTLP/JSON {message_type.__name__}: {exc}") from None
+
+
+def _reject_lone_surrogates(value: Any) -> None:
+    """Raise :class:`PermanentError` if a string (or key) of a decoded JSON document holds a lone
+    UTF-16 surrogate (``"\\ud800"``): JSON allows the escape, but it is no Unicode text."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = value[exc.start].encode("utf-8", "backslashreplace").decode("ascii")
+                raise PermanentError(
+                    f"invalid JSON body: a string holds the lone UTF-16 surrogate {bad}, which is not text"
+                ) from None
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _reject_lone_surrogates(key)
+            _reject_lone_surrogates(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _reject_lone_surrogates(inner)
 
 
 def _id_bearing_records(signal: Signal, document: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -15,8 +15,21 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from tokenscale.errors import PermanentError
 from tokenscale.mapping.model import Signal
 from tokenscale.otlp import REQUEST_TYPES, RESPONSE_TYPES, encode_response
-from tokenscale.receiver._export import ExportHandler, TenantResolver, default_tenant_for, resolve_tenant
+from tokenscale.receiver._export import (
+    DEFAULT_EXPORT_TIMEOUT,
+    Admission,
+    ExportHandler,
+    TenantResolver,
+    Ticket,
+    call_blocking,
+    default_tenant_for,
+    export_deadline,
+    resolve_tenant,
+)
 from tokenscale.receiver.errors import DEFAULT_RETRY_AFTER_SECONDS, classify_error
+
+# A small message is parsed faster than it is handed to a worker thread.
+_INLINE_PARSE_BYTES = 256 * 1024
 
 __all__ = [
     "LogsServicer",
@@ -28,29 +41,9 @@ __all__ = [
 ]
 
 
-class _Undecodable:
-    """Stands in for a request whose bytes are not a valid message.
-
-    gRPC answers a failing deserializer with INTERNAL; OTLP wants INVALID_ARGUMENT for bad data, so
-    the deserializer hands this to the servicer, which rejects it like any other permanent error.
-    """
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _deserializer(signal: Signal) -> Callable[[bytes], Any]:
-    message_type = REQUEST_TYPES[signal]
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return _Undecodable(f"invalid protobuf {message_type.__name__} ({len(data)} bytes): {exc}")
-
-    return deserialize
+def _identity(data: bytes) -> bytes:
+    """The request deserializer: bytes stay bytes until the export is authenticated and admitted."""
+    return data
 
 
 def _metadata_headers(metadata: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
@@ -59,7 +52,13 @@ def _metadata_headers(metadata: Sequence[tuple[str, str | bytes]] | None) -> dic
 
 
 class _OtlpExport:
-    """The ``Export`` method the three OTLP services share: decode check, tenant, pipeline, answer."""
+    """The ``Export`` method the three OTLP services share: tenant, admission, decode, pipeline, answer.
+
+    It is registered as a client-streaming method (the wire format of a unary call is the same), so
+    that it runs before the request message is received: an unauthenticated or unadmitted export is
+    refused without its bytes ever being read, and bytes that are no valid message are answered
+    INVALID_ARGUMENT (a failing gRPC deserializer would give INTERNAL).
+    """
 
     signal: Signal
 
@@ -68,22 +67,40 @@ class _OtlpExport:
         pipeline: ExportHandler,
         tenant_for: TenantResolver = default_tenant_for,
         retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+        *,
+        export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
+        admission: Admission | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._tenant_for = tenant_for
         self._retry_after = retry_after
+        self._export_timeout = export_timeout
+        self._admission = admission or Admission()
 
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
+    async def Export(  # noqa: N802
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         """Hand one export to the pipeline and answer with its partial success, or abort with a status."""
+        loop = asyncio.get_running_loop()
+        ticket: Ticket | None = None
         try:
-            tenant = await resolve_tenant(self._tenant_for, _metadata_headers(context.invocation_metadata()))
-            if isinstance(request, _Undecodable):
-                raise PermanentError(request.reason)
-            result = await asyncio.to_thread(self._pipeline.export, self.signal, request, tenant)
+            headers = _metadata_headers(context.invocation_metadata())
+            tenant = await resolve_tenant(self._tenant_for, headers, loop.time() + self._export_timeout)
+            ticket = self._admission.admit()
+            async with self._admission.unsized_read():
+                data = await _one_message(requests)
+            ticket.hold(len(data))
+            request = await _parse(self.signal, data)
+            deadline = export_deadline(loop.time(), self._export_timeout, len(data))
+            del data
+            result = await call_blocking(deadline, self._pipeline.export, self.signal, request, tenant)
         except Exception as exc:
             failure = classify_error(exc, self._retry_after)
         else:
             return encode_response(self.signal, result.rejected, result.error_message)
+        finally:
+            if ticket is not None:
+                ticket.release()
         trailers: tuple[tuple[str, str | bytes], ...] = ()
         if failure.retry_after is not None:
             # The status details are the standard carrier; the OTel Python exporter reads the
@@ -93,6 +110,24 @@ class _OtlpExport:
                 ("google.rpc.retryinfo-bin", failure.retry_info().SerializeToString()),
             )
         await context.abort(failure.grpc_code, failure.message, trailing_metadata=trailers)  # raises
+
+
+async def _one_message(requests: AsyncIterator[bytes]) -> bytes:
+    """The single request message of a unary call."""
+    messages = [message async for message in requests]
+    if len(messages) != 1:
+        raise PermanentError(f"an OTLP export is one request message, not {len(messages)}")
+    return messages[0]
+
+
+async def _parse(signal: Signal, data: bytes) -> Any:
+    message_type = REQUEST_TYPES[signal]
+    try:
+        if len(data) <= _INLINE_PARSE_BYTES:
+            return message_type.FromString(data)
+        return await asyncio.to_thread(message_type.FromString, data)
+    except DecodeError as exc:
+        raise PermanentError(f"invalid protobuf {message_type.__name__} ({len(data)} bytes): {exc}") from None
 
 
 class MetricsServicer(_OtlpExport, metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -133,18 +168,24 @@ def add_otlp_services(
     pipeline: ExportHandler,
     tenant_for: TenantResolver = default_tenant_for,
     retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+    *,
+    export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
+    admission: Admission | None = None,
 ) -> None:
     """Register the three OTLP services on ``server``, like the generated ``add_*_to_server``.
 
-    The only difference is the request deserializer, which lets undecodable bytes reach the servicer
-    so that they are answered INVALID_ARGUMENT rather than INTERNAL.
+    The difference: ``Export`` is served as a client-streaming method taking raw bytes (see
+    :class:`_OtlpExport`), so that authentication and admission come before the message is read.
     """
+    admission = admission or Admission()
     for signal, (service, servicer_class) in _SERVICES.items():
-        servicer = servicer_class(pipeline, tenant_for, retry_after)
+        servicer = servicer_class(
+            pipeline, tenant_for, retry_after, export_timeout=export_timeout, admission=admission
+        )
         handlers = {
-            "Export": grpc.unary_unary_rpc_method_handler(
+            "Export": grpc.stream_unary_rpc_method_handler(
                 servicer.Export,
-                request_deserializer=_deserializer(signal),
+                request_deserializer=_identity,
                 response_serializer=RESPONSE_TYPES[signal].SerializeToString,
             )
         }
@@ -159,6 +200,8 @@ def create_grpc_server(
     max_message_bytes: int,
     retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
     reuse_port: bool = False,
+    export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
+    admission: Admission | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server (not yet bound or started) serving OTLP; call it inside the running loop.
 
@@ -171,7 +214,13 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             # Off by default: without it a second receiver could silently share the port.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # Idle connections are closed after 5 minutes, so that they cannot pile up.
+            ("grpc.max_connection_idle_ms", 300_000),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 65536),
         ]
     )
-    add_otlp_services(server, pipeline, tenant_for, retry_after)
+    add_otlp_services(
+        server, pipeline, tenant_for, retry_after, export_timeout=export_timeout, admission=admission
+    )
     return server

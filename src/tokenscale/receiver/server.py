@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tokenscale.receiver._export import ExportHandler, TenantResolver, default_tenant_for
+from tokenscale.errors import TokenscaleError
+from tokenscale.receiver._export import (
+    DEFAULT_EXPORT_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_EXPORTS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    Admission,
+    ExportHandler,
+    TenantResolver,
+    default_tenant_for,
+)
 from tokenscale.receiver.errors import DEFAULT_RETRY_AFTER_SECONDS
 from tokenscale.receiver.grpc_server import create_grpc_server
-from tokenscale.receiver.http_app import DEFAULT_MAX_BODY_BYTES, create_http_app
+from tokenscale.receiver.http_app import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, create_http_app
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HOST",
     "DEFAULT_HTTP_PORT",
+    "PortError",
     "Receiver",
 ]
 
@@ -33,6 +46,57 @@ DEFAULT_GRPC_PORT = 4317
 DEFAULT_HTTP_PORT = 4318
 #: How long :meth:`Receiver.stop` lets in-flight exports finish.
 DEFAULT_GRACE_SECONDS = 5.0
+#: Seconds a new (or kept-alive) HTTP connection may take to send a request's headers.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: Open HTTP connections per process; beyond it new ones are closed at once.
+DEFAULT_MAX_CONNECTIONS = 4096
+
+
+def _guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a header read timeout and a connection limit.
+
+    uvicorn times out idle kept-alive connections only after a response; a connection that never
+    sends a request, or sends its headers slowly, would stay open forever and hold a descriptor.
+    """
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _waiting_cycle: Any = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                logger.warning("more than %d HTTP connections open: closing a new one", max_connections)
+                transport.close()
+                return
+            self._await_headers()
+
+        def _await_headers(self) -> None:
+            if self._header_timer is None:
+                self._waiting_cycle = self.cycle
+                self._header_timer = self.loop.call_later(header_timeout, self._header_timeout)
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
+                logger.debug("closing an HTTP connection that sent no request within %g s", header_timeout)
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self._await_headers()  # the next request is on its way: its headers have a deadline
+            super().data_received(data)
+            if self._header_timer is not None and self.cycle is not self._waiting_cycle:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -69,6 +133,12 @@ class Receiver:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         grpc_services: Sequence[Callable[[grpc.aio.Server], None]] = (),
         reuse_port: bool = False,
+        export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_concurrent_exports: int = DEFAULT_MAX_CONCURRENT_EXPORTS,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ) -> None:
         self.pipeline = pipeline
         self.host = host
@@ -81,8 +151,19 @@ class Receiver:
         self.reuse_port = reuse_port
         #: More gRPC services for the same server (each adds itself, e.g. tokenscale's own API).
         self.grpc_services = list(grpc_services)
+        self.export_timeout = export_timeout
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        #: The one admission control both transports share.
+        self.admission = Admission(max_concurrent_exports, max_inflight_bytes, retry_after=1)
         self.http_app: Starlette = create_http_app(
-            pipeline, tenant_for=tenant_for, max_body_bytes=max_body_bytes, retry_after=retry_after
+            pipeline,
+            tenant_for=tenant_for,
+            max_body_bytes=max_body_bytes,
+            retry_after=retry_after,
+            export_timeout=export_timeout,
+            body_timeout=body_timeout,
+            admission=self.admission,
         )
         self._grpc_server: grpc.aio.Server | None = None
         self._http_server: _EmbeddedServer | None = None
@@ -122,6 +203,8 @@ class Receiver:
             max_message_bytes=self.max_body_bytes,
             retry_after=self.retry_after,
             reuse_port=self.reuse_port,
+            export_timeout=self.export_timeout,
+            admission=self.admission,
         )
         for add_service in self.grpc_services:
             add_service(server)
@@ -129,16 +212,25 @@ class Receiver:
         address = _grpc_address(self.host, self.grpc_port)
         try:
             port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpcio raises RuntimeError, older releases return 0
-            raise OSError(f"cannot bind the OTLP/gRPC port {address}: {exc}") from exc
+        except RuntimeError:  # grpcio raises RuntimeError, older releases return 0
+            port = 0
         if not port:
-            raise OSError(f"cannot bind the OTLP/gRPC port {address}")
+            raise PortError(
+                "OTLP/gRPC",
+                "--grpc-port",
+                self.host,
+                self.grpc_port,
+                _bind_problem(self.host, self.grpc_port),
+            )
         self.grpc_port = port
         await server.start()
 
     async def _start_http(self) -> None:
         # Binding here, not in uvicorn, turns a busy port into an OSError instead of sys.exit().
-        sock = _bind_tcp(self.host, self.http_port, reuse_port=self.reuse_port)
+        try:
+            sock = _bind_tcp(self.host, self.http_port, reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise PortError("OTLP/HTTP", "--http-port", self.host, self.http_port, exc) from exc
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.http_app,
@@ -146,6 +238,7 @@ class Receiver:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=max(1, round(self.grace_seconds)),
+            http=_guarded_protocol(self.header_timeout, self.max_connections),
         )
         server = _EmbeddedServer(config)
         self._http_server = server
@@ -209,6 +302,33 @@ async def _serve_http(server: uvicorn.Server, sock: socket.socket) -> None:
         await server.serve(sockets=[sock])
     except SystemExit as exc:
         raise RuntimeError(f"the OTLP/HTTP server failed to start (exit status {exc.code})") from None
+
+
+class PortError(TokenscaleError, OSError):
+    """A port cannot be bound; the one-line message names it and what to do."""
+
+    def __init__(self, what: str, flag: str, host: str, port: int, problem: OSError | None) -> None:
+        if problem is not None and problem.errno == errno.EADDRINUSE:
+            reason = "it is already in use (another tokenscale, or an OpenTelemetry Collector?)"
+        elif problem is not None and problem.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges)"
+        elif problem is not None:
+            reason = problem.strerror or str(problem)
+        else:
+            reason = "the address cannot be bound"
+        super().__init__(
+            f"cannot bind the {what} port {port} on {host or 'every interface'}: {reason}; "
+            f"choose another with {flag} N, or {flag} 0 for a free one"
+        )
+
+
+def _bind_problem(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound, found by binding it (gRPC does not say)."""
+    try:
+        _bind_tcp(host, port).close()
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _grpc_address(host: str, port: int) -> str:

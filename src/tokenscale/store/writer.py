@@ -290,8 +290,11 @@ WHERE m.series_key = v.series_key
 """
 
 
-def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
-    """A connection pool whose connections speak UTC and fail fast when the server is gone."""
+def open_pool(
+    conninfo: str, *, min_size: int = 1, max_size: int = 4, connect_timeout: float = 5
+) -> ConnectionPool:
+    """A connection pool whose connections speak UTC and fail fast when the server is gone
+    (``connect_timeout``: seconds, at least 2, libpq's minimum)."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET TIME ZONE 'UTC'")
@@ -302,7 +305,7 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
         min_size=min_size,
         max_size=max_size,
         configure=configure,
-        kwargs={"connect_timeout": 5},
+        kwargs={"connect_timeout": max(2, round(connect_timeout))},
         open=False,
         name="tokenscale",
     )
@@ -345,19 +348,28 @@ class UsageWriter:
     def write(self, result: MappingResult) -> None:
         """Commit ``result`` in one transaction; raises RetryableError if the database is unusable."""
         backend = self.backend()
-        try:
-            with self._pool.connection(timeout=self._timeout) as conn:
-                if backend.partitioned:
-                    # In a transaction of its own: creating a partition locks the parent table, which
-                    # inside the export's transaction (holding series and stream row locks) could
-                    # deadlock with another receiver's export.
-                    times = {e.time_ns for e in result.events} | {p.time_ns for p in result.cumulative}
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection(timeout=self._timeout) as conn:
+                    if backend.partitioned:
+                        # In a transaction of its own: creating a partition locks the parent table, which
+                        # inside the export's transaction (holding series and stream row locks) could
+                        # deadlock with another receiver's export.
+                        times = {e.time_ns for e in result.events} | {p.time_ns for p in result.cumulative}
+                        with conn.transaction():
+                            self._ensure_partitions(conn, times)
                     with conn.transaction():
-                        self._ensure_partitions(conn, times)
-                with conn.transaction():
-                    self._write(conn, backend, result)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise RetryableError(f"database unavailable: {exc}") from exc
+                        self._write(conn, backend, result)
+                return
+            except psycopg.errors.CheckViolation:
+                # "no partition found for row": retention dropped a day this process had created;
+                # forget what it knows of partitions and try once more.
+                if attempt == 2 or not backend.partitioned or not self._partitions:
+                    raise
+                log.info("a known partition is gone (dropped by retention?): creating it again")
+                self._partitions.clear()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise RetryableError(f"database unavailable: {exc}") from exc
 
     def _write(self, conn: psycopg.Connection[Any], backend: Backend, result: MappingResult) -> None:
         events = list(result.events)
