@@ -1,4 +1,4 @@
-"""The ``tokenscale`` command: serve, migrate, status."""
+"""The ``tokenscale`` command: serve, migrate, status, refresh (and the commands of other modules)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,37 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the back end, versions and row counts")
     _add_database_options(status)
 
+    refresh = sub.add_parser(
+        "refresh",
+        help="refresh the continuous aggregates over a time range (TimescaleDB community)",
+        description="Refresh usage_daily and usage_hourly over [FROM, TO): every whole bucket in "
+        "the range, never the current one (it stays real-time), never a day retention may have "
+        "dropped. Default: the late-data horizon (late_data_days) up to now. Only needed after "
+        "changing raw events by hand: the service refreshes what it writes.",
+    )
+    _add_database_options(refresh)
+    refresh.add_argument(
+        "--from", dest="start", type=_moment, metavar="WHEN", help="start: YYYY-MM-DD or ISO 8601 time (UTC)"
+    )
+    refresh.add_argument(
+        "--to", dest="end", type=_moment, metavar="WHEN", help="end (exclusive); default now"
+    )
+
     from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
 
     add_subcommands(sub, _add_database_options)
     add_key_and_budget_commands(sub, _add_database_options)
     return parser
+
+
+def _moment(text: str) -> datetime:
+    """A --from/--to value: a UTC date or an ISO 8601 time (UTC unless it names its offset)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 time") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -135,6 +161,7 @@ def _apply_policies(url: str, backend: Any, settings: Settings) -> None:
             backend,
             retention_days=settings.retention_days,
             compress_after_days=settings.compress_after_days,
+            late_data_days=settings.late_data_days,
         )
     log.info("raw usage events: retention %s; compression %s", report.retention, report.compression)
 
@@ -217,6 +244,48 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg  # noqa: PLC0415
+
+    from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
+    from tokenscale.store.refresh import plan_refresh, refresh, retention_safe_start  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    start = args.start or now - timedelta(days=settings.late_data_days)
+    end = args.end or now
+    if start >= end:
+        print("tokenscale: --from must be before --to", file=sys.stderr)
+        return 2
+    with _database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+        backend = recorded_backend(conn)
+        if backend is None:
+            print("tokenscale: the schema is not created (run `tokenscale migrate`)", file=sys.stderr)
+            return 1
+        if backend.keeps_rollups:
+            print(
+                f"nothing to refresh: on {backend} tokenscale keeps usage_daily and usage_hourly exact itself"
+            )
+            return 0
+        safe = retention_safe_start(now, settings.retention_days)
+        if safe is not None and start < safe:
+            print(
+                f"from {safe:%Y-%m-%d}: raw events before it may have been dropped by retention "
+                f"({settings.retention_days} days), and a refresh there would erase their aggregates"
+            )
+        # plan_refresh covers the buckets holding its first and last moments: `end` is exclusive.
+        windows = plan_refresh(
+            start, end - timedelta(microseconds=1), now=now, retention_days=settings.retention_days
+        )
+        started = time.monotonic()
+        refresh(conn, windows)
+        for window in windows:
+            print(f"refreshed {window}")
+        if not windows:
+            print("nothing to refresh: the range holds only current buckets (they are real-time)")
+        log.info("refresh took %.1f s", time.monotonic() - started)
+    return 0
+
+
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings, owner=True) as url:
         backend = _migrate(url)
@@ -239,7 +308,8 @@ def _service(
 
     ``worker`` is the index of one of several processes of ``serve --workers N``: its receiver binds
     with SO_REUSEPORT, its ``/metrics`` names it, and only worker 1 runs the retention task.
-    The database pools are closed when the block ends."""
+    On TimescaleDB community each process runs a refresher of the continuous aggregates its exports
+    touch. The refresher and the database pools are closed when the block ends."""
     from tokenscale.api.grpc_service import UsageApiServicer  # noqa: PLC0415
     from tokenscale.api.http import create_api_routes  # noqa: PLC0415
     from tokenscale.api.service import UsageApiService  # noqa: PLC0415
@@ -255,11 +325,13 @@ def _service(
         Registry,
         create_health_routes,
     )
+    from tokenscale.store.refresh import Refresher  # noqa: PLC0415
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
     pool = open_pool(url)
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
     read_pool = open_pool(url, max_size=4)
+    stack = contextlib.ExitStack()
     try:
         # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
         # worker's counters must stay series of their own.
@@ -271,11 +343,22 @@ def _service(
                 "process alone).",
                 ("pid",),
             ).labels(str(os.getpid())).set(1)
-        writer = InstrumentedWriter(UsageWriter(pool), registry)
+        if not backend.keeps_rollups:
+            # Continuous aggregates: the buckets every export touches are refreshed after its commit.
+            refresher = Refresher(
+                url, late_data_days=settings.late_data_days, retention_days=settings.retention_days
+            ).start()
+            stack.callback(refresher.close)
+            on_commit = refresher.note
+        else:
+            on_commit = None
+        writer = InstrumentedWriter(UsageWriter(pool, on_commit=on_commit), registry)
         options = MappingOptions(capture_content=settings.capture_content)
-        pipeline = InstrumentedPipeline(ExportPipeline(writer, options), registry)
+        pipeline = InstrumentedPipeline(
+            ExportPipeline(writer, options, late_data_days=settings.late_data_days), registry
+        )
         auth = AuthPolicy.for_bind(read_pool, settings.host, require_auth=settings.require_auth)
-        api = UsageApiService(read_pool, auth, UsageWriter(pool))
+        api = UsageApiService(read_pool, auth, UsageWriter(pool, on_commit=on_commit))
         receiver = Receiver(
             pipeline,
             host=settings.host,
@@ -295,6 +378,7 @@ def _service(
             retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
         yield receiver, retention
     finally:
+        stack.close()
         read_pool.close()
         pool.close()
 
@@ -379,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _cmd_serve,
         "migrate": _cmd_migrate,
         "status": _cmd_status,
+        "refresh": _cmd_refresh,
         "report": _cmd_report,
         "demo": _cmd_demo,
         "keys": _cmd_keys_or_budgets,

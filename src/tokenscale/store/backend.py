@@ -6,7 +6,9 @@ import enum
 
 import psycopg
 
-__all__ = ["Backend", "detect_backend", "ensure_extension", "recorded_backend"]
+from tokenscale.errors import TokenscaleError
+
+__all__ = ["Backend", "ExtensionNotPreloadedError", "detect_backend", "ensure_extension", "recorded_backend"]
 
 
 class Backend(enum.StrEnum):
@@ -42,12 +44,29 @@ _TAGS = {
 }
 
 
+class ExtensionNotPreloadedError(TokenscaleError):
+    """The server offers the timescaledb extension but does not load it at start."""
+
+
 def ensure_extension(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Create the timescaledb extension when the server offers it and it is not there yet."""
+    """Create the timescaledb extension when the server offers it and it is not there yet.
+
+    Raises :class:`ExtensionNotPreloadedError` when the server offers it without preloading it
+    (TimescaleDB then cannot be created or used)."""
     row = conn.execute(
-        "SELECT installed_version IS NULL FROM pg_available_extensions WHERE name = 'timescaledb'"
+        "SELECT installed_version IS NULL, current_setting('shared_preload_libraries') "
+        "FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
-    if row is not None and row[0]:
+    if row is None:
+        return
+    preloaded = "timescaledb" in {lib.strip().strip('"') for lib in str(row[1]).split(",")}
+    if not preloaded:
+        raise ExtensionNotPreloadedError(
+            "the database server offers the timescaledb extension but does not preload it: add "
+            "shared_preload_libraries = 'timescaledb' to its postgresql.conf and restart it (or remove "
+            "the extension's files from the server to use plain PostgreSQL)"
+        )
+    if row[0]:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
 

@@ -10,6 +10,7 @@ from importlib import resources
 import psycopg
 
 from tokenscale.store.backend import Backend, detect_backend, ensure_extension, recorded_backend
+from tokenscale.store.refresh import materialize_history
 
 __all__ = ["Migration", "MigrationReport", "available_migrations", "migrate"]
 
@@ -62,11 +63,18 @@ def migrate(conninfo: str) -> MigrationReport:
 
     A session advisory lock makes concurrent callers wait for each other. Each version runs in its
     own transaction (continuous aggregates cannot be created in a multi-statement transaction).
+    On TimescaleDB community the stored events' buckets are then materialized (cheap when they
+    already are): events older than the refresh policies' window are never hidden.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            return _migrate_locked(conn)
+            report = _migrate_locked(conn)
+            if not report.backend.keeps_rollups:
+                windows = materialize_history(conn)
+                if windows:
+                    log.info("continuous aggregates materialized: %s", "; ".join(map(str, windows)))
+            return report
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 

@@ -18,7 +18,7 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -336,9 +336,18 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
 class UsageWriter:
     """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
-    def __init__(self, pool: ConnectionPool, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        timeout: float = 10.0,
+        on_commit: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """``on_commit(first_ns, last_ns)``, where the rollups are continuous aggregates, is told the
+        time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`)."""
         self._pool = pool
         self._timeout = timeout
+        self._on_commit = on_commit
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
 
@@ -371,6 +380,10 @@ class UsageWriter:
                     self._write(conn, backend, result)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise RetryableError(f"database unavailable: {exc}") from exc
+        if self._on_commit is not None and not backend.keeps_rollups:
+            span = [e.time_ns for e in result.events] + [p.time_ns for p in result.cumulative]
+            if span:
+                self._on_commit(min(span), max(span))
 
     def _write(self, conn: psycopg.Connection[Any], backend: Backend, result: MappingResult) -> None:
         events = list(result.events)
