@@ -101,16 +101,23 @@ def plan_refresh(
     return windows
 
 
-def refresh(conn: psycopg.Connection[Any], windows: list[RefreshWindow]) -> None:
-    """Run the refreshes (``conn`` in autocommit mode)."""
+def refresh(conn: psycopg.Connection[Any], windows: list[RefreshWindow], *, wait: float = 60.0) -> None:
+    """Run the refreshes (``conn`` in autocommit mode). TimescaleDB refuses to refresh an aggregate
+    while another refresh of it overlaps (a policy's, another process's): each is retried until
+    that one is done, for up to ``wait`` seconds."""
     for window in windows:
-        conn.execute(
-            sql.SQL("CALL refresh_continuous_aggregate({}, {}, {})").format(
-                sql.Literal(f"tokenscale.{window.aggregate}"),
-                sql.Literal(window.start),
-                sql.Literal(window.end),
-            )
+        statement = sql.SQL("CALL refresh_continuous_aggregate({}, {}, {})").format(
+            sql.Literal(f"tokenscale.{window.aggregate}"), sql.Literal(window.start), sql.Literal(window.end)
         )
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                conn.execute(statement)
+                break
+            except psycopg.errors.LockNotAvailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def materialize_history(conn: psycopg.Connection[Any]) -> list[RefreshWindow]:

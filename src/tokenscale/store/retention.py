@@ -67,12 +67,12 @@ def apply_policies(
         conn.execute(
             sql.SQL(
                 "SELECT add_continuous_aggregate_policy({}, start_offset => {}, end_offset => {}, "
-                "schedule_interval => {})"
+                "schedule_interval => {every}, initial_start => now() + {every})"
             ).format(
                 cagg,
                 sql.Literal(timedelta(days=late_data_days + 1)),
                 sql.Literal(_REFRESH_END_OFFSET),
-                sql.Literal(_REFRESH_EVERY),
+                every=sql.Literal(_REFRESH_EVERY),
             )
         )
     for table in _HYPERTABLES:
