@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,13 +20,14 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from dbservers import Server, fresh_database
+from dbservers import Server, default_timescaledb_root, fresh_database, start_timescaledb
 from otlp_clients import background_loop, grpc_export, running
 from tokenscale.cli import main
 from tokenscale.config import ConfigError, load_settings
 from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import migrate
+from tokenscale.store.backend import ExtensionNotPreloadedError
 from tokenscale.store.refresh import Refresher, RefreshWindow, plan_refresh, retention_safe_start
 from tokenscale.store.retention import apply_policies
 from tokenscale.store.writer import UsageWriter, open_pool
@@ -149,9 +151,25 @@ def test_usage_older_than_the_horizon_is_rejected_naming_it(
     assert _stored(db_url) == 1
 
 
-def test_the_preload_check_passes_where_timescaledb_is_preloaded(db_url: str) -> None:
-    # Every server of the suite preloads the extension or does not offer it: migrate succeeds.
-    assert migrate(db_url).current >= 20
+def test_a_server_offering_timescaledb_without_preloading_it_is_refused_clearly(
+    tsdb_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_timescaledb(default_timescaledb_root(), tmp_path, preload=False)
+    try:
+        with fresh_database(server) as url:
+            with pytest.raises(
+                ExtensionNotPreloadedError, match="offers the timescaledb extension but does not"
+            ):
+                migrate(url)
+            assert main(["migrate", "--database-url", url]) == 1
+            err = capsys.readouterr().err
+            assert (
+                "tokenscale: the database server offers the timescaledb extension but does not preload it"
+                in err
+            )
+            assert "shared_preload_libraries = 'timescaledb'" in err
+    finally:
+        server.stop()
 
 
 # --- TimescaleDB community --------------------------------------------------------------------------

@@ -48,16 +48,18 @@ class ExtensionNotPreloadedError(TokenscaleError):
     """The server offers the timescaledb extension but does not load it at start."""
 
 
-def ensure_extension(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Create the timescaledb extension when the server offers it and it is not there yet.
+def ensure_extension(conn: psycopg.Connection[tuple[object, ...]], *, create: bool = True) -> None:
+    """Create the timescaledb extension when the server offers it and it is not there yet (unless
+    not ``create``: then only the check below).
 
-    Raises :class:`ExtensionNotPreloadedError` when the server offers it without preloading it
-    (TimescaleDB then cannot be created or used)."""
+    Raises :class:`ExtensionNotPreloadedError` when the server offers the extension without
+    preloading it and it is to be created, or is already created in this database: TimescaleDB
+    cannot be created or used then."""
     row = conn.execute(
         "SELECT installed_version IS NULL, current_setting('shared_preload_libraries') "
         "FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
-    if row is None:
+    if row is None or (not create and row[0]):
         return
     preloaded = "timescaledb" in {lib.strip().strip('"') for lib in str(row[1]).split(",")}
     if not preloaded:

@@ -81,8 +81,8 @@ def migrate(conninfo: str) -> MigrationReport:
 
 def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationReport:
     backend = recorded_backend(conn)
+    ensure_extension(conn, create=backend is None)
     if backend is None:
-        ensure_extension(conn)
         backend = detect_backend(conn)
         conn.execute("CREATE SCHEMA IF NOT EXISTS tokenscale")
         conn.execute(
