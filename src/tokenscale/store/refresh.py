@@ -35,6 +35,7 @@ from psycopg import sql
 
 __all__ = [
     "AGGREGATES",
+    "CommitListener",
     "RefreshWindow",
     "Refresher",
     "materialize_history",
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY: Final = timedelta(days=1)
+
+#: Told the time span (first, last: ns since the Unix epoch) of each committed export's usage rows.
+CommitListener = Callable[[int, int], None]
 
 #: The continuous aggregates over ``usage_events`` and their bucket widths.
 AGGREGATES: Final[tuple[tuple[str, timedelta], ...]] = (

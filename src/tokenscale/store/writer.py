@@ -18,7 +18,7 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -40,6 +40,7 @@ from tokenscale.mapping import (
     resolve_cumulative,
 )
 from tokenscale.store.backend import Backend, recorded_backend
+from tokenscale.store.refresh import CommitListener
 
 __all__ = ["UsageWriter", "open_pool"]
 
@@ -341,7 +342,7 @@ class UsageWriter:
         pool: ConnectionPool,
         *,
         timeout: float = 10.0,
-        on_commit: Callable[[int, int], None] | None = None,
+        on_commit: CommitListener | None = None,
     ) -> None:
         """``on_commit(first_ns, last_ns)``, where the rollups are continuous aggregates, is told the
         time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`)."""
