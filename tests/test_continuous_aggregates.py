@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from dbservers import Server, default_timescaledb_root, fresh_database, start_timescaledb
+from ground_truth import capture_bodies
 from otlp_clients import background_loop, grpc_export, running
 from tokenscale.cli import main
 from tokenscale.config import ConfigError, load_settings
@@ -31,7 +32,7 @@ from tokenscale.store.backend import ExtensionNotPreloadedError
 from tokenscale.store.refresh import Refresher, RefreshWindow, plan_refresh, retention_safe_start
 from tokenscale.store.retention import apply_policies
 from tokenscale.store.writer import UsageWriter, open_pool
-from usage_db import assert_rollups_match_events, run_refresh_policies
+from usage_db import assert_rollups_match_events, daily_by_model, expected_daily, run_refresh_policies
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -293,14 +294,15 @@ def _assert_without_policies(url: str) -> None:
     assert_rollups_match_events(url, run_policies=False)
 
 
-def _event(when: datetime, stream: str, rank: int, key: int, *, tokens: int = 1000) -> UsageEvent:
+def _event(when: datetime, key: int, *, tokens: int = 1000) -> UsageEvent:
+    """A request's usage row, as an import through the writer would store it."""
     return UsageEvent(
         time_ns=int(when.timestamp() * NS),
         tenant="t",
-        carrier="gen_ai.span" if rank > 1 else "claude_code.api_request",
-        rank=rank,
+        carrier="gen_ai.span",
+        rank=3,
         tool="app",
-        stream=stream,
+        stream=f"s{key}",
         service_name="app",
         dedupe_key=key.to_bytes(16, "big"),
         model="m",
@@ -309,33 +311,41 @@ def _event(when: datetime, stream: str, rank: int, key: int, *, tokens: int = 10
     )
 
 
-def test_retractions_in_materialized_days_show_within_a_minute(service: _Service) -> None:
+CAPTURE = "claude-tools-grpc"  # Claude Code: spans, then the better carrier (events) of the same requests
+
+
+def _replay(service: _Service, signals: tuple[str, ...]) -> None:
+    """Send the capture's exports of ``signals`` (in that order) through the service's receiver."""
+    for signal in signals:
+        for sig, raw, _ in capture_bodies(CAPTURE):
+            if sig == signal:
+                response = grpc_export(service.receiver.grpc_port, sig, raw.read_bytes())
+                assert not response.HasField("partial_success") or not response.partial_success.error_message
+
+
+def test_a_better_carrier_in_materialized_days_shows_within_a_minute(service: _Service) -> None:
     url = service.url
-    writer = UsageWriter(service.pool, on_commit=service.refresher.note)
-    now = datetime.now(UTC)
-    # A stream counted from a worse carrier 5 and 4 days ago, materialized by the policies ...
-    writer.write(MappingResult(events=[_event(now - 5 * DAY, "s", 3, 1), _event(now - 4 * DAY, "s", 3, 2)]))
-    assert_rollups_match_events(url)
-    # ... then its better carrier arrives (late) for the same requests: the worse rows are retracted.
-    writer.write(
-        MappingResult(
-            events=[
-                _event(now - 5 * DAY, "s", 1, 3, tokens=1200),
-                _event(now - 4 * DAY, "s", 1, 4, tokens=1300),
-            ]
-        )
-    )
-    _poll_until(lambda: _assert_without_policies(url))
-    assert [(r[6], r[7]) for r in _daily(url)] == [(1, 1200), (1, 1300)]
+    # The spans of a Claude Code session arrive first, and their day is materialized ...
+    _replay(service, ("traces",))
+    service.refresher.flush()
+    assert run_refresh_policies(url) == 2
+    assert _materialized_days(url) >= 1
+    # ... then its events and metrics: the better carrier of the same requests changes what is
+    # counted in that materialized day. The refresher shows it within a minute, no manual step.
+    _replay(service, ("logs", "metrics"))
+    took = _poll_until(lambda: _assert_without_policies(url))
+    assert took < 60
+    assert daily_by_model(url) == expected_daily(CAPTURE)  # the ground truth, then after the policies
     assert_rollups_match_events(url)
 
 
-def test_compressed_chunks_stay_exact_for_retries_late_data_and_retractions(service: _Service) -> None:
+def test_compressed_chunks_stay_exact_for_retries_late_data_and_better_carriers(service: _Service) -> None:
     url = service.url
-    writer = UsageWriter(service.pool, on_commit=service.refresher.note)
     now = datetime.now(UTC)
-    first = [_event(now - d * DAY, f"s{d}", 3, d) for d in range(2, 9)]
-    writer.write(MappingResult(events=first))
+    for d in range(2, 9):
+        service.send(now - d * DAY, n=d, tokens=100 + d)
+    _replay(service, ("traces",))
+    service.refresher.flush()
     with psycopg.connect(url, autocommit=True) as conn:
         report = apply_policies(conn, migrate(url).backend, retention_days=0, compress_after_days=2)
         assert report.compression == "after 2 days (columnstore policy)"
@@ -347,19 +357,26 @@ def test_compressed_chunks_stay_exact_for_retries_late_data_and_retractions(serv
             "SELECT count(*) FROM timescaledb_information.chunks "
             "WHERE hypertable_name = 'usage_events' AND is_compressed"
         ).fetchone()
-    assert compressed == (7,)
+    assert compressed == (8,)  # days 2..8 and the capture's day
     assert_rollups_match_events(url)
-    # A retried export into compressed chunks is not counted twice ...
-    writer.write(MappingResult(events=first))
-    # ... late data into them is added, and a better carrier retracts rows stored in them.
-    writer.write(MappingResult(events=[_event(now - 3 * DAY, "late", 3, 100, tokens=7)]))
-    writer.write(MappingResult(events=[_event(now - 6 * DAY, "s6", 1, 101, tokens=66)]))
+    # Retried exports into compressed chunks are not counted twice ...
+    for d in range(2, 9):
+        service.send(now - d * DAY, n=d, tokens=100 + d)
+    _replay(service, ("traces",))
+    # ... late data into them is added, and the better carrier changes rows stored in them.
+    service.send(now - 3 * DAY, n=100, tokens=7)
+    _replay(service, ("logs", "metrics"))
     _poll_until(lambda: _assert_without_policies(url))
-    with psycopg.connect(url) as conn:
-        totals = conn.execute(
-            "SELECT sum(requests), sum(input_tokens) FROM tokenscale.usage_daily"
-        ).fetchone()
-    assert totals == (8, 6 * 1000 + 7 + 66)
+    by_model = daily_by_model(url)
+    assert by_model.pop("gpt-4o-mini") == {
+        "requests": 8,
+        "input_tokens": sum(100 + d for d in range(2, 9)) + 7,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": sum((100 + d) // 10 for d in range(2, 9)),
+        "reasoning_tokens": 0,
+    }
+    assert by_model == expected_daily(CAPTURE)
     assert_rollups_match_events(url)
 
 
@@ -376,7 +393,7 @@ def test_daily_aggregates_survive_retention_and_later_refreshes(
     try:
         writer = UsageWriter(service.pool, on_commit=service.refresher.note)
         writer.write(
-            MappingResult(events=[_event(now - d * DAY - HOUR, "s", 3, d, tokens=100 + d) for d in range(41)])
+            MappingResult(events=[_event(now - d * DAY - HOUR, d, tokens=100 + d) for d in range(41)])
         )
         service.refresher.flush()
     finally:
