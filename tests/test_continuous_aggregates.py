@@ -9,6 +9,7 @@ scheduler would (``CALL run_job``), comparing the aggregates with the raw counte
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -316,9 +317,9 @@ CAPTURE = "claude-tools-grpc"  # Claude Code: spans, then the better carrier (ev
 
 def _replay(service: _Service, signals: tuple[str, ...]) -> None:
     """Send the capture's exports of ``signals`` (in that order) through the service's receiver."""
-    for signal in signals:
+    for wanted in signals:
         for sig, raw, _ in capture_bodies(CAPTURE):
-            if sig == signal:
+            if sig == wanted:
                 response = grpc_export(service.receiver.grpc_port, sig, raw.read_bytes())
                 assert not response.HasField("partial_success") or not response.partial_success.error_message
 
@@ -454,3 +455,43 @@ def test_the_refresh_command_is_bounded_and_explains_other_back_ends(
     else:
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         assert "refreshed usage_daily " in out and f".. {today}T00:00Z" in out
+
+
+def test_serve_keeps_aggregates_exact_with_no_manual_step(community_url: str) -> None:
+    """The whole service, two worker processes (each with its refresher), on a community server:
+    usage sent now and 1..20 days ago, then late data, read exactly from the aggregates."""
+    from test_serve_workers import serving  # noqa: PLC0415 - the same `serve --workers` harness
+
+    url = community_url
+    now = datetime.now(UTC)
+    with serving(url, 2) as served:
+        port = served.grpc_port
+
+        def send(when: datetime, n: int) -> Any:
+            return grpc_export(port, "traces", _span_request(when, n, tokens=100 + n))
+
+        n = 0
+        for d in (0, 1, 2, 5, 10, 20):
+            for hour in (0, 7):
+                n += 1
+                assert (
+                    send(now - d * DAY - hour * HOUR - timedelta(minutes=2), n).partial_success.rejected_spans
+                    == 0
+                )
+        refused = send(now - 40 * DAY, 999)
+        assert refused.partial_success.rejected_spans == 1
+        assert "older than the late-data horizon of 31 days" in refused.partial_success.error_message
+        assert _stored(url) == 12
+        assert_rollups_match_events(url)  # as sent, then after every refresh policy has run
+        for d in (1, 5, 12):
+            n += 1
+            assert send(now - d * DAY - 3 * HOUR, n).partial_success.rejected_spans == 0
+        assert _stored(url) == 15
+        took = _poll_until(lambda: _assert_without_policies(url))
+        assert took < 60
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0, served.log
+    assert_rollups_match_events(url)
+    with psycopg.connect(url) as conn:
+        total = conn.execute("SELECT sum(requests), sum(input_tokens) FROM tokenscale.usage_daily").fetchone()
+    assert total == (15, sum(100 + i for i in range(1, 16)))
