@@ -30,7 +30,13 @@ from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import migrate
 from tokenscale.store.backend import ExtensionNotPreloadedError
-from tokenscale.store.refresh import Refresher, RefreshWindow, plan_refresh, retention_safe_start
+from tokenscale.store.refresh import (
+    Refresher,
+    RefreshWindow,
+    plan_refresh,
+    retention_safe_start,
+    within_stored,
+)
 from tokenscale.store.retention import apply_policies
 from tokenscale.store.writer import UsageWriter, open_pool
 from usage_db import assert_rollups_match_events, daily_by_model, expected_daily, run_refresh_policies
@@ -90,6 +96,18 @@ def test_refresh_plans_are_bounded_by_the_current_bucket_and_retention() -> None
         )
     ]
     assert plan_refresh(now - timedelta(minutes=5), now, now=now) == []
+    # Cut to the days usage_events has chunks for: two stored runs of days, a dropped gap between.
+    stored = [
+        (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)),
+        (datetime(2026, 11, 10, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC)),
+    ]
+    cut = within_stored(plan_refresh(datetime(2026, 10, 1, tzinfo=UTC), now, now=now), stored)
+    assert [(w.aggregate, w.start.day, w.end.month, w.end.day) for w in cut] == [
+        ("usage_daily", 1, 11, 3),
+        ("usage_daily", 10, 12, 3),
+        ("usage_hourly", 1, 11, 3),
+        ("usage_hourly", 10, 12, 3),
+    ]
 
 
 # --- the receiver's late-data horizon (every back end) ----------------------------------------------
@@ -423,8 +441,12 @@ def test_daily_aggregates_survive_retention_and_later_refreshes(
         service.refresher.flush()
     finally:
         service.close()
-    monkeypatch.setenv("TOKENSCALE_RETENTION_DAYS", "33")
     start = (now - 45 * DAY).strftime("%Y-%m-%d")
+    # Even without the retention setting, the command refreshes only the days still stored.
+    assert main(["refresh", "--database-url", url, "--from", start]) == 0
+    assert "may have been dropped" not in capsys.readouterr().out
+    assert [r for r in _daily(url) if r[0] < now - 30 * DAY] == [r for r in before if r[0] < now - 30 * DAY]
+    monkeypatch.setenv("TOKENSCALE_RETENTION_DAYS", "33")
     assert main(["refresh", "--database-url", url, "--from", start]) == 0
     out = capsys.readouterr().out
     assert (
@@ -452,9 +474,23 @@ def test_the_refresh_command_is_bounded_and_explains_other_back_ends(
             out == f"nothing to refresh: on {backend} tokenscale keeps usage_daily and usage_hourly "
             "exact itself\n"
         )
-    else:
-        today = datetime.now(UTC).strftime("%Y-%m-%d")
-        assert "refreshed usage_daily " in out and f".. {today}T00:00Z" in out
+        return
+    assert out == "nothing to refresh: the range holds no stored day before the current buckets\n"
+    now = datetime.now(UTC)
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=[_event(now - 3 * DAY, 1)]))
+    finally:
+        pool.close()
+    assert main(["refresh", "--database-url", db_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # The horizon up to now, cut to the one stored day (its chunk).
+    day, next_day = (now - 3 * DAY).strftime("%Y-%m-%d"), (now - 2 * DAY).strftime("%Y-%m-%d")
+    assert lines == [
+        f"refreshed usage_daily {day}T00:00Z .. {next_day}T00:00Z",
+        f"refreshed usage_hourly {day}T00:00Z .. {next_day}T00:00Z",
+    ]
+    assert_rollups_match_events(db_url)
 
 
 def test_serve_keeps_aggregates_exact_with_no_manual_step(community_url: str) -> None:

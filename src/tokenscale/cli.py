@@ -248,7 +248,13 @@ def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg  # noqa: PLC0415
 
     from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
-    from tokenscale.store.refresh import plan_refresh, refresh, retention_safe_start  # noqa: PLC0415
+    from tokenscale.store.refresh import (  # noqa: PLC0415
+        plan_refresh,
+        refresh,
+        retention_safe_start,
+        stored_ranges,
+        within_stored,
+    )
 
     now = datetime.now(UTC)
     start = args.start or now - timedelta(days=settings.late_data_days)
@@ -273,15 +279,19 @@ def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
                 f"({settings.retention_days} days), and a refresh there would erase their aggregates"
             )
         # plan_refresh covers the buckets holding its first and last moments: `end` is exclusive.
-        windows = plan_refresh(
-            start, end - timedelta(microseconds=1), now=now, retention_days=settings.retention_days
+        # Only days usage_events still holds: a dropped day's aggregates are never recomputed.
+        windows = within_stored(
+            plan_refresh(
+                start, end - timedelta(microseconds=1), now=now, retention_days=settings.retention_days
+            ),
+            stored_ranges(conn),
         )
         started = time.monotonic()
         refresh(conn, windows)
         for window in windows:
             print(f"refreshed {window}")
         if not windows:
-            print("nothing to refresh: the range holds only current buckets (they are real-time)")
+            print("nothing to refresh: the range holds no stored day before the current buckets")
         log.info("refresh took %.1f s", time.monotonic() - started)
     return 0
 

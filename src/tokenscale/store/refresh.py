@@ -42,6 +42,8 @@ __all__ = [
     "plan_refresh",
     "refresh",
     "retention_safe_start",
+    "stored_ranges",
+    "within_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,15 +126,48 @@ def refresh(conn: psycopg.Connection[Any], windows: list[RefreshWindow], *, wait
                 time.sleep(0.2)
 
 
+def stored_ranges(conn: psycopg.Connection[Any]) -> list[tuple[datetime, datetime]]:
+    """The time ranges ``usage_events`` has chunks for (adjacent chunks merged), oldest first.
+
+    A refresh confined to them never recomputes a day whose raw events were dropped (its chunk is
+    gone), whatever retention setting the caller knows of."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for start, end in conn.execute(
+        "SELECT range_start, range_end FROM timescaledb_information.chunks "
+        "WHERE hypertable_schema = 'tokenscale' AND hypertable_name = 'usage_events' ORDER BY 1"
+    ):
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
+def within_stored(
+    windows: list[RefreshWindow], ranges: list[tuple[datetime, datetime]]
+) -> list[RefreshWindow]:
+    """``windows`` cut to the stored ``ranges`` (whole buckets inside them only)."""
+    widths = dict(AGGREGATES)
+    out = []
+    for window in windows:
+        width = widths[window.aggregate]
+        for start, end in ranges:
+            cut_start = max(window.start, _floor(start - timedelta(microseconds=1), width) + width)
+            cut_end = min(window.end, _floor(end, width))
+            if cut_start < cut_end:
+                out.append(RefreshWindow(window.aggregate, cut_start, cut_end))
+    return out
+
+
 def materialize_history(conn: psycopg.Connection[Any]) -> list[RefreshWindow]:
-    """Materialize every stored event's buckets (up to the current ones), so that no event is ever
-    hidden behind the watermark of a refresh policy; cheap when they already are. ``conn`` must be
-    in autocommit mode. The window starts at the oldest stored event, so it never covers a day whose
-    raw events are gone."""
-    row = conn.execute("SELECT min(time), now() FROM tokenscale.usage_events").fetchone()
-    if row is None or row[0] is None:
+    """Materialize the buckets of every stored event (up to the current ones), so that no event is
+    ever hidden behind the watermark of a refresh policy; cheap when they already are. ``conn``
+    must be in autocommit mode. Only the days ``usage_events`` still has chunks for are refreshed."""
+    ranges = stored_ranges(conn)
+    if not ranges:
         return []
-    windows = plan_refresh(row[0], row[1], now=row[1])
+    now = datetime.now(UTC)
+    windows = within_stored(plan_refresh(ranges[0][0], ranges[-1][1], now=now), ranges)
     refresh(conn, windows)
     return windows
 
