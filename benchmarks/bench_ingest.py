@@ -67,6 +67,7 @@ from benchmarks._servers import DbServer, database
 from benchmarks._workload import ITEM_NAMES, SIGNALS, WARMUP_BASE, Workload, build_workload, parse
 from tokenscale.mapping import MappingResult, map_request
 from tokenscale.mapping.model import Signal
+from tokenscale.store.writer import RECONCILED
 
 __all__ = [
     "NAME",
@@ -502,13 +503,14 @@ def load_generator(args: GenArgs) -> Iterator[LoadGenerator]:
 
 
 def _count_rows(url: str) -> int:
-    """Rows stored: usage_events plus activity_events (where that table exists)."""
+    """Rows stored from what was sent: usage_events (not the ledger's own residual rows) plus
+    activity_events (where that table exists)."""
     total = 0
     with psycopg.connect(url) as conn:
-        for table in ("usage_events", "activity_events"):
+        for table, where in (("usage_events", f" WHERE source <> '{RECONCILED}'"), ("activity_events", "")):
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"tokenscale.{table}",)).fetchone()
             if exists and exists[0]:
-                row = conn.execute(f"SELECT count(*) FROM tokenscale.{table}").fetchone()
+                row = conn.execute(f"SELECT count(*) FROM tokenscale.{table}{where}").fetchone()
                 total += int(row[0]) if row else 0
     return total
 

@@ -46,6 +46,15 @@ def _disjoint(api: str, usage: dict[str, object]) -> dict[str, int]:
             "output_tokens": n("candidatesTokenCount") + thoughts,
             "reasoning_tokens": thoughts,
         }
+    if api == "openai-responses":  # Responses API: input includes cached; output includes reasoning
+        cached = n("cached_tokens", usage.get("input_tokens_details"))
+        return {
+            "input_tokens": n("input_tokens") - cached,
+            "cache_read_tokens": cached,
+            "cache_write_tokens": 0,
+            "output_tokens": n("output_tokens"),
+            "reasoning_tokens": n("reasoning_tokens", usage.get("output_tokens_details")),
+        }
     if api.startswith("openai"):  # prompt includes cached; completion includes reasoning
         cached = n("cached_tokens", usage.get("prompt_tokens_details"))
         return {

@@ -37,6 +37,11 @@ class Request:
     read: int
     write: int
     output: int
+    #: The per-request carriers this request is reported by (a sampled trace, an event dropped):
+    #: any subset of the session's; empty only when the session's metrics cover it.
+    carriers: frozenset[str]
+    #: Which identity the GenAI event carries: its response id, the trace context of its span, or both.
+    event_identity: str
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,11 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(int_value=value))
 
 
-def request_strategy(client: str) -> st.SearchStrategy[Request]:
+def request_strategy(client: str, carriers: frozenset[str]) -> st.SearchStrategy[Request]:
     models = ["claude-opus-4-8", "claude-haiku-4-5"] if client == "claude" else ["gpt-4o-mini", "gpt-5"]
     cache = st.integers(0, 50_000) if client == "claude" else st.just(0)  # semconv metrics lack the split
+    per_request = sorted(carriers - {"metric"})
+    subsets = st.sets(st.sampled_from(per_request), min_size=0 if "metric" in carriers else 1)
     return st.builds(
         Request,
         model=st.sampled_from(models),
@@ -66,17 +73,20 @@ def request_strategy(client: str) -> st.SearchStrategy[Request]:
         read=cache,
         write=cache,
         output=st.integers(1, 8_000),
+        carriers=subsets.map(frozenset) if per_request else st.just(frozenset()),
+        event_identity=st.sampled_from(["id", "context", "both"]),
     )
 
 
 @st.composite
 def session_strategy(draw: st.DrawFn) -> Session:
     client = draw(st.sampled_from(["claude", "semconv"]))
+    carriers = frozenset(draw(st.sets(st.sampled_from(["metric", "event", "span"]), min_size=1)))
     return Session(
         client=client,
-        carriers=frozenset(draw(st.sets(st.sampled_from(["metric", "event", "span"]), min_size=1))),
+        carriers=carriers,
         temporality=draw(st.sampled_from([DELTA, CUMULATIVE])),
-        requests=tuple(draw(st.lists(request_strategy(client), min_size=1, max_size=6))),
+        requests=tuple(draw(st.lists(request_strategy(client, carriers), min_size=1, max_size=6))),
         chunk=draw(st.integers(1, 4)),
     )
 
@@ -90,6 +100,7 @@ def _usage_attrs(session: Session, r: Request) -> list[KeyValue]:
     if session.client == "claude":  # Anthropic's additive fields
         return [
             kv("model", r.model),
+            kv("request_id", f"req_{id(r):x}"),
             kv("input_tokens", r.uncached),
             kv("cache_read_tokens", r.read),
             kv("cache_creation_tokens", r.write),
@@ -100,6 +111,8 @@ def _usage_attrs(session: Session, r: Request) -> list[KeyValue]:
         kv("gen_ai.provider.name", "openai"),
         kv("gen_ai.operation.name", "chat"),
         kv("gen_ai.usage.input_tokens", r.uncached + r.read + r.write),
+        kv("gen_ai.usage.cache_read.input_tokens", r.read),
+        kv("gen_ai.usage.cache_creation.input_tokens", r.write),
         kv("gen_ai.usage.output_tokens", r.output),
     ]
 
@@ -114,12 +127,15 @@ def exports_of(session: Session) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     running: dict[tuple[str, str], float] = defaultdict(float)
     for chunk in chunks:
-        if "event" in session.carriers:
+        trace_id = sid.encode().ljust(16, b"\0")[:16]
+        if any("event" in r.carriers for _, r in chunk):
             logs = ExportLogsServiceRequest()
             rl = logs.resource_logs.add()
             _resource(rl, session, sid)
             scope = rl.scope_logs.add()
             for i, r in chunk:
+                if "event" not in r.carriers:
+                    continue
                 record = scope.log_records.add(time_unix_nano=BASE_NS + i * 10**9)
                 name = (
                     "api_request"
@@ -129,21 +145,31 @@ def exports_of(session: Session) -> list[tuple[str, Any]]:
                 record.attributes.extend(
                     [kv("event.name", name), kv("session.id", sid), *_usage_attrs(session, r)]
                 )
+                if session.client == "semconv":
+                    if r.event_identity in ("context", "both"):  # emitted inside the request's span
+                        record.trace_id = trace_id
+                        record.span_id = i.to_bytes(8, "big")
+                    if r.event_identity in ("id", "both"):
+                        record.attributes.append(kv("gen_ai.response.id", f"chatcmpl-{id(r):x}"))
             out.append(("logs", logs))
-        if "span" in session.carriers:
+        if any("span" in r.carriers for _, r in chunk):
             traces = ExportTraceServiceRequest()
             rs = traces.resource_spans.add()
             _resource(rs, session, sid)
             scope = rs.scope_spans.add()
             for i, r in chunk:
+                if "span" not in r.carriers:
+                    continue
                 span = scope.spans.add(
                     name="claude_code.llm_request" if session.client == "claude" else f"chat {r.model}",
-                    trace_id=sid.encode().ljust(16, b"\0")[:16],
+                    trace_id=trace_id,
                     span_id=i.to_bytes(8, "big"),
                     start_time_unix_nano=BASE_NS + i * 10**9,
                     end_time_unix_nano=BASE_NS + i * 10**9 + 5 * 10**8,
                 )
                 span.attributes.extend([kv("session.id", sid), *_usage_attrs(session, r)])
+                if session.client == "semconv":
+                    span.attributes.append(kv("gen_ai.response.id", f"chatcmpl-{id(r):x}"))
             out.append(("traces", traces))
         if "metric" in session.carriers:
             delta: dict[tuple[str, str], float] = defaultdict(float)

@@ -56,7 +56,7 @@ def test_codex_response_completed_is_one_request_in_disjoint_columns() -> None:
     [event] = result.events
     assert (event.tool, event.stream, event.user_email, event.conversation_id) == (
         "codex",
-        "conv-1",
+        "codex_cli_rs",  # the stream is the service: Codex's spans and metrics carry no conversation
         "dev@example.com",
         "conv-1",
     )

@@ -19,7 +19,7 @@ from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.store import Backend, migrate
 from tokenscale.store.migrate import available_migrations
-from tokenscale.store.writer import UsageWriter, open_pool
+from tokenscale.store.writer import RECONCILED, UsageWriter, open_pool
 from usage_db import assert_rollups_match_events, daily_by_model, expected_daily
 
 REQUEST_TYPES: dict[str, Any] = {
@@ -151,16 +151,17 @@ def test_tenants_are_counted_apart(pipeline: ExportPipeline, db_url: str) -> Non
     assert_rollups_match_events(db_url)
 
 
-def test_only_the_best_carrier_of_a_stream_is_counted(pipeline: ExportPipeline, db_url: str) -> None:
-    _replay(pipeline, "claude-tools-grpc")
+def test_each_request_is_one_record_from_its_best_carrier(pipeline: ExportPipeline, db_url: str) -> None:
+    _replay(pipeline, "claude-tools-grpc")  # the spans arrive before the events
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT source, counted, count(*) FROM tokenscale.usage_events GROUP BY 1, 2 ORDER BY 1, 2"
+            "SELECT source, counted, amended_at IS NOT NULL, count(*) FROM tokenscale.usage_events "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         ).fetchall()
     assert rows == [
-        ("claude_code.api_request", True, 3),
-        ("claude_code.llm_request", False, 3),
-        ("claude_code.metrics", False, 10),  # token and cost points; activity metrics are not usage
+        ("claude_code.api_request", False, False, 3),  # the events, kept as evidence
+        ("claude_code.api_request", True, True, 3),  # the span records, amended with the events' values
+        ("claude_code.metrics", False, False, 10),  # token and cost points: no residual beyond the records
     ]
     assert_rollups_match_events(db_url)
 
@@ -254,34 +255,66 @@ def test_ai_tool_daily_metrics_from_otlp(
     assert cache_write == sum(row["cache_write_tokens"] for row in truth.values())
 
 
-def test_rollups_stay_exact_over_hours_days_retries_and_retractions(db_url: str) -> None:
-    """Random usage over three days (priced and unpriced, two tenants, ranks 1-3 per stream),
-    written in shuffled exports with retries: usage_daily and usage_hourly equal the raw sums."""
+def test_rollups_stay_exact_over_hours_days_retries_and_amendments(db_url: str) -> None:
+    """Random usage over three days (priced and unpriced, two tenants): 250 requests each reported by
+    one to three per-request carriers (ranks 1-3, one identity), plus aggregate increments per
+    stream, written in shuffled exports with retries. Each request is one record with its best
+    carrier's values; usage_daily and usage_hourly equal the raw sums of counted rows."""
     rng = random.Random(7)
     start_ns = 1_790_000_000 * 10**9
-    events = [
-        UsageEvent(
-            time_ns=start_ns + rng.randrange(3 * 86_400 * 10**9),
-            tenant=rng.choice(("a", "b")),
-            carrier=f"carrier-{rank}",
-            rank=rank,
-            tool="tool",
-            stream=f"s{rng.randrange(6)}",
-            service_name="svc",
-            dedupe_key=i.to_bytes(8, "big"),
-            user_email=rng.choice((None, "u1@example.com", "u2@example.com")),
-            provider="openai",
-            model=rng.choice(("m1", "m2", None)),
-            requests=1,
-            input_tokens=rng.randrange(1000),
-            cache_read_tokens=rng.randrange(100),
-            output_tokens=rng.randrange(500),
-            reasoning_tokens=rng.randrange(50),
-            cost_usd=rng.choice((None, rng.random() / 7)),
+    events: list[UsageEvent] = []
+    best: dict[bytes, int] = {}
+    for request in range(250):
+        identity = b"req" + request.to_bytes(4, "big")
+        time_ns = start_ns + rng.randrange(3 * 86_400 * 10**9)
+        tenant = rng.choice(("a", "b"))
+        stream = f"s{rng.randrange(6)}"
+        user = rng.choice((None, "u1@example.com", "u2@example.com"))
+        model = rng.choice(("m1", "m2", None))
+        ranks = rng.sample((1, 2, 3), rng.randrange(1, 4))
+        best[identity] = min(ranks)
+        for rank in ranks:
+            events.append(
+                UsageEvent(
+                    time_ns=time_ns + rank * 1000,
+                    tenant=tenant,
+                    carrier=f"carrier-{rank}",
+                    rank=rank,
+                    tool="tool",
+                    stream=stream,
+                    service_name="svc",
+                    dedupe_key=identity + bytes([rank]),
+                    user_email=user,
+                    provider="openai",
+                    model=model,
+                    requests=1,
+                    input_tokens=rng.randrange(1000),
+                    cache_read_tokens=rng.randrange(100),
+                    output_tokens=rng.randrange(500),
+                    reasoning_tokens=rng.randrange(50),
+                    cost_usd=rng.choice((None, rng.random() / 7)),
+                    identities=(identity,),
+                )
+            )
+    for i in range(150):  # aggregate increments (metric points): reconciled against the records
+        events.append(
+            UsageEvent(
+                time_ns=start_ns + rng.randrange(3 * 86_400 * 10**9),
+                tenant=rng.choice(("a", "b")),
+                carrier="metrics",
+                rank=10,
+                tool="tool",
+                stream=f"s{rng.randrange(6)}",
+                service_name="svc",
+                dedupe_key=b"agg" + i.to_bytes(4, "big"),
+                provider="openai",
+                model=rng.choice(("m1", "m2")),
+                input_tokens=rng.randrange(3000),
+                output_tokens=rng.randrange(900),
+                aggregate=True,
+            )
         )
-        for i in range(600)
-        for rank in [rng.choice((1, 2, 3))]
-    ]
+    rng.shuffle(events)
     exports = [events[i : i + 40] for i in range(0, len(events), 40)]
     order = list(range(len(exports))) + rng.sample(range(len(exports)), 5)  # 5 retried exports
     rng.shuffle(order)
@@ -294,12 +327,16 @@ def test_rollups_stay_exact_over_hours_days_retries_and_retractions(db_url: str)
     finally:
         pool.close()
     with psycopg.connect(db_url) as conn:
+        counted = conn.execute(
+            "SELECT dedupe_key, source FROM tokenscale.usage_events WHERE counted AND source <> %s",
+            (RECONCILED,),
+        ).fetchall()
         stored = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE counted) FROM tokenscale.usage_events"
-        ).fetchone()
-    best = {
-        (e.tenant, e.stream): min(x.rank for x in events if (x.tenant, x.stream) == (e.tenant, e.stream))
-        for e in events
-    }
-    assert stored == (600, sum(e.rank == best[(e.tenant, e.stream)] for e in events))
+            "SELECT count(*) FROM tokenscale.usage_events WHERE source <> %s", (RECONCILED,)
+        )
+        assert stored.fetchone() == (len(events),)
+    # One record per request (the row of whichever carrier came first), with its best carrier's values.
+    assert sorted((bytes(k)[:-1], source) for k, source in counted) == sorted(
+        (i, f"carrier-{r}") for i, r in best.items()
+    )
     assert_rollups_match_events(db_url)

@@ -101,7 +101,8 @@ _ROLLUP_SUMS = (
 )
 _UNPRICED = (
     "CASE WHEN cost_usd IS NULL AND cost_source IS NULL "
-    "AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 THEN 1 ELSE 0 END"
+    "AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 "
+    "THEN greatest(requests, 1) ELSE 0 END"
 )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenscale import __version__
-from tokenscale.config import ConfigError, Settings, load_settings
+from tokenscale.config import ConfigError, Settings, load_settings, misspelt_env_vars
 from tokenscale.errors import TokenscaleError
 
 __all__ = ["main"]
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="receiver processes sharing both ports (env TOKENSCALE_WORKERS; default 1)",
     )
+    serve.add_argument(
+        "--require-auth",
+        action="store_const",
+        const=True,
+        help="require an API key for every request, even on loopback (env TOKENSCALE_REQUIRE_AUTH)",
+    )
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     _add_database_options(migrate)
@@ -96,9 +102,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
+    from tokenscale.commands.prices import add_subcommands as add_price_commands  # noqa: PLC0415
 
     add_subcommands(sub, _add_database_options)
     add_key_and_budget_commands(sub, _add_database_options)
+    add_price_commands(sub, _add_database_options)
     return parser
 
 
@@ -196,6 +204,14 @@ def _cmd_keys_or_budgets(settings: Settings, args: argparse.Namespace) -> int:
         return run_command(args, url, sys.stdout)
 
 
+def _cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.commands.prices import run_prices, run_reprice  # noqa: PLC0415
+
+    with _database(settings) as url:
+        _migrate(url)
+        return (run_reprice if args.command == "reprice" else run_prices)(args, url)
+
+
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from tokenscale.commands import run_demo  # noqa: PLC0415
 
@@ -217,6 +233,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         backend = recorded_backend(conn)
         version = conn.execute("SHOW server_version").fetchone()
         print(f"database:     PostgreSQL {version[0] if version else '?'}")
+        embedded = "" if settings.database_url else "  (while `tokenscale serve` runs)"
+        print(f"psql:         {_psql_command(url)}{embedded}")
         ext = conn.execute(
             "SELECT extversion, current_setting('timescaledb.license', true) FROM pg_extension "
             "WHERE extname = 'timescaledb'"
@@ -296,6 +314,20 @@ def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _psql_command(url: str) -> str:
+    """The ``psql`` command line that opens ``url`` (its password, if any, left out: psql asks)."""
+    import shlex  # noqa: PLC0415
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return f"psql {shlex.quote(url)}"
+
+
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings, owner=True) as url:
         backend = _migrate(url)
@@ -335,6 +367,7 @@ def _service(
         Registry,
         create_health_routes,
     )
+    from tokenscale.store.prices import PriceBookCache  # noqa: PLC0415
     from tokenscale.store.refresh import Refresher  # noqa: PLC0415
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
@@ -362,7 +395,9 @@ def _service(
             on_commit = refresher.note
         else:
             on_commit = None
-        writer = InstrumentedWriter(UsageWriter(pool, on_commit=on_commit), registry)
+        writer = InstrumentedWriter(
+            UsageWriter(pool, prices=PriceBookCache(read_pool), on_commit=on_commit), registry
+        )
         options = MappingOptions(capture_content=settings.capture_content)
         pipeline = InstrumentedPipeline(
             ExportPipeline(writer, options, late_data_days=settings.late_data_days), registry
@@ -382,7 +417,9 @@ def _service(
         receiver.http_app.add_middleware(HttpTransportMiddleware, registry=registry)
         receiver.http_app.router.routes.extend(create_health_routes(read_pool, registry))
         receiver.http_app.router.routes.extend(create_api_routes(api))
-        receiver.http_app.router.routes.extend(create_dashboard_routes(read_pool, auth=auth))
+        receiver.http_app.router.routes.extend(
+            create_dashboard_routes(read_pool, auth=auth, admin_tenant=settings.admin_tenant)
+        )
         retention: Callable[[], Coroutine[Any, Any, None]] | None = None
         if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
             retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
@@ -400,12 +437,20 @@ async def _serve(receiver: Any, background: Coroutine[Any, Any, None] | None = N
         loop.add_signal_handler(sig, stop.set)
     await receiver.start()
     task = asyncio.create_task(background) if background is not None else None
+    log.info("dashboard at %s (HTTP API docs at /docs)", dashboard_url(receiver.host, receiver.http_port))
     log.info("tokenscale %s ready; press Ctrl-C to stop", __version__)
     await stop.wait()
     log.info("shutting down")
     if task is not None:
         task.cancel()
     await receiver.stop()
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """The dashboard's URL for a receiver bound to ``host``:``port`` (a wildcard bind: loopback)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -430,8 +475,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _configure_logging(settings: Settings, *, worker: int | None = None) -> None:
-    """Logging to stderr as ``settings`` say; a worker process (``worker``) names itself in each line."""
+def _configure_logging(settings: Settings, *, worker: int | None = None, quiet: bool = False) -> None:
+    """Logging to stderr as ``settings`` say; a worker process (``worker``) names itself in each line.
+
+    ``quiet`` (the short commands): the default level ``info`` becomes ``warning``, so that a command's
+    output is not interleaved with progress lines; an explicit ``debug`` level still applies."""
     handler = logging.StreamHandler()
     if settings.log_format == "json":
         formatter: logging.Formatter = _JsonFormatter(worker)
@@ -443,7 +491,10 @@ def _configure_logging(settings: Settings, *, worker: int | None = None) -> None
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    level = settings.log_level.upper()
+    if quiet and level == "INFO":
+        level = "WARNING"
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 #: Modules of the ``server`` extra; without them only the instrumentation is installed.
@@ -452,21 +503,30 @@ _SERVER_MODULES = ("psycopg", "psycopg_pool", "grpc", "starlette", "uvicorn", "g
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenscale`` console script."""
-    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
     missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing and arguments == ["--version"]:
+        print(f"tokenscale {__version__}")
+        return 0
     if missing:
+        # Checked before the commands are even parsed: their modules import the server dependencies.
         print(
-            f"tokenscale: the service needs its server dependencies (missing: {', '.join(missing)}); "
-            "install them with: pip install 'tokenscale[server]'",
+            f"tokenscale: the commands need the server dependencies (missing: {', '.join(missing)}); "
+            "this install has only the instrumentation. Install them with: "
+            "pip install 'tokenscale[server]' (from a source checkout: pip install '.[server]')",
             file=sys.stderr,
         )
         return 1
+    args = _parser().parse_args(arguments)
     try:
         settings = _settings(args)
     except ConfigError as exc:
         print(f"tokenscale: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings)
+    for var, meant in misspelt_env_vars():
+        hint = f" (did you mean {meant}?)" if meant else ""
+        print(f"tokenscale: warning: {var} is not a tokenscale setting and is ignored{hint}", file=sys.stderr)
+    _configure_logging(settings, quiet=args.command != "serve")
     import psycopg  # noqa: PLC0415 - a server dependency, checked above
 
     commands = {
@@ -478,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "keys": _cmd_keys_or_budgets,
         "budgets": _cmd_keys_or_budgets,
+        "prices": _cmd_prices,
+        "reprice": _cmd_prices,
     }
     try:
         return commands[args.command](settings, args)

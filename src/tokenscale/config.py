@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from typing import Any, Final
 from tokenscale.embedded import default_data_dir
 from tokenscale.errors import TokenscaleError
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings", "misspelt_env_vars"]
 
 #: Every setting ``name`` is also the environment variable ``TOKENSCALE_<NAME>``.
 ENV_PREFIX: Final = "TOKENSCALE_"
@@ -45,6 +46,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     #: Require an API key for every request, even on loopback (a non-loopback bind always does).
     require_auth: bool = False
+    #: Tenant whose ``admin`` API keys see every tenant in the dashboard (empty: none).
+    admin_tenant: str = ""
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
     #: Late-data horizon: usage older than this many days is rejected by the receiver (OTLP partial
@@ -148,3 +151,41 @@ def load_settings(
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
     return settings
+
+
+#: ``TOKENSCALE_*`` variables that are not settings but are read elsewhere (the instrumentation, the
+#: embedded server, the test suite and deployment scripts).
+_OTHER_ENV: Final = frozenset(
+    {
+        CONFIG_ENV,
+        "TOKENSCALE_API_KEY",
+        "TOKENSCALE_API_URL",
+        "TOKENSCALE_COMPANY_ID",
+        "TOKENSCALE_TENANT",
+        "TOKENSCALE_PG_USER",
+        "TOKENSCALE_PG_BINDIR",
+        "TOKENSCALE_TIMESCALEDB_ROOT",
+        "TOKENSCALE_TEST_TIMESCALEDB_URL",
+        "TOKENSCALE_DEBIAN_MIRROR",
+        "TOKENSCALE_DASHBOARD_SCREENSHOT",
+        "TOKENSCALE_DB_NAME",
+        "TOKENSCALE_DB_READER_USER",
+        "TOKENSCALE_DB_READER_PASSWORD",
+    }
+)
+
+
+def misspelt_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``TOKENSCALE_*`` variables of ``environ`` that name no setting: (variable, the setting's
+    variable it most resembles, or None), sorted. A misspelt variable would otherwise be ignored."""
+    env = os.environ if environ is None else environ
+    known = [Settings.env_var(name) for name in Settings.names()]
+    found = []
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in known or var in _OTHER_ENV:
+            continue
+        # Compared without the common prefix, which would make every name look alike.
+        names = [k.removeprefix(ENV_PREFIX) for k in known]
+        close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX), names, n=1, cutoff=0.75)
+        found.append((var, ENV_PREFIX + close[0] if close else None))
+    return found

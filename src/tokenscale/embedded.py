@@ -522,11 +522,36 @@ class EmbeddedPostgres:
             return False  # we can read the cwd of every server we started: this one is someone else's
         return Path(cwd) == self.cluster_dir.resolve()
 
+    @property
+    def port_file(self) -> Path:
+        """Where the port of the last start is remembered (``data_dir/port``)."""
+        return self.data_dir / "port"
+
+    def _remembered_port(self) -> int | None:
+        try:
+            port = int(self.port_file.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+        if not 0 < port < 65536:
+            return None
+        try:  # still free? (else a fresh one, without a failed start first)
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+                # As PostgreSQL binds: connections of the last run in TIME_WAIT do not block it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.host, port))
+        except OSError:
+            return None
+        return port
+
     def _start_server(self) -> None:
         assert self._binaries is not None
         attempts = 5 if self.requested_port == 0 else 1
+        # The port of the last start (remembered in the data directory) is tried first, so that the
+        # database URL stays the same from one start to the next.
+        remembered = self._remembered_port() if self.requested_port == 0 else None
         for attempt in range(attempts):
-            port = self.requested_port or free_port(self.host)
+            port = self.requested_port or (remembered if attempt == 0 and remembered else 0)
+            port = port or free_port(self.host)
             options = [
                 "-p", str(port), "-c", f"listen_addresses={self.host}",
                 "-c", f"unix_socket_directories={self.socket_dir}",
@@ -537,6 +562,8 @@ class EmbeddedPostgres:
             result = self._pg_ctl("start", "-l", str(self.log_file), "-o", shlex.join(options))
             if result.returncode == 0:
                 self._port = port
+                with contextlib.suppress(OSError):
+                    self.port_file.write_text(f"{port}\n", encoding="utf-8")
                 return
             server_log = _tail(self.log_file, log_start)
             if attempt + 1 < attempts and "could not bind" in server_log:

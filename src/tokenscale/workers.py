@@ -169,6 +169,12 @@ class _Supervisor:
             self.settings.grpc_port,
             self.settings.http_port,
         )
+        from tokenscale.cli import dashboard_url  # noqa: PLC0415 - cli imports this module lazily
+
+        log.info(
+            "dashboard at %s (HTTP API docs at /docs)",
+            dashboard_url(self.settings.host, self.settings.http_port),
+        )
         log.info("tokenscale %s ready; press Ctrl-C to stop", __version__)
         return True
 

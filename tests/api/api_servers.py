@@ -19,6 +19,7 @@ from tokenscale.api import UsageApiService, UsageApiServicer, create_api_routes
 from tokenscale.api.budgets import set_budget
 from tokenscale.api.gen.tokenscale.v1 import usage_api_pb2_grpc
 from tokenscale.auth import AuthPolicy, KeyCache, create_key
+from tokenscale.dashboard import create_dashboard_routes
 from tokenscale.mapping import MappingResult, UsageEvent
 from tokenscale.store.writer import UsageWriter
 
@@ -83,7 +84,10 @@ class ApiServers:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = Starlette(routes=create_api_routes(self.service))
+        # As `tokenscale serve` composes them: the dashboard's API is in the same OpenAPI document.
+        app = Starlette(
+            routes=[*create_api_routes(self.service), *create_dashboard_routes(self.pool, auth=self.auth)]
+        )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

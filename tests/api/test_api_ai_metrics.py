@@ -289,18 +289,37 @@ def test_deep_pages_by_keyset_match_the_full_ordering(
     assert by_model == ["r090", "r091", "r092", "r093", "r094"]
 
 
-def test_only_counted_rows_are_listed(api: ApiServers, make_event: Callable[..., UsageEvent]) -> None:
-    # A request reported as a span (rank 3) and then as an event (rank 1) of the same stream:
-    # the span is retracted (counted = false) and must not be listed.
-    api.write([make_event("acme", stream="sess", rank=3, carrier="gen_ai.span", request_id="span-copy")])
+def test_a_request_is_listed_once_and_amended_by_a_better_carrier(
+    api: ApiServers, make_event: Callable[..., UsageEvent]
+) -> None:
+    # A request reported as a span (rank 3) and then as an event (rank 1) with the same identity:
+    # ONE record, first the span's, then amended with the event's values; the event itself is kept
+    # as uncounted evidence and never listed.
+    same = (b"request-1",)
     api.write(
-        [make_event("acme", stream="sess", rank=1, carrier="claude_code.api_request", request_id="event")]
+        [make_event("acme", stream="sess", rank=3, carrier="gen_ai.span", request_id="span", identities=same)]
     )
-    assert sorted(api.query("SELECT request_id, counted FROM tokenscale.usage_events")) == [
-        ("event", True),
-        ("span-copy", False),
-    ]
     key = api.key("acme", ["read"])
+    assert _ids(api.http("GET", f"{PATH}?teamId=acme", key).json()) == ["span"]
+    api.write(
+        [
+            make_event(
+                "acme",
+                stream="sess",
+                rank=1,
+                carrier="claude_code.api_request",
+                request_id="event",
+                identities=same,
+            )
+        ]
+    )
+    rows = api.query(
+        "SELECT request_id, source, counted, amended_at IS NOT NULL FROM tokenscale.usage_events"
+    )
+    assert sorted(rows) == [
+        ("event", "claude_code.api_request", False, False),
+        ("event", "claude_code.api_request", True, True),
+    ]
     body = api.http("GET", f"{PATH}?teamId=acme", key).json()
     assert _ids(body) == ["event"]
     assert body["page"]["totalElements"] == 1

@@ -103,6 +103,10 @@ class FakeLLMAPI:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        #: Give every response an id of its own (``<base>-<n>``), as real APIs do; off, every
+        #: response has the fixed ids the unit tests compare with.
+        self.unique_ids = False
+        self._answered = 0
         self.budget = BudgetAnswer()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -141,6 +145,12 @@ class FakeLLMAPI:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def response_id(self, base: str) -> str:
+        """The id of the next response: ``base``, or ``base-<n>`` with :attr:`unique_ids`."""
+        with self._lock:
+            self._answered += 1
+            return f"{base}-{self._answered}" if self.unique_ids else base
+
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
@@ -159,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
     disable_nagle_algorithm = True
     server: ThreadingHTTPServer
+    _id: str  # the id of the response being written
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -246,6 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- OpenAI ------------------------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any]) -> None:
+        self._id = self.fake.response_id(CHAT_ID)
         model = body["model"]
         if model == MODEL_BAD_REQUEST:
             self._openai_error()
@@ -256,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 200,
                 {
-                    "id": CHAT_ID,
+                    "id": self._id,
                     "object": "chat.completion",
                     "created": CREATED,
                     "model": response_model(model),
@@ -283,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Iterator[tuple[str | None, Any]]:
         def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
             data: dict[str, Any] = {
-                "id": CHAT_ID,
+                "id": self._id,
                 "object": "chat.completion.chunk",
                 "created": CREATED,
                 "model": response_model(model),
@@ -328,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             ]
         return {
-            "id": RESPONSE_ID,
+            "id": self._id,
             "object": "response",
             "created_at": CREATED,
             "status": status,
@@ -347,6 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _responses(self, body: dict[str, Any]) -> None:
+        self._id = self.fake.response_id(RESPONSE_ID)
         model = body["model"]
         if model == MODEL_BAD_REQUEST:
             self._openai_error()
@@ -424,6 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- Anthropic ---------------------------------------------------------------------------
 
     def _messages(self, body: dict[str, Any]) -> None:
+        self._id = self.fake.response_id(MESSAGE_ID)
         model = body["model"]
         if model == MODEL_BAD_REQUEST:
             self._json(
@@ -439,7 +453,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 200,
                 {
-                    "id": MESSAGE_ID,
+                    "id": self._id,
                     "type": "message",
                     "role": "assistant",
                     "model": model,
@@ -456,7 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
         start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
         del start_usage["output_tokens_details"]
         message = {
-            "id": MESSAGE_ID,
+            "id": self._id,
             "type": "message",
             "role": "assistant",
             "model": model,

@@ -42,6 +42,7 @@ def test_instrumented_app_usage_lands_in_the_ledger_exactly(
     )
     handle = tokenscale.instrument(endpoint, service_name="support-bot", protocol=protocol)  # type: ignore[arg-type]
     try:
+        fake_api.unique_ids = True  # the ledger tells requests apart by their response ids
         oa = openai.OpenAI(base_url=fake_api.openai_base_url, api_key="k")
         an = anthropic.Anthropic(base_url=fake_api.anthropic_base_url, api_key="k")
         with tokenscale.usage_context(user="ana@example.com", conversation_id="conv-a", bot_id="faq"):
@@ -53,6 +54,7 @@ def test_instrumented_app_usage_lands_in_the_ledger_exactly(
             oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert handle.force_flush()
     finally:
+        fake_api.unique_ids = False
         handle.shutdown()
 
     cached = CHAT_USAGE["prompt_tokens_details"]["cached_tokens"]
@@ -93,6 +95,8 @@ def test_an_sdk_tracing_itself_is_not_added_to_our_span(receiver: Receiver, db_u
     rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="bot")))
     usage = [
         KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="claude-opus-4-8")),
+        # both spans name the response (the SDK's _tracing sets gen_ai.response.id, as we do)
+        KeyValue(key="gen_ai.response.id", value=AnyValue(string_value="msg_01")),
         KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=2350)),
         KeyValue(key="gen_ai.usage.output_tokens", value=AnyValue(int_value=400)),
     ]

@@ -9,11 +9,12 @@ from typing import Any, TextIO
 
 import psycopg
 
-from tokenscale.api.budgets import Budget, budgets_json, list_budgets, set_budget
+from tokenscale.api.budgets import Budget, budgets_json, get_budget, list_budgets, set_budget
 from tokenscale.auth import SCOPES, ApiKey, create_key, list_keys, revoke_key, validate_tenant
 
 __all__ = [
     "add_subcommands",
+    "budgets_delete",
     "budgets_list",
     "budgets_set",
     "keys_create",
@@ -41,11 +42,21 @@ def keys_revoke(conninfo: str, key: str, tenant: str | None = None) -> bool:
         return revoke_key(conn, key, tenant)
 
 
-def budgets_set(conninfo: str, tenant: str, token_limit: int, window_days: int) -> Budget:
-    """Create or replace a tenant's rolling-window token budget."""
+def budgets_set(conninfo: str, tenant: str, token_limit: int, window_days: int | None = None) -> Budget:
+    """Create or replace a tenant's rolling-window token budget; ``window_days`` None keeps the
+    budget's window (30 days for a new budget)."""
     validate_tenant(tenant)
     with psycopg.connect(conninfo) as conn:
+        if window_days is None:
+            current = get_budget(conn, tenant)
+            window_days = current.window_days if current is not None else 30
         return set_budget(conn, tenant, token_limit, window_days)
+
+
+def budgets_delete(conninfo: str, tenant: str) -> bool:
+    """Delete a tenant's budget; False when it had none."""
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("DELETE FROM tokenscale.budgets WHERE tenant = %s", (tenant,)).rowcount > 0
 
 
 def budgets_list(conninfo: str, tenant: str | None = None) -> list[Budget]:
@@ -89,14 +100,21 @@ def add_subcommands(
     setter = budgets.add_parser("set", help="set a tenant's token limit over a rolling window")
     setter.add_argument("tenant", help="the tenant (company)")
     setter.add_argument("--limit", dest="token_limit", type=int, required=True, help="tokens per window")
-    setter.add_argument("--window-days", type=int, default=30, help="window length in days (default 30)")
+    setter.add_argument(
+        "--window-days",
+        type=int,
+        help="window length in days (default: the budget's current window; 30 for a new budget)",
+    )
     setter.set_defaults(api_command="budgets set")
+    deleter = budgets.add_parser("delete", help="delete a tenant's budget (its usage is then unlimited)")
+    deleter.add_argument("tenant", help="the tenant (company)")
+    deleter.set_defaults(api_command="budgets delete")
     blist = budgets.add_parser("list", help="list budgets")
     blist.add_argument("--tenant", help="only this tenant's budget")
     blist.add_argument("--json", action="store_true", help="print JSON")
     blist.set_defaults(api_command="budgets list")
     if add_database_options is not None:
-        for parser in (create, listing, revoke, setter, blist):
+        for parser in (create, listing, revoke, setter, deleter, blist):
             add_database_options(parser)
 
 
@@ -117,10 +135,17 @@ def run_command(args: argparse.Namespace, conninfo: str, out: TextIO) -> int:
         elif command == "budgets set":
             budget = budgets_set(conninfo, args.tenant, args.token_limit, args.window_days)
             out.write(f"{budget.tenant}: {budget.token_limit} tokens per {budget.window_days} days\n")
+        elif command == "budgets delete":
+            if not budgets_delete(conninfo, args.tenant):
+                out.write(f"tenant {args.tenant!r} has no budget\n")
+                return 1
+            out.write("deleted\n")
         elif command == "budgets list":
             budgets = budgets_list(conninfo, args.tenant)
             if args.json:
                 out.write(json.dumps(budgets_json(budgets)) + "\n")
+            else:
+                out.write("tenant\ttoken_limit\twindow_days\n")
             for b in [] if args.json else budgets:
                 out.write(f"{b.tenant}\t{b.token_limit}\t{b.window_days}\n")
         else:
@@ -147,6 +172,7 @@ def _print_keys(keys: Sequence[ApiKey], as_json: bool, out: TextIO) -> None:
         ]
         out.write(json.dumps(rows) + "\n")
         return
+    out.write("id\tprefix\ttenant\tscopes\tstate\tname\n")
     for k in keys:
         state = "revoked" if k.revoked_at else "live"
         out.write(f"{k.id}\t{k.prefix}...\t{k.tenant}\t{','.join(k.scopes)}\t{state}\t{k.name}\n")

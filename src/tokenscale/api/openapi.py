@@ -574,6 +574,12 @@ def _paths() -> dict[str, Any]:
     return paths
 
 
+def _dashboard_paths() -> dict[str, Any]:
+    from tokenscale.dashboard._openapi import dashboard_paths  # noqa: PLC0415 - served beside the API
+
+    return dashboard_paths()
+
+
 def openapi_document() -> dict[str, Any]:
     """The whole document (a new dict on each call)."""
     return {
@@ -584,6 +590,6 @@ def openapi_document() -> dict[str, Any]:
             "description": "Push, query and budget AI usage. See docs/api.md.",
         },
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_dashboard_paths()},
         "components": _components(),
     }

@@ -63,7 +63,7 @@ _SELECT: Final = sql.SQL(
 e.attributes->>{task}, e.attributes->>{blueprint}, e.attributes->>{bot}, e.attributes->>{dataset},
 e.attributes->>{skillset}, e.attributes->>{ability},
 (SELECT jsonb_object_agg(substr(a.key, {cut}), a.value) FROM jsonb_each(e.attributes) a
- WHERE starts_with(a.key, {prefix}))"""
+ WHERE starts_with(a.key, {prefix})), e.amended_at"""
 ).format(
     type=_TYPE,
     count=_COUNT,
@@ -201,7 +201,8 @@ def _record(row: Sequence[Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": bytes(row[1]).hex(),
         "createdAt": created,
-        "updatedAt": created,  # records are immutable
+        # A record is never removed; a better carrier of its request may amend it (amended_at).
+        "updatedAt": created if row[14] is None else _ms(row[14]),
         "type": row[2],
         "count": int(row[3]),
     }

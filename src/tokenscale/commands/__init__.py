@@ -14,7 +14,7 @@ from tokenscale.commands import report as _report
 # The functions live in their modules (tokenscale.commands.report.report,
 # tokenscale.commands.demo.demo); they are not re-exported here, so that the module names stay
 # modules.
-__all__ = ["add_subcommands", "run_demo", "run_report"]
+__all__ = ["add_subcommands", "dashboard_hint", "run_demo", "run_report"]
 
 
 def _positive(text: str) -> int:
@@ -86,6 +86,20 @@ def run_report(args: argparse.Namespace, conninfo: str, out: TextIO | None = Non
     return 0
 
 
+def dashboard_hint(endpoint: str) -> str:
+    """Where the dashboard of the receiver at OTLP/gRPC ``endpoint`` is: the same host, and port 4318
+    next to the default gRPC port 4317 (another gRPC port says nothing about the HTTP port)."""
+    target = endpoint.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = target, "4317"
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    if port == "4317":
+        return f"the dashboard at http://{host}:4318/"
+    return f"the dashboard at http://{host}:<its HTTP port>/ (the port `serve --http-port` was given)"
+
+
 def run_demo(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed ``demo`` command; the exit status (1 when the receiver cannot be reached)."""
     stream = sys.stdout if out is None else out
@@ -115,5 +129,5 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
         stream.write(json.dumps({"totals": result.totals.as_dict(), "rows": rows}, indent=2) + "\n")
     else:
         stream.write(result.summary())
-        stream.write("see it: tokenscale report, or the dashboard at http://127.0.0.1:4318/\n")
+        stream.write(f"see it: tokenscale report, or {dashboard_hint(args.endpoint)}\n")
     return 0

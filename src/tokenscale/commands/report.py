@@ -153,7 +153,8 @@ def query(
     *,
     today: date | None = None,
 ) -> list[ReportRow]:
-    """The groups of the last ``days`` UTC days (today included), by total tokens, largest first."""
+    """The groups of the last ``days`` UTC days (today included), by total tokens, largest first
+    (grouped by ``day``: by day, oldest first, then by total tokens)."""
     if not 1 <= days <= _MAX_DAYS:
         raise ValueError(f"days must be between 1 and {_MAX_DAYS}")
     dims = parse_dimensions(by)
@@ -170,6 +171,9 @@ def query(
             continue  # no usage at all: no total row
         rows.append(_row(keys, sums, cost))
     rows.sort(key=lambda r: (-r.total_tokens, -(r.cost_usd or 0), tuple(k or "" for k in r.keys)))
+    if "day" in dims:  # by day: in calendar order (within a day, largest first)
+        at = dims.index("day")
+        rows.sort(key=lambda r: r.keys[at] or "")
     return rows
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the page's embedded JavaScript keeps its own line lengths
 """The dashboard page: one self-contained HTML document (inline CSS and JS, SVG charts, no CDN)."""
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
 #auth { display: none; gap: 8px; align-items: center; }
 svg text { font: 11px "Liberation Sans", Arial, sans-serif; fill: #6b7489; }
+svg rect.day { cursor: pointer; }
+button.link { background: none; border: 0; padding: 0; color: var(--accent); cursor: pointer;
+  text-align: left; max-width: 100%; overflow: hidden; text-overflow: ellipsis; }
+button.link:hover, button.link:focus { text-decoration: underline; }
+.filters { display: flex; flex-wrap: wrap; gap: 8px; align-items: end; margin-bottom: 10px; }
+.filters label { display: flex; flex-direction: column; font-size: 11px; color: var(--muted); gap: 2px; }
+.filters input, main .seg button.plain, .actions button { background: #fff; color: var(--ink);
+  border: 1px solid var(--line); }
+.actions { display: flex; gap: 8px; margin-left: auto; }
+th button.sort { background: none; border: 0; padding: 0; color: inherit; font: inherit;
+  text-transform: inherit; letter-spacing: inherit; cursor: pointer; }
+#explorer-table { max-height: 520px; overflow: auto; }
+#explorer-table td { max-width: 180px; }
+.range { display: flex; gap: 6px; align-items: center; }
+.range input { width: 140px; }
 """
 
 _BODY: Final = """
@@ -87,7 +103,9 @@ _BODY: Final = """
       <option value="30" selected>Last 30 days</option><option value="90">Last 90 days</option>
       <option value="365">Last 365 days</option>
     </select>
-    <button id="refresh" type="button" title="Reload">&#x21bb;</button>
+    <div class="range"><label for="range-from">From</label><input id="range-from" type="date">
+      <label for="range-to">To</label><input id="range-to" type="date"></div>
+    <button id="refresh" type="button" title="Reload" aria-label="Reload">&#x21bb;</button>
   </div>
 </header>
 <main>
@@ -116,6 +134,8 @@ _BODY: Final = """
         data-dim="user">User</button><button data-dim="model">Model</button></div>
       <div class="seg" id="metric-seg"><button data-metric="tokens" class="on">Tokens</button><button
         data-metric="cost">Cost</button></div>
+      <div class="seg" id="gran-seg"><button data-gran="day" class="on">Daily</button><button
+        data-gran="hour">Hourly</button></div>
     </div>
     <div id="chart"></div>
     <div class="legend" id="legend"></div>
@@ -125,6 +145,28 @@ _BODY: Final = """
       <div id="top-users"></div></div>
     <div class="card"><div class="head"><h2>By model</h2></div><div id="by-model"></div></div>
     <div class="card"><div class="head"><h2>By tool</h2></div><div id="by-tool"></div></div>
+  </section>
+  <section class="card" id="explorer" aria-labelledby="explorer-title">
+    <div class="head"><h2 id="explorer-title">Requests</h2>
+      <span class="hint" id="explorer-hint">click a user, model, tool or day to see its requests</span>
+      <div class="seg" id="view-seg"><button data-view="requests" class="on">Requests</button><button
+        data-view="session">Sessions</button><button data-view="conversation">Conversations</button></div>
+    </div>
+    <form class="filters" id="filters">
+      <label>User<input name="user" id="f-user" size="18"></label>
+      <label>Tool<input name="tool" id="f-tool" size="12"></label>
+      <label>Model<input name="model" id="f-model" size="16"></label>
+      <label>Session<input name="session" id="f-session" size="14"></label>
+      <label>Conversation<input name="conversation" id="f-conversation" size="14"></label>
+      <label>From<input name="since" id="f-since" type="date"></label>
+      <label>To<input name="until" id="f-until" type="date"></label>
+      <button type="submit" id="f-apply">Show</button>
+      <button type="button" id="f-clear">Clear</button>
+      <div class="actions"><button type="button" id="export-csv">Export CSV</button>
+        <button type="button" id="export-json">Export JSON</button></div>
+    </form>
+    <div id="explorer-status" class="muted" aria-live="polite"></div>
+    <div id="explorer-table"></div>
   </section>
   <section class="card" id="budgets-card">
     <div class="head"><h2>Budgets</h2>
@@ -143,7 +185,10 @@ _JS: Final = r"""
   var MIX = [["input_tokens", "input", "#4f6bff"], ["cache_read_tokens", "cache read", "#1fb39a"],
              ["cache_write_tokens", "cache write", "#f2a93b"], ["output_tokens", "output", "#e25563"]];
   var SVGNS = "http://www.w3.org/2000/svg";
-  var state = { dim: "tool", metric: "tokens", data: null };
+  var state = { dim: "tool", metric: "tokens", gran: "day", data: null, hourly: null,
+                view: "requests", explorer: null, sort: "time", order: "desc" };
+  var FILTER_NAMES = ["user", "tool", "model", "session", "conversation"];
+  var NONE = "(none)";
   var params = new URLSearchParams(window.location.search);
 
   function $(id) { return document.getElementById(id); }
@@ -222,13 +267,27 @@ _JS: Final = r"""
     $("kpi-models-sub").textContent = "reasoning " + compact(t.reasoning_tokens) + " of output";
   }
 
+  function hourlySeries() {
+    var h = state.hourly.hours;
+    return {
+      days: h.map(function (x) { return x.hour; }),
+      series: [{ label: "all usage", tokens: h.map(function (x) { return x.total_tokens; }),
+                 cost: h.map(function (x) { return x.cost_usd === null ? 0 : Number(x.cost_usd); }) }],
+      count: 1
+    };
+  }
+
   function renderChart() {
     var d = state.data, dim = { tool: d.by_tool, user: d.by_user, model: d.by_model }[state.dim];
-    var metric = state.metric, days = d.day_list, series = dim.series;
+    var hourlyView = state.gran === "hour" && state.hourly;
+    if (hourlyView) dim = hourlySeries();
+    var metric = state.metric, days = hourlyView ? dim.days : d.day_list, series = dim.series;
     var names = { tool: "tool", user: "user", model: "model" };
-    $("chart-title").textContent =
-      (metric === "tokens" ? "Daily tokens" : "Daily cost") + " by " + names[state.dim];
-    $("chart-hint").textContent = dim.count + " " + names[state.dim] + (dim.count === 1 ? "" : "s");
+    $("chart-title").textContent = hourlyView
+      ? (metric === "tokens" ? "Hourly tokens" : "Hourly cost") + " (UTC)"
+      : (metric === "tokens" ? "Daily tokens" : "Daily cost") + " by " + names[state.dim];
+    $("chart-hint").textContent = hourlyView ? state.hourly.since.slice(0, 10) + " to " +
+      lastDay(state.hourly) : dim.count + " " + names[state.dim] + (dim.count === 1 ? "" : "s");
     var box = clear($("chart")), legend = clear($("legend"));
     var W = Math.max(600, box.clientWidth || 1180), H = 270, m = { l: 62, r: 10, t: 12, b: 26 };
     var iw = W - m.l - m.r, ih = H - m.t - m.b;
@@ -248,7 +307,7 @@ _JS: Final = r"""
                            metric === "cost" ? usd(v, v < 10 && v > 0 ? 2 : 0) : compact(v)));
     }
     var step = iw / days.length, bw = Math.max(2, Math.min(42, step * 0.68));
-    var every = Math.max(1, Math.ceil(days.length / 12));
+    var every = Math.max(1, Math.ceil(days.length / (hourlyView ? 8 : 12)));
     days.forEach(function (day, i) {
       var x = m.l + step * i + (step - bw) / 2, base = m.t + ih;
       series.forEach(function (s, k) {
@@ -256,15 +315,29 @@ _JS: Final = r"""
         if (v <= 0) return;
         var h = ih * v / max;
         var rect = svg("rect", { x: x, y: base - h, width: bw, height: Math.max(h, 0.5), rx: 1.5,
-                                 fill: PALETTE[s.other ? PALETTE.length - 1 : k % (PALETTE.length - 1)] });
-        rect.appendChild(svg("title", {}, shortDay(day) + " \u00b7 " + s.label + ": " +
-                             (metric === "cost" ? usd(v, 4) : full(v))));
+                                 fill: PALETTE[s.other ? PALETTE.length - 1 : k % (PALETTE.length - 1)],
+                                 class: "day", "data-day": day });
+        rect.appendChild(svg("title", {}, (hourlyView ? day.slice(0, 13) + "h" : shortDay(day)) + " \u00b7 " +
+                             s.label + ": " + (metric === "cost" ? usd(v, 4) : full(v))));
+        rect.setAttribute("tabindex", "0");  // reachable and opened from the keyboard too
+        rect.setAttribute("role", "button");
+        rect.addEventListener("keydown", function (event) {
+          if (event.key === "Enter" || event.key === " ") { event.preventDefault(); rect.dispatchEvent(new MouseEvent("click")); }
+        });
+        rect.addEventListener("click", function () {
+          var first = day.slice(0, 10);
+          var filters = {};
+          if (!hourlyView && !s.other && s.key !== undefined) {
+            filters[{ tool: "tool", user: "user", model: "model" }[state.dim]] = s.key === null ? NONE : s.key;
+          }
+          openExplorer(filters, first, first);
+        });
         root.appendChild(rect);
         base -= h;
       });
       if (i % every === 0 || i === days.length - 1) {
         root.appendChild(svg("text", { x: m.l + step * i + step / 2, y: H - 8, "text-anchor": "middle" },
-                             shortDay(day)));
+                             hourlyView ? day.slice(5, 13).replace("T", " ") + "h" : shortDay(day)));
       }
     });
     if (!totals.some(function (t) { return t > 0; })) {
@@ -301,11 +374,24 @@ _JS: Final = r"""
     };
   }
 
+  function link(dimension, r) {
+    var button = el("button", { type: "button", class: "link", "data-dim": dimension,
+                                "data-key": r.key === null ? NONE : r.key, text: r.label,
+                                title: "Requests of " + r.label });
+    button.addEventListener("click", function () {
+      var filters = {};
+      filters[dimension] = r.key === null ? NONE : r.key;
+      openExplorer(filters);
+    });
+    return button;
+  }
+
   function renderTables(d) {
     var total = d.totals.total_tokens;
     var cols = function (title) {
+      var dimension = title.toLowerCase();
       return [
-        { title: title, render: function (r) { return r.label; } },
+        { title: title, render: function (r) { return link(dimension, r); } },
         { title: "Requests", num: true, render: function (r) { return full(r.requests); } },
         { title: "Tokens", num: true, render: function (r) { return full(r.total_tokens); } },
         { title: "Cost", num: true, render: function (r) { return usd(r.cost_usd); } },
@@ -359,15 +445,15 @@ _JS: Final = r"""
     box.textContent = message || "";
   }
 
-  function load() {
-    var query = new URLSearchParams();
-    query.set("days", $("days").value);
-    if ($("tenant").value) query.set("tenant", $("tenant").value);
-    window.history.replaceState(null, "", "?" + query.toString());
+  function authHeaders() {
     var headers = {};
     var key = window.sessionStorage.getItem("tokenscale.key");
     if (key) headers.Authorization = "Bearer " + key;
-    return fetch("api/dashboard/summary?" + query.toString(), { headers: headers, cache: "no-store" })
+    return headers;
+  }
+
+  function getJson(path, query) {
+    return fetch(path + "?" + query.toString(), { headers: authHeaders(), cache: "no-store" })
       .then(function (response) {
         if (response.status === 401 || response.status === 403) {
           $("auth").style.display = "flex";
@@ -376,7 +462,42 @@ _JS: Final = r"""
           if (!response.ok) throw new Error(body.error || ("HTTP " + response.status));
           return body;
         });
-      })
+      });
+  }
+
+  function rangeQuery() {
+    var query = new URLSearchParams();
+    if ($("range-from").value || $("range-to").value) {
+      if ($("range-from").value) query.set("since", $("range-from").value);
+      if ($("range-to").value) query.set("until", $("range-to").value);
+    } else {
+      query.set("days", $("days").value);
+    }
+    if ($("tenant").value) query.set("tenant", $("tenant").value);
+    return query;
+  }
+
+  function loadHourly(d) {
+    if (state.gran !== "hour") return Promise.resolve();
+    var query = new URLSearchParams();
+    var last = d.until, first = d.since;
+    var lastDate = new Date(last + "T00:00:00Z"), firstDate = new Date(first + "T00:00:00Z");
+    if ((lastDate - firstDate) / 86400000 > 13) {  // at most 14 days of hours on one chart
+      firstDate = new Date(lastDate.getTime() - 13 * 86400000);
+    }
+    query.set("since", firstDate.toISOString().slice(0, 10));
+    query.set("until", last);
+    if (d.tenant) query.set("tenant", d.tenant);
+    return getJson("api/dashboard/hourly", query).then(function (h) { state.hourly = h; });
+  }
+
+  function load() {
+    var query = rangeQuery();
+    var page = new URLSearchParams(query.toString());
+    if (state.gran === "hour") page.set("view", "hourly");
+    window.history.replaceState(null, "", "?" + page.toString());
+    return getJson("api/dashboard/summary", query)
+      .then(function (d) { state.data = d; return loadHourly(d).then(function () { return d; }); })
       .then(function (d) {
         showError("");
         state.data = d;
@@ -386,7 +507,8 @@ _JS: Final = r"""
         renderTables(d);
         renderBudgets(d);
         $("footer").textContent = "tokenscale.usage_daily \u00b7 " + d.since + " to " + d.until +
-          " (UTC) \u00b7 " + (d.tenant ? "tenant " + d.tenant : "all tenants") + " \u00b7 updated " +
+          " (UTC) \u00b7 " + (d.tenant ? "tenant " + d.tenant : "all tenants") +
+          (d.admin ? " (admin view)" : "") + " \u00b7 updated " +
           new Date(d.generated_at).toLocaleTimeString("en-US", { hour12: false });
         document.body.setAttribute("data-loaded", "true");
       })
@@ -394,6 +516,182 @@ _JS: Final = r"""
         showError("Could not load the dashboard: " + err.message);
         document.body.setAttribute("data-loaded", "error");
       });
+  }
+
+  // --- the request explorer ------------------------------------------------------------------------
+
+  var REQUEST_COLUMNS = [
+    ["time", "Time (UTC)", false, "time"], ["user_email", "User", false, "user"],
+    ["tool", "Tool", false, "tool"], ["model", "Model", false, "model"],
+    ["session_id", "Session", false, "session"], ["input_tokens", "Input", true],
+    ["cache_read_tokens", "Cache read", true], ["cache_write_tokens", "Cache write", true],
+    ["output_tokens", "Output", true], ["reasoning_tokens", "Reasoning", true],
+    ["total_tokens", "Tokens", true, "tokens"], ["cost_usd", "Cost (USD)", true, "cost"],
+    ["cost_source", "Priced by", false], ["source", "Source", false],
+    ["duration_ms", "Duration (ms)", true, "duration"]];
+  var GROUP_COLUMNS = [
+    ["key", "Id", false], ["users", "Users", false], ["tools", "Tools", false],
+    ["models", "Models", false], ["first", "First (UTC)", false], ["last", "Last (UTC)", false],
+    ["requests", "Requests", true], ["total_tokens", "Tokens", true], ["cost_usd", "Cost (USD)", true]];
+
+  function explorerFilters() {
+    var found = {};
+    FILTER_NAMES.forEach(function (name) {
+      var value = $("f-" + name).value.trim();
+      if (value) found[name] = value;
+    });
+    return found;
+  }
+
+  function explorerQuery() {
+    var query = new URLSearchParams();
+    var filters = explorerFilters();
+    Object.keys(filters).forEach(function (k) { query.set(k, filters[k]); });
+    var since = $("f-since").value, until = $("f-until").value;
+    if (!since && state.data) since = state.data.since;
+    if (!until && state.data) until = state.data.until;
+    if (since) query.set("since", since);
+    if (until) query.set("until", until);
+    if ($("tenant").value) query.set("tenant", $("tenant").value);
+    return query;
+  }
+
+  function cellText(column, value) {
+    if (value === null || value === undefined) return "";
+    if (column === "cost_usd") return value;
+    if (typeof value === "number") return column === "duration_ms" ? value.toFixed(1) : full(value);
+    if (column === "time" || column === "first" || column === "last") return value.replace("T", " ").replace("Z", "");
+    return String(value);
+  }
+
+  function renderExplorer() {
+    var x = state.explorer, box = clear($("explorer-table"));
+    if (!x) return;
+    var columns = x.kind === "requests" ? REQUEST_COLUMNS : GROUP_COLUMNS;
+    var head = el("tr", {}, columns.map(function (c) {
+      var attrs = { class: c[2] ? "num" : "", scope: "col" };
+      if (x.kind === "requests" && c[3]) {
+        attrs["aria-sort"] = state.sort === c[3] ? (state.order === "asc" ? "ascending" : "descending") : "none";
+        var button = el("button", { type: "button", class: "sort", "data-sort": c[3],
+                                    text: c[1] + (state.sort === c[3] ? (state.order === "asc" ? " \u25b2" : " \u25bc") : "") });
+        button.addEventListener("click", function () {
+          if (state.sort === c[3]) state.order = state.order === "asc" ? "desc" : "asc";
+          else { state.sort = c[3]; state.order = c[3] === "time" ? "desc" : "desc"; }
+          loadExplorer();
+        });
+        return el("th", attrs, [button]);
+      }
+      return el("th", attrs, [document.createTextNode(c[1])]);
+    }));
+    var body = x.rows.map(function (r) {
+      return el("tr", {}, columns.map(function (c) {
+        var text = cellText(c[0], r[c[0]]);
+        if (x.kind !== "requests" && c[0] === "key") {
+          var open = el("button", { type: "button", class: "link", text: text, title: text });
+          open.addEventListener("click", function () {
+            var filters = explorerFilters();
+            filters[x.kind] = r.key;
+            setView("requests");
+            openExplorer(filters, r.first.slice(0, 10), r.last.slice(0, 10));
+          });
+          return el("td", {}, [open]);
+        }
+        return el("td", { class: c[2] ? "num" : "", text: text, title: text });
+      }));
+    });
+    if (!x.rows.length) {
+      box.appendChild(el("div", { class: "empty", text: "No requests match" }));
+    } else {
+      box.appendChild(el("table", { id: "explorer-rows", "aria-describedby": "explorer-status" },
+                         [el("thead", {}, [head]), el("tbody", {}, body)]));
+    }
+  }
+
+  function loadExplorer() {
+    var query = explorerQuery(), kind = state.view;
+    var path = kind === "requests" ? "api/dashboard/requests" : "api/dashboard/groups";
+    if (kind === "requests") { query.set("sort", state.sort); query.set("order", state.order); }
+    else query.set("by", kind);
+    $("explorer").setAttribute("data-loaded", "loading");
+    return getJson(path, query).then(function (x) {
+      x.kind = kind;
+      state.explorer = x;
+      renderExplorer();
+      var shown = x.rows.length;
+      var filters = explorerFilters();
+      var what = Object.keys(filters).map(function (k) { return k + " " + filters[k]; }).join(", ");
+      $("explorer-title").textContent = (kind === "requests" ? "Requests" : kind === "session" ? "Sessions"
+                                        : "Conversations") + (what ? " of " + what : "");
+      $("explorer-status").textContent = kind === "requests"
+        ? full(x.totals.rows) + " requests \u00b7 " + full(x.totals.total_tokens) + " tokens \u00b7 " +
+          (x.totals.cost_usd === null ? "no cost" : "$" + x.totals.cost_usd) +
+          (x.truncated ? " \u00b7 showing the first " + full(shown) : "") + " \u00b7 " +
+          x.since.slice(0, 10) + " to " + lastDay(x)
+        : full(shown) + (kind === "session" ? " sessions" : " conversations") + (x.truncated ? " (first shown)" : "");
+      $("explorer").setAttribute("data-loaded", kind);
+      $("explorer").setAttribute("data-rows", String(shown));
+    }).catch(function (err) {
+      $("explorer-status").textContent = "Could not load: " + err.message;
+      $("explorer").setAttribute("data-loaded", "error");
+    });
+  }
+
+  function openExplorer(filters, since, until) {
+    FILTER_NAMES.forEach(function (name) { $("f-" + name).value = filters[name] || ""; });
+    $("f-since").value = since || "";
+    $("f-until").value = until || "";
+    setView("requests");
+    $("explorer").scrollIntoView({ block: "start" });
+    return loadExplorer();
+  }
+
+  function setView(view) {
+    state.view = view;
+    Array.prototype.forEach.call($("view-seg").querySelectorAll("button"), function (b) {
+      b.classList.toggle("on", b.getAttribute("data-view") === view);
+      b.setAttribute("aria-pressed", b.getAttribute("data-view") === view ? "true" : "false");
+    });
+  }
+
+  function csvCell(value) {
+    var text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+@\t\r]/.test(text)) text = "'" + text;  // no formulas when opened in a spreadsheet
+    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function download(name, type, text) {
+    var url = URL.createObjectURL(new Blob([text], { type: type }));
+    var a = el("a", { href: url, download: name });
+    document.body.appendChild(a);
+    a.click();
+    document.body.removeChild(a);
+    window.setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+  }
+
+  function lastDay(x) {  // the API's range ends before "until": name the last day it includes
+    return new Date(Date.parse(x.until) - 1).toISOString().slice(0, 10);
+  }
+
+  function exportName(ext) {
+    var x = state.explorer;
+    return "tokenscale-" + (x.kind === "requests" ? "requests" : x.kind + "s") + "-" +
+      x.since.slice(0, 10) + "-" + lastDay(x) + "." + ext;
+  }
+
+  function exportCsv() {
+    var x = state.explorer;
+    if (!x) return;
+    var columns = x.kind === "requests" ? x.columns : GROUP_COLUMNS.map(function (c) { return c[0]; });
+    var lines = [columns.join(",")].concat(x.rows.map(function (r) {
+      return columns.map(function (c) { return csvCell(r[c]); }).join(",");
+    }));
+    download(exportName("csv"), "text/csv", lines.join("\r\n") + "\r\n");
+  }
+
+  function exportJson() {
+    var x = state.explorer;
+    if (!x) return;
+    download(exportName("json"), "application/json", JSON.stringify(x, null, 2) + "\n");
   }
 
   function segment(id, attr, apply) {
@@ -421,6 +719,26 @@ _JS: Final = r"""
   }
   segment("dim-seg", "data-dim", function (v) { state.dim = v; });
   segment("metric-seg", "data-metric", function (v) { state.metric = v; });
+  segment("gran-seg", "data-gran", function (v) {
+    state.gran = v;
+    if (v === "hour" && !state.hourly) load();
+  });
+  Array.prototype.forEach.call($("view-seg").querySelectorAll("button"), function (button) {
+    button.addEventListener("click", function () { setView(button.getAttribute("data-view")); loadExplorer(); });
+  });
+  $("filters").addEventListener("submit", function (event) { event.preventDefault(); loadExplorer(); });
+  $("f-clear").addEventListener("click", function () { openExplorer({}); });
+  $("export-csv").addEventListener("click", exportCsv);
+  $("export-json").addEventListener("click", exportJson);
+  ["range-from", "range-to"].forEach(function (id) { $(id).addEventListener("change", load); });
+  if (params.get("since")) $("range-from").value = params.get("since");
+  if (params.get("until")) $("range-to").value = params.get("until");
+  if (params.get("view") === "hourly") {
+    state.gran = "hour";
+    Array.prototype.forEach.call($("gran-seg").querySelectorAll("button"), function (b) {
+      b.classList.toggle("on", b.getAttribute("data-gran") === "hour");
+    });
+  }
   $("days").addEventListener("change", load);
   $("tenant").addEventListener("change", load);
   $("refresh").addEventListener("click", load);
@@ -430,7 +748,11 @@ _JS: Final = r"""
     load();
   });
   window.addEventListener("resize", function () { if (state.data) renderChart(); });
-  load();
+  load().then(function () {
+    var wanted = {};
+    FILTER_NAMES.forEach(function (name) { if (params.get(name)) wanted[name] = params.get(name); });
+    return Object.keys(wanted).length ? openExplorer(wanted) : loadExplorer();
+  });
   window.setInterval(load, 60000);
 })();
 """

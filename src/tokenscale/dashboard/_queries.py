@@ -203,11 +203,24 @@ class _Dimension:
         return {"count": len(keys), "rows": rows, "series": series}
 
 
-def summary(conn: Connection, days: int, tenant: str | None, today: date | None = None) -> dict[str, Any]:
-    """The dashboard's JSON: totals, per-day series and rankings by tool, user and model, budgets."""
+def summary(
+    conn: Connection,
+    days: int,
+    tenant: str | None,
+    today: date | None = None,
+    *,
+    first: date | None = None,
+    last: date | None = None,
+) -> dict[str, Any]:
+    """The dashboard's JSON: totals, per-day series and rankings by tool, user and model, budgets.
+
+    The window is the ``days`` days ending today, or the days ``first`` to ``last`` (inclusive)."""
+    if first is not None and last is not None:
+        days = (last - first).days + 1
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}")
-    first, last = window(days, today)
+    if first is None or last is None:
+        first, last = window(days, today)
     params = {"since": _midnight(first), "until": _midnight(last + timedelta(days=1)), "tenant": tenant}
     dims = {name: _Dimension(days) for name in DIMENSIONS}
     totals = _Sums()

@@ -154,6 +154,9 @@ def usage_context(
 ) -> UsageScope:
     """Attribute the AI calls made inside to ``user``/``tenant``/``conversation_id`` and ``meta``.
 
+    Metadata is given as keyword arguments or as a mapping, ``usage_context(meta={"bot_id": "faq"})``
+    (keyword arguments win on the same key).
+
     Use as ``with usage_context(user="ana@example.com", tenant="acme", bot_id="faq"):``, as
     ``async with``, or as a decorator on sync and async functions. Scopes nest: inner values win
     and metadata keys are merged. The context lives in a :class:`contextvars.ContextVar`, so it
@@ -163,6 +166,11 @@ def usage_context(
     ``tokenscale.tenant``, ``gen_ai.conversation.id`` and ``tokenscale.meta.<key>`` on its span;
     metric points carry only the user and tenant (metadata may be high-cardinality).
     """
+    nested = meta.pop("meta", None)
+    if isinstance(nested, Mapping):  # usage_context(meta={...}): the same as keyword arguments
+        meta = {**{str(k): v for k, v in nested.items()}, **meta}
+    elif nested is not None:
+        meta["meta"] = nested
     clean = {key: _attribute_value(value) for key, value in meta.items() if value is not None}
     return UsageScope(UsageContext(user=user, tenant=tenant, conversation_id=conversation_id, meta=clean))
 

@@ -38,6 +38,7 @@ from tokenscale.mapping.rules import (
     CLAUDE_SPAN,
     LOG_RULES,
     METRIC_RULES,
+    MIRROR_CARRIERS,
     NON_USAGE_OPERATIONS,
     SEMCONV_SPAN,
     SENSITIVE_KEYS,
@@ -338,10 +339,11 @@ class _Resource:
         "conversation",
         "email",
         "kept",
+        "key",
         "seeds",
         "service_name",
         "session",
-        "stream_tail",
+        "stream",
         "tenant",
         "tool",
         "user_id",
@@ -363,12 +365,13 @@ class _Resource:
         self.conversation = _first_text(attrs, _CONVERSATION_KEYS)
         self.email = _first_text(attrs, _USER_EMAIL_KEYS)
         self.user_id = _first_text(attrs, _USER_ID_KEYS)
-        # The stream after session and conversation: it must be a key every carrier has.
-        self.stream_tail = (
-            _first_text(attrs, _STREAM_CONVERSATION_KEYS)
-            or _text(attrs.get("service.instance.id"))
-            or self.service_name
-        )
+        self.key = _hash(_attribute_parts(_prefix(tenant), attrs))
+        # The stream whose aggregate carriers are reconciled with its records: the service (and its
+        # instance, where it names one). Not the whole resource: a client's signals may describe
+        # their resource differently (Codex CLI adds host.name to its logs, os to its metrics).
+        # Users and sessions are told apart inside the stream (mapping.ledger subkeys).
+        instance = _text(attrs.get("service.instance.id")) or ""
+        self.stream = f"{self.service_name}\x1f{instance}" if instance else self.service_name
 
     def seed(self) -> dict[str, Any] | None:
         """What a span's or log record's attribute dict starts as: a copy of ``kept`` if it
@@ -391,14 +394,6 @@ def _without_content(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in SENSITIVE_KEYS}
 
 
-def _stream(attrs: Mapping[str, Any], session_id: str | None, tail: str) -> str:
-    """The stream groups the carriers of one client run: the session, else the record's
-    conversation, else ``tail`` (the resource's conversation, instance or service name)."""
-    if session_id:
-        return session_id
-    return _pick(attrs, _STREAM_CONVERSATION_KEYS, tail)
-
-
 def _check_time(time_ns: int) -> None:
     if not MIN_TIME_NS <= time_ns < MAX_TIME_NS:
         raise _RecordError(f"timestamp out of range: {time_ns} ns since the epoch")
@@ -409,12 +404,11 @@ def _activity(
 ) -> ActivityEvent:
     _check_time(time_ns)
     session_id = _pick(attrs, _SESSION_KEYS, res.session)
-    stream = _stream(attrs, session_id, res.stream_tail)
     return ActivityEvent(  # positional, in _ACTIVITY_EVENT_FIELDS order
         time_ns,
         res.tenant,
         res.tool,
-        stream,
+        res.stream,
         res.service_name,
         metric,
         dedupe_key,
@@ -441,7 +435,6 @@ def _event(
     ``attrs`` becomes the event's attribute dict if ``seeded`` (see :meth:`_Resource.seed`).
     """
     session_id = _pick(attrs, _SESSION_KEYS, res.session)
-    stream = _stream(attrs, session_id, res.stream_tail)
     raw_model = _first_text(attrs, rule.model_keys)
     model = normalise_model(raw_model)
     operation = attrs.get("gen_ai.operation.name")
@@ -455,7 +448,7 @@ def _event(
         rule.carrier,
         rule.rank,
         res.tool,
-        stream,
+        res.stream,
         res.service_name,
         dedupe_key,
         _pick(attrs, _USER_EMAIL_KEYS, res.email),
@@ -483,7 +476,7 @@ def _event(
 # --- traces --------------------------------------------------------------------------------------
 
 _STATUS_ERROR: Final = 2
-_USAGE_PREFIXES: Final = ("gen_ai.usage.", "llm.usage.")
+_USAGE_PREFIXES: Final = ("gen_ai.usage.", "llm.usage.", "codex.usage.")
 #: The usage keys of the span rules (each starts with one of ``_USAGE_PREFIXES``).
 _SPAN_USAGE_KEYS: Final = frozenset(
     key for rule in (SEMCONV_SPAN, TOKENSCALE_SPAN) for field in rule.fields for key in field.keys
@@ -518,7 +511,7 @@ def _has_usage_key(keys: list[str]) -> bool:
     if not _SPAN_USAGE_KEYS.isdisjoint(keys):
         return True
     joined = "\n".join(keys)  # no usage prefix anywhere in it: none at the start of a key either
-    if _USAGE_PREFIXES[0] not in joined and _USAGE_PREFIXES[1] not in joined:
+    if all(prefix not in joined for prefix in _USAGE_PREFIXES):
         return False
     return any(key.startswith(_USAGE_PREFIXES) for key in keys)
 
@@ -555,6 +548,14 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         error_type = _text(attrs.get("error.type")) or "_OTHER"
     event = _event(res, attrs, seed is not None, rule, time_ns, dedupe_key, 1, usage)
     event.request_id = request_id
+    if rule.carrier in MIRROR_CARRIERS.get(res.tool, ()):
+        event.aggregate = True
+    else:
+        _check_disjoint(event, rule.fields, attrs)
+        # A span's own context identifies its request as surely as a response id (log events
+        # emitted inside it carry the same context).
+        ctx = _hash(_prefix(res.tenant, "ctx") + span.trace_id + _SEP + span.span_id)
+        event.identities = (_request_identity(res, request_id), ctx) if request_id else (ctx,)
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
     event.error_type = error_type
@@ -605,11 +606,13 @@ def _event_name(record: Any, tool: str) -> tuple[str, list[str] | None, list[Any
     name: str = record.event_name
     keys: list[str] | None = None
     kvs: list[Any] = []
-    if not name:
+    if not name or " " in name or "/" in name:
+        # No event name, or not one (Codex CLI sets a source location such as
+        # ``event otel/src/events/session_telemetry.rs:1187``): the ``event.name`` attribute names it.
         kvs = list(record.attributes)
         keys = keys_of(kvs)
         if "event.name" in keys:
-            name = kvs[keys.index("event.name")].value.string_value  # the first, as the SDKs read it
+            name = kvs[keys.index("event.name")].value.string_value or name  # the first, as the SDKs read it
         if not name:
             body: str = record.body.string_value  # "" unless the body is a string
             if body.startswith("claude_code."):
@@ -654,6 +657,7 @@ def _log_event(
     if duration_key is not None and duration_key in attrs:
         duration_ms = _number(attrs[duration_key], duration_key)
     request_id = _first_text(attrs, rule.request_id_keys)
+    identity = _first_text(attrs, rule.identity_keys)
     error_type = None
     if not rule.needs_usage:
         error_type = _first_text(attrs, _ERROR_KEYS) or "_OTHER"
@@ -665,8 +669,33 @@ def _log_event(
     event.request_id = request_id
     event.duration_ms = duration_ms
     event.error_type = error_type
+    if rule.carrier in MIRROR_CARRIERS.get(res.tool, ()):
+        event.aggregate = True
+    else:
+        _check_disjoint(event, rule.fields, attrs)
+        if identity:
+            event.identities = (_request_identity(res, identity),)
+        elif record.trace_id and record.span_id:
+            # No id of its own: the span it was emitted in (the request's span, in the GenAI
+            # conventions) identifies it.
+            event.identities = (_hash(_prefix(res.tenant, "ctx") + record.trace_id + _SEP + record.span_id),)
     price_event(event, per_request=True)
     return event
+
+
+def _request_identity(res: _Resource, request_id: str) -> bytes:
+    """The identity of a request by its provider's (or client's) id: unique per client."""
+    return _hash(_prefix(res.tenant, res.tool, "id") + request_id.encode())
+
+
+def _check_disjoint(event: UsageEvent, fields: tuple[FieldRule, ...], attrs: Mapping[str, Any]) -> None:
+    """Rejects a request whose cache counts exceed its input count, or whose reasoning count
+    exceeds its output count: no disjoint column may be negative."""
+    if event.input_tokens >= 0 and event.output_tokens >= 0 and event.reasoning_tokens <= event.output_tokens:
+        return
+    present = [key for rule in fields for key in rule.keys if key in attrs]
+    what = "cache counts exceed the input count" if event.input_tokens < 0 else "reasoning exceeds output"
+    raise _RecordError(f"{', '.join(present)}: {what}")
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -691,7 +720,6 @@ def map_metrics(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPT
     result = MappingResult()
     for resource_metrics in request.resource_metrics:
         res = _Resource(resource_metrics.resource, tenant, options)
-        res_key: bytes | None = None
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 name: str = metric.name
@@ -705,9 +733,7 @@ def map_metrics(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPT
                     result.reject(f"metric {name!r}: unsupported kind {kind!r}", _points(metric))
                     continue
                 data = getattr(metric, kind)
-                if res_key is None:
-                    res_key = _hash(_attribute_parts(_prefix(tenant), res.attrs))
-                shared = _Metric(name, kind, data.aggregation_temporality, res_key)
+                shared = _Metric(name, kind, data.aggregation_temporality, res.key)
                 for point in data.data_points:
                     try:
                         if isinstance(rule, ActivityRule):
@@ -791,6 +817,7 @@ def _metric_point(
     _check_time(time_ns)
     series_key, dedupe_key = _point_keys(shared, attrs, start_ns, time_ns)
     event = _event(res, attrs, False, rule, time_ns, dedupe_key, 0, _NO_USAGE)
+    event.aggregate = True
     event.attributes["metric.name"] = shared.name
     if rule.cost_reported_elsewhere:
         event.cost_source = "reported"

@@ -31,9 +31,10 @@ TOKEN_FIELDS: tuple[str, ...] = (
 class UsageEvent:
     """One AI request (or, from a metric carrier, one increment of usage) as stored in ``usage_events``.
 
-    ``carrier`` names the signal and rule the row came from; ``rank`` orders carriers within one
-    ``stream`` (one client session): only rows of the stream's best (lowest) rank are counted, so a
-    request that a client reports as a metric, an event and a span is counted exactly once.
+    ``carrier`` names the signal and rule the row came from. Per-request carriers of one request
+    share an identity (:attr:`identities`); of those, the best (lowest) ``rank`` is the request's
+    counted record. Aggregate carriers are evidence: the writer reconciles them against the records
+    of their ``stream`` (the client's resource) and counts only the usage no record accounts for.
     """
 
     time_ns: int
@@ -63,6 +64,12 @@ class UsageEvent:
     duration_ms: float | None = None
     error_type: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: The request's identities (hashed provider response / request ids, or the trace context),
+    #: shared by every per-request carrier of the same request; empty for aggregate carriers.
+    identities: tuple[bytes, ...] = ()
+    #: An aggregate carrier (a metric increment, or a per-request carrier that shares no identity
+    #: with its client's primary carrier): reconciled against the per-request records by totals.
+    aggregate: bool = False
 
 
 @dataclass(slots=True)

@@ -134,8 +134,8 @@ def price_event(event: UsageEvent, *, per_request: bool) -> None:
     if event.cost_source is not None or not event.model:
         return
     prompt = event.input_tokens + event.cache_read_tokens + event.cache_write_tokens
-    if prompt == 0 and event.output_tokens == 0:
-        return
+    if not (event.input_tokens or event.cache_read_tokens or event.cache_write_tokens or event.output_tokens):
+        return  # nothing to price (a metric increment's parts may cancel out: input -N, cache read +N)
     found = _model(event.provider, event.model)  # rates_for, inlined: this runs once per row
     if found is None:
         return

@@ -26,6 +26,7 @@ __all__ = [
     "CLAUDE_SPAN",
     "LOG_RULES",
     "METRIC_RULES",
+    "MIRROR_CARRIERS",
     "NON_USAGE_OPERATIONS",
     "SEMCONV_EVENT",
     "SEMCONV_SPAN",
@@ -99,7 +100,14 @@ SEMCONV_FIELDS: Final = (
         ),
         _CACHE_WRITE_SUBSET,
     ),
-    FieldRule(("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"), _REASONING_SUBSET),
+    FieldRule(
+        (
+            "gen_ai.usage.reasoning.output_tokens",
+            "gen_ai.usage.reasoning_tokens",
+            "codex.usage.reasoning_output_tokens",  # Codex CLI's handle_responses span
+        ),
+        _REASONING_SUBSET,
+    ),
     FieldRule(("gen_ai.usage.cost",), _COST),
 )
 
@@ -114,6 +122,9 @@ class LogRule:
     model_keys: tuple[str, ...] = ("model", "gen_ai.response.model", "gen_ai.request.model")
     provider: str | None = None
     request_id_keys: tuple[str, ...] = ("request_id", "gen_ai.response.id", "response_id")
+    #: The keys whose value identifies the request uniquely (shared with the client's other
+    #: per-request carriers of the same request); not every request id is unique (Gemini's prompt_id).
+    identity_keys: tuple[str, ...] = ("request_id", "gen_ai.response.id", "response_id")
     duration_ms_key: str | None = "duration_ms"
     #: An attribute that must have this value for the record to count (e.g. Codex's event.kind).
     require: tuple[str, str] | None = None
@@ -151,6 +162,7 @@ GEMINI_API_RESPONSE: Final = LogRule(
         FieldRule(("tool_token_count",), _IN),  # toolUsePromptTokenCount: outside promptTokenCount
     ),
     request_id_keys=("response_id", "prompt_id"),
+    identity_keys=("response_id",),  # prompt_id is shared by the requests of one prompt
 )
 GEMINI_API_ERROR: Final = LogRule(
     carrier="gemini_cli.api_error", rank=1, provider="gcp.gemini", fields=(), needs_usage=False
@@ -206,6 +218,16 @@ SEMCONV_SPAN: Final = SpanRule(carrier="gen_ai.span", rank=3, fields=SEMCONV_FIE
 #: with the same usage, which must not be added to ours.
 TOKENSCALE_SPAN: Final = SpanRule(carrier="tokenscale.instrumentation", rank=2, fields=SEMCONV_FIELDS)
 TOKENSCALE_SCOPE_PREFIX: Final = "tokenscale.instrumentation."
+
+#: Per-request carriers that share no request identity with their client's primary carrier (Gemini
+#: CLI's GenAI details event and llm_call span carry other ids than its api_response event, which
+#: often has none; Codex CLI's span and its response.completed event carry none at all). They are
+#: reconciled against the client's records by totals, like metrics, instead of being counted as
+#: requests of their own.
+MIRROR_CARRIERS: Final[dict[str, frozenset[str]]] = {
+    "gemini_cli": frozenset({"gen_ai.client.inference.operation.details", "gen_ai.span"}),
+    "codex": frozenset({"gen_ai.client.inference.operation.details", "gen_ai.span"}),
+}
 
 #: Spans of these operations aggregate their children's usage; counting them would double count.
 NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from hashlib import blake2b
 from math import isfinite
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.errors import RetryableError
@@ -39,6 +41,9 @@ from tokenscale.mapping import (
     UsageEvent,
     resolve_cumulative,
 )
+from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
+from tokenscale.mapping.pricebook import PriceBook
+from tokenscale.mapping.pricing import price_event
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -84,7 +89,7 @@ _EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("model", "text"),
     ("operation", "text"),
     ("request_id", "text"),
-    ("requests", "int4"),
+    ("requests", "int8"),
     ("input_tokens", "int8"),
     ("cache_read_tokens", "int8"),
     ("cache_write_tokens", "int8"),
@@ -204,6 +209,9 @@ class _Rollup:
         updates.append(
             sql.SQL(
                 "cost_usd = CASE WHEN d.cost_usd IS NULL AND excluded.cost_usd IS NULL THEN NULL "
+                # an amendment took the last priced row out: no cost, as sum() of the raw rows says
+                "WHEN coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) = 0 "
+                "AND d.unpriced_events + excluded.unpriced_events >= d.events + excluded.events THEN NULL "
                 "ELSE coalesce(d.cost_usd, 0) + coalesce(excluded.cost_usd, 0) END"
             )
         )
@@ -265,37 +273,6 @@ _ROLLUP_STAGES: Final = (_DAILY.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
 _CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _ROLLUP_STAGES])
 
-_UPSERT_STREAMS: Final = """
-INSERT INTO tokenscale.usage_streams AS u (tenant, tool, stream, best_rank)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[])
-ON CONFLICT (tenant, tool, stream) DO UPDATE SET best_rank = excluded.best_rank
-    WHERE u.best_rank > excluded.best_rank
-RETURNING tenant, tool, stream, best_rank, xmax <> 0 AS improved
-"""
-# The streams the upsert did not return (already known with a rank at least as good): read in a
-# statement of their own, so that a stream another export has just committed is seen.
-_SELECT_STREAMS: Final = """
-SELECT tenant, tool, stream, best_rank FROM tokenscale.usage_streams
-JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, tool, stream) USING (tenant, tool, stream)
-"""
-
-_RETRACT: Final = """
-UPDATE tokenscale.usage_events e SET counted = false
-FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[])
-      AS i(tenant, tool, stream, best_rank)) i
-WHERE e.counted AND e.rank > 1 AND e.tenant = i.tenant AND e.tool = i.tool AND e.stream = i.stream
-  AND e.rank > i.best_rank
-RETURNING e.time, e.tenant, e.tool, e.user_email, e.provider, e.model, e.counted, e.requests,
-    e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
-    e.cost_usd, e.cost_source
-"""
-
-
-# RETURNING shows the updated (now uncounted) rows, so every returned row is subtracted.
-_RETRACT_AND_SUBTRACT: Final = sql.SQL("WITH ret AS ({retract}), daily AS ({daily}) {hourly}").format(
-    retract=sql.SQL(_RETRACT), daily=_DAILY.subtract_sql("ret"), hourly=_HOURLY.subtract_sql("ret")
-)
-
 _LOCK_SERIES: Final = """
 INSERT INTO tokenscale.metric_series (series_key, start_ns, time_ns, value, count)
 SELECT k, -1, -1, 0, 0 FROM unnest(%s::bytea[]) AS k ORDER BY k
@@ -334,6 +311,12 @@ def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 4) -> Connect
     return pool
 
 
+class PriceBookSource(Protocol):
+    """Where the writer gets the price book (:class:`tokenscale.store.prices.PriceBookCache`)."""
+
+    def current(self) -> PriceBook: ...
+
+
 class UsageWriter:
     """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
@@ -342,12 +325,15 @@ class UsageWriter:
         pool: ConnectionPool,
         *,
         timeout: float = 10.0,
+        prices: PriceBookSource | None = None,
         on_commit: CommitListener | None = None,
     ) -> None:
         """``on_commit(first_ns, last_ns)``, where the rollups are continuous aggregates, is told the
         time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`)."""
         self._pool = pool
         self._timeout = timeout
+        #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
+        self._prices = prices
         self._on_commit = on_commit
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
@@ -395,8 +381,11 @@ class UsageWriter:
                     activity.append(resolved)
                 else:
                     events.append(resolved)
+        book = None if self._prices is None else self._prices.current()
+        if events and book is not None:
+            book.apply(events)
         if events:
-            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups)
+            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
         if activity:
             self._write_activity(conn, activity)
 
@@ -426,27 +415,42 @@ class UsageWriter:
         return events
 
     def _write_events(
-        self, conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
+        self,
+        conn: psycopg.Connection[Any],
+        events: list[UsageEvent],
+        *,
+        keeps_rollups: bool,
+        book: PriceBook | None = None,
     ) -> None:
         events = _unique(events)
-        best = _best_ranks(conn, events, keeps_rollups=keeps_rollups)
-        counted = [e.rank <= best[(e.tenant, e.tool, e.stream)] for e in events]
-        rows = _event_rows(events, counted)
+        counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
+        flags = [id(e) in counted for e in events]
+        rows = _event_rows(events, flags)
         try:
             # The common case: none of the rows is stored yet, so they go straight into the table
             # with one COPY (batched heap and WAL writes, no second copy of each row).
             with conn.transaction():
                 _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
-            stored = counted
+            new = [True] * len(events)
         except psycopg.errors.UniqueViolation:
             # A retried export (or a record sent twice): back to the savepoint, and insert the rows
             # that are new through a staging table with ON CONFLICT DO NOTHING.
             log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
-            stored = _insert_new(conn, events, rows, counted)
+            new = _insert_new(conn, events, rows)
+        removed, amended = _amend(conn, amendments)
+        added = [
+            _row_of(e, row[_COST_AT])
+            for e, row, n, c in zip(events, rows, new, flags, strict=True)
+            if n and c
+        ]
+        added += amended
+        views = [e for e, n in zip(events, new, strict=True) if n and e.aggregate]
+        residuals = _reconcile(conn, views, added, removed, book)
         if keeps_rollups:
-            _add_to_rollups(
-                conn, [(e, row[_COST_AT]) for e, row, s in zip(events, rows, stored, strict=True) if s]
-            )
+            entries = [r.entry(1) for r in added]
+            entries += [r.entry(-1) for r in removed]
+            entries += residuals
+            _add_to_rollups(conn, entries)
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
         rows = _activity_rows(activity)
@@ -496,43 +500,6 @@ def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
             seen.add(key)
             out.append(e)
     return out
-
-
-def _best_ranks(
-    conn: psycopg.Connection[Any], events: list[UsageEvent], *, keeps_rollups: bool
-) -> dict[tuple[str, str, str], int]:
-    """Every stream's best carrier rank, after recording this export's ranks (and retracting the
-    stored rows of streams whose rank just improved)."""
-    ranks: dict[tuple[str, str, str], int] = {}
-    for e in events:
-        key = (e.tenant, e.tool, e.stream)
-        rank = ranks.get(key)
-        if rank is None or e.rank < rank:
-            ranks[key] = e.rank
-    keys = sorted(ranks)  # one lock order for every writer
-    columns = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
-    returned = conn.execute(_UPSERT_STREAMS, (*columns, [ranks[k] for k in keys])).fetchall()
-    best = {(r[0], r[1], r[2]): r[3] for r in returned}
-    improved = [r for r in returned if r[4]]
-    if improved:
-        params = (
-            [r[0] for r in improved],
-            [r[1] for r in improved],
-            [r[2] for r in improved],
-            [r[3] for r in improved],
-        )
-        if keeps_rollups:
-            conn.execute(_RETRACT_AND_SUBTRACT, params)
-            conn.execute(_DAILY.drop_empty_sql(), (params[0],))
-            conn.execute(_HOURLY.drop_empty_sql(), (params[0],))
-        else:
-            conn.execute(_RETRACT, params)
-    if len(best) < len(keys):
-        known = [k for k in keys if k not in best]
-        known_columns = ([k[0] for k in known], [k[1] for k in known], [k[2] for k in known])
-        for tenant, tool, stream, rank in conn.execute(_SELECT_STREAMS, known_columns):
-            best[(tenant, tool, stream)] = rank
-    return best
 
 
 def _cost(value: float | None) -> Decimal | None:
@@ -604,29 +571,701 @@ def _activity_rows(activity: Iterable[ActivityEvent]) -> list[tuple[Any, ...]]:
 
 
 def _insert_new(
-    conn: psycopg.Connection[Any], events: list[UsageEvent], rows: list[tuple[Any, ...]], counted: list[bool]
+    conn: psycopg.Connection[Any], events: list[UsageEvent], rows: list[tuple[Any, ...]]
 ) -> list[bool]:
-    """Insert the rows not stored yet (through the staging table); which events are now stored
-    and counted."""
+    """Insert the rows not stored yet (through the staging table); which of ``events`` were new."""
     conn.execute(_CREATE_STAGE)
     _copy(conn, _COPY_STAGE, _EVENT_TYPES, rows)
     one_us = timedelta(microseconds=1)
     new = {(bytes(key), (time - _UNIX_EPOCH) // one_us) for key, time in conn.execute(_INSERT_NEW)}
-    return [c and (e.dedupe_key, e.time_ns // 1000) in new for e, c in zip(events, counted, strict=True)]
+    return [(e.dedupe_key, e.time_ns // 1000) in new for e in events]
 
 
-def _add_to_rollups(conn: psycopg.Connection[Any], events: list[tuple[UsageEvent, Decimal | None]]) -> None:
-    """Add the (stored, counted) ``events`` (with their stored costs) to ``usage_daily`` and
-    ``usage_hourly``: summed here per bucket and key, COPYed into staging tables, then one upsert
-    per rollup in key order (``usage_hourly``, whose few rows every export of a tenant shares, last:
-    its row locks are then held only until the commit)."""
-    if not events:
+# --- per-request records -------------------------------------------------------------------------
+
+_INSERT_IDS: Final = """
+INSERT INTO tokenscale.request_ids (tenant, id, request_key)
+SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS i(tenant, id, request_key) ORDER BY tenant, id
+ON CONFLICT (tenant, id) DO NOTHING
+"""
+_SELECT_IDS: Final = """
+SELECT tenant, id, request_key FROM tokenscale.request_ids
+JOIN unnest(%s::text[], %s::bytea[]) AS k(tenant, id) USING (tenant, id)
+"""
+_JOIN_IDS: Final = """
+UPDATE tokenscale.request_ids r SET request_key = v.request_key
+FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS v(tenant, id, request_key)
+WHERE r.tenant = v.tenant AND r.id = v.id
+"""
+_INSERT_REQUESTS: Final = """
+INSERT INTO tokenscale.requests (tenant, request_key, rank)
+SELECT tenant, request_key, 32767 FROM unnest(%s::text[], %s::bytea[]) AS k(tenant, request_key)
+ORDER BY tenant, request_key
+ON CONFLICT (tenant, request_key) DO NOTHING
+"""
+_LOCK_REQUESTS: Final = """
+SELECT tenant, request_key, rank, row_key, row_time FROM tokenscale.requests
+WHERE (tenant, request_key) IN (SELECT * FROM unnest(%s::text[], %s::bytea[]))
+ORDER BY tenant, request_key FOR UPDATE
+"""
+_UPDATE_REQUESTS: Final = """
+UPDATE tokenscale.requests r
+SET rank = v.rank, row_time = v.row_time, row_key = v.row_key, updated_at = now()
+FROM unnest(%s::text[], %s::bytea[], %s::int2[], %s::timestamptz[], %s::bytea[])
+     AS v(tenant, request_key, rank, row_time, row_key)
+WHERE r.tenant = v.tenant AND r.request_key = v.request_key
+"""
+_ROW_COLUMNS: Final = (
+    "time, tenant, tool, stream, user_email, user_id, session_id, provider, model, requests, input_tokens, "
+    "cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
+)
+_LOCK_RECORDS: Final = f"""
+SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_key
+FROM tokenscale.usage_events e
+JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
+"""
+#: The columns an amendment takes from the better carrier (not the record's time or identity).
+_AMENDED: Final = (
+    "source",
+    "rank",
+    "user_email",
+    "user_id",
+    "session_id",
+    "conversation_id",
+    "provider",
+    "model",
+    "operation",
+    "request_id",
+    "requests",
+    *TOKEN_FIELDS,
+    "cost_usd",
+    "cost_source",
+    "duration_ms",
+    "error_type",
+    "attributes",
+)
+_AMEND: Final = sql.SQL(
+    "UPDATE tokenscale.usage_events SET {sets}, amended_at = now() WHERE dedupe_key = %s AND time = %s"
+).format(sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in _AMENDED))
+
+
+def _groups(records: list[UsageEvent]) -> list[list[UsageEvent]]:
+    """The export's records grouped by request: records sharing any identity are one request (a
+    record without an identity is a request of its own)."""
+    parent: dict[bytes, bytes] = {}
+
+    def find(x: bytes) -> bytes:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for e in records:
+        ids = _identities(e)
+        for i in ids:
+            parent.setdefault(i, i)
+        root = find(ids[0])
+        for i in ids[1:]:
+            other = find(i)
+            if other != root:
+                parent[max(root, other)] = min(root, other)
+                root = min(root, other)
+    grouped: dict[bytes, list[UsageEvent]] = {}
+    for e in records:
+        grouped.setdefault(find(_identities(e)[0]), []).append(e)
+    return list(grouped.values())
+
+
+def _identities(e: UsageEvent) -> tuple[bytes, ...]:
+    return e.identities or (b"row:" + e.dedupe_key,)
+
+
+def _resolve_requests(
+    conn: psycopg.Connection[Any], records: list[UsageEvent]
+) -> tuple[set[int], list[_Amendment]]:
+    """Which of ``records`` are their request's counted record (by ``id()``), and the stored
+    records that take the values of a better carrier of their request that just arrived (the
+    carrier itself is stored uncounted: the record keeps its identity, listed once, amended).
+
+    Idempotent: a retried export finds its rows already recorded and changes nothing."""
+    if not records:
+        return set(), []
+    groups = _groups(records)
+    # Every identity of a group proposes the group's smallest identity as the request's key; an
+    # identity already known keeps its key (a concurrent export inserting the same identity waits
+    # here for the other to commit, then sees its key).
+    tenants, ids, proposals = [], [], []
+    for group in groups:
+        tenant = group[0].tenant
+        group_ids = sorted({i for e in group for i in _identities(e)})
+        for i in group_ids:
+            tenants.append(tenant)
+            ids.append(i)
+            proposals.append(group_ids[0])
+    conn.execute(_INSERT_IDS, (tenants, ids, proposals))
+    known = {(t, bytes(i)): bytes(k) for t, i, k in conn.execute(_SELECT_IDS, (tenants, ids))}
+    keys: list[bytes] = []
+    joins: list[tuple[str, bytes, bytes]] = []
+    for group in groups:
+        tenant = group[0].tenant
+        group_ids = sorted({i for e in group for i in _identities(e)})
+        found = {known[(tenant, i)] for i in group_ids}
+        existing = sorted(found - {group_ids[0]})
+        key = existing[0] if existing else group_ids[0]
+        keys.append(key)
+        joins += [(tenant, i, key) for i in group_ids if known[(tenant, i)] != key]
+    if joins:
+        conn.execute(_JOIN_IDS, ([j[0] for j in joins], [j[1] for j in joins], [j[2] for j in joins]))
+    requests: dict[tuple[str, bytes], list[UsageEvent]] = {}
+    for group, key in zip(groups, keys, strict=True):
+        requests.setdefault((group[0].tenant, key), []).extend(group)
+    order = sorted(requests)
+    columns = ([o[0] for o in order], [o[1] for o in order])
+    conn.execute(_INSERT_REQUESTS, columns)
+    stored = {
+        (t, bytes(k)): (rank, None if row is None else bytes(row), row_time)
+        for t, k, rank, row, row_time in conn.execute(_LOCK_REQUESTS, columns)
+    }
+    counted: set[int] = set()
+    amendments: list[_Amendment] = []
+    updates: dict[tuple[str, bytes], tuple[int, datetime, bytes]] = {}
+    for request, group in requests.items():
+        rank, row_key, row_time = stored[request]
+        best = min(group, key=lambda e: e.rank)  # the first of the best rank
+        if row_key is None:  # a new request: its best carrier is its record
+            counted.add(id(best))
+            updates[request] = (
+                best.rank,
+                _UNIX_EPOCH + timedelta(microseconds=best.time_ns // 1000),
+                best.dedupe_key,
+            )
+            continue
+        counted.update(id(e) for e in group if e.dedupe_key == row_key)  # a retry: still its record
+        if best.rank < rank and best.dedupe_key != row_key:
+            # A better carrier: the record keeps its identity and takes the carrier's values.
+            amendments.append(_Amendment(row_key, row_time, best))
+            updates[request] = (best.rank, row_time, row_key)
+    if updates:
+        items = sorted(updates.items())
+        conn.execute(
+            _UPDATE_REQUESTS,
+            (
+                [k[0] for k, _ in items],
+                [k[1] for k, _ in items],
+                [u[0] for _, u in items],
+                [u[1] for _, u in items],
+                [u[2] for _, u in items],
+            ),
+        )
+    return counted, amendments
+
+
+@dataclass(frozen=True, slots=True)
+class _Amendment:
+    """A stored record to take the values of a better carrier of its request."""
+
+    row_key: bytes
+    row_time: datetime
+    carrier: UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A counted usage_events row as the ledger and the rollups see it."""
+
+    time_ns: int
+    tenant: str
+    tool: str
+    stream: str
+    user_email: str | None
+    user_id: str | None
+    session_id: str | None
+    provider: str | None
+    model: str | None
+    vec: tuple[int, int, int, int, int, int]  # requests, input, cache read, cache write, output, reasoning
+    cost: Decimal | None
+    cost_source: str | None
+
+    @property
+    def subkey(self) -> SubKey:
+        return (self.model, self.user_email or self.user_id, self.session_id)
+
+    def entry(self, sign: int) -> _Entry:
+        """Its contribution to the rollups (``sign`` -1: its removal)."""
+        inp, cr, cw, out = self.vec[1:5]
+        # unpriced_events counts requests (at least one per row: a residual may not know its count)
+        priced = self.cost is not None or self.cost_source is not None or inp + cr + cw + out == 0
+        unpriced = 0 if priced else max(self.vec[0], 1)
+        return _Entry(
+            self.time_ns,
+            self.tenant,
+            self.tool,
+            self.user_email,
+            self.provider,
+            self.model,
+            tuple(sign * v for v in self.vec),
+            None if self.cost is None else sign * self.cost,
+            sign * unpriced,
+            sign,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """An increment of the rollups."""
+
+    time_ns: int
+    tenant: str
+    tool: str
+    user_email: str | None
+    provider: str | None
+    model: str | None
+    vec: tuple[int, ...]
+    cost: Decimal | None
+    unpriced: int
+    events: int
+
+
+def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
+    return _Row(
+        e.time_ns,
+        e.tenant,
+        e.tool,
+        e.stream,
+        e.user_email,
+        e.user_id,
+        e.session_id,
+        e.provider,
+        e.model,
+        (
+            e.requests,
+            e.input_tokens,
+            e.cache_read_tokens,
+            e.cache_write_tokens,
+            e.output_tokens,
+            e.reasoning_tokens,
+        ),
+        cost,
+        e.cost_source,
+    )
+
+
+def _ns(value: datetime) -> int:
+    return (value - _UNIX_EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _stored_row(r: Sequence[Any]) -> _Row:
+    """A ``_Row`` of a row selected as ``_ROW_COLUMNS``."""
+    return _Row(
+        _ns(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        (r[9], r[10], r[11], r[12], r[13], r[14]),
+        r[15],
+        r[16],
+    )
+
+
+def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple[list[_Row], list[_Row]]:
+    """Give each stored record the values of its better carrier; the records before and after."""
+    if not amendments:
+        return [], []
+    locked = conn.execute(
+        _LOCK_RECORDS, ([a.row_key for a in amendments], [a.row_time for a in amendments])
+    ).fetchall()
+    before = {bytes(r[-1]): _stored_row(r) for r in locked}
+    after: list[_Row] = []
+    params = []
+    for a in amendments:
+        old = before.get(a.row_key)
+        if old is None:  # not a counted record any more (nothing else un-counts one): leave it
+            continue
+        e = a.carrier
+        cost = _cost(e.cost_usd)
+        params.append(
+            (
+                e.carrier,
+                e.rank,
+                e.user_email,
+                e.user_id,
+                e.session_id,
+                e.conversation_id,
+                e.provider,
+                e.model,
+                e.operation,
+                e.request_id,
+                e.requests,
+                e.input_tokens,
+                e.cache_read_tokens,
+                e.cache_write_tokens,
+                e.output_tokens,
+                e.reasoning_tokens,
+                cost,
+                e.cost_source,
+                e.duration_ms,
+                e.error_type,
+                Jsonb(e.attributes),
+                a.row_key,
+                a.row_time,
+            )
+        )
+        after.append(replace(_row_of(e, cost), time_ns=old.time_ns))
+    with conn.cursor() as cur:
+        cur.executemany(_AMEND, params)
+    return list(before.values()), after
+
+
+# --- reconciliation of aggregate carriers ----------------------------------------------------------
+
+_SUMS_SQL: Final = (
+    "requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd"
+)
+_INSERT_STREAMS: Final = """
+INSERT INTO tokenscale.ledger_streams (tenant, tool, stream)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(tenant, tool, stream) ORDER BY 1, 2, 3
+ON CONFLICT (tenant, tool, stream) DO NOTHING
+"""
+_STREAM_WHERE_TEXT: Final = "tenant = %s AND tool = %s AND stream = %s"
+_PROBE_STREAMS: Final = """
+SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
+WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
+"""
+_LOCK_STREAM: Final = "SELECT has_views FROM tokenscale.ledger_streams WHERE {where} FOR {mode}"
+_MARK_VIEWS: Final = """
+UPDATE tokenscale.ledger_streams SET has_views = true
+WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) AND NOT has_views
+"""
+_LOCK_STREAM_SQL: Final = {
+    mode: _LOCK_STREAM.format(where=_STREAM_WHERE_TEXT, mode=mode) for mode in ("UPDATE", "SHARE")
+}
+_KEY_ARRAYS: Final = "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
+_SUM_ARRAYS: Final = "%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::numeric[]"
+_ADD_RECORDS: Final = f"""
+INSERT INTO tokenscale.ledger_records AS l (tenant, tool, stream, model, who, session, {_SUMS_SQL})
+SELECT * FROM unnest({_KEY_ARRAYS}, {_SUM_ARRAYS}) ORDER BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (tenant, tool, stream, model, who, session) DO UPDATE SET
+{", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))}
+"""
+_ADD_VIEWS: Final = f"""
+INSERT INTO tokenscale.ledger_views AS l (tenant, tool, stream, model, who, session, view, {_SUMS_SQL},
+    reported, template)
+SELECT * FROM unnest({_KEY_ARRAYS}, %s::text[], {_SUM_ARRAYS}, %s::bool[], %s::jsonb[])
+ORDER BY 1, 2, 3, 4, 5, 6, 7
+ON CONFLICT (tenant, tool, stream, model, who, session, view) DO UPDATE SET
+{", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))},
+reported = l.reported OR excluded.reported, template = excluded.template
+"""
+_STREAM_WHERE: Final = _STREAM_WHERE_TEXT
+#: The subkeys compatible with any of the given ones ('' matches anything on either side).
+_COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(m, w, s)
+    WHERE (l.model = k.m OR l.model = '' OR k.m = '') AND (l.who = k.w OR l.who = '' OR k.w = '')
+      AND (l.session = k.s OR l.session = '' OR k.s = ''))"""
+_ONE_OF: Final = "(model, who, session) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
+_SELECT_VIEWS: Final = (
+    f"SELECT model, who, session, view, {_SUMS_SQL}, reported, template FROM tokenscale.ledger_views l "
+    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
+)
+_SELECT_RECORDS: Final = (
+    f"SELECT model, who, session, {_SUMS_SQL} FROM tokenscale.ledger_records l "
+    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
+)
+_SELECT_RECENT: Final = (
+    f"SELECT model, who, session, hour, {_SUMS_SQL} FROM tokenscale.ledger_residuals "
+    f"WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour >= %s"
+)
+_SELECT_FINAL: Final = (
+    "SELECT model, who, session, "
+    + ", ".join(f"sum({c})" for c in _SUMS_SQL.split(", "))
+    + f" FROM tokenscale.ledger_residuals WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour < %s GROUP BY 1, 2, 3"
+)
+_SET_RESIDUALS: Final = f"""
+INSERT INTO tokenscale.ledger_residuals AS l (tenant, tool, stream, model, who, session, hour, {_SUMS_SQL})
+SELECT * FROM unnest({_KEY_ARRAYS}, %s::timestamptz[], {_SUM_ARRAYS}) ORDER BY 1, 2, 3, 4, 5, 6, 7
+ON CONFLICT (tenant, tool, stream, model, who, session, hour) DO UPDATE SET
+{", ".join(f"{c} = excluded.{c}" for c in _SUMS_SQL.split(", "))}
+"""
+_SELECT_RESIDUAL_ROWS: Final = f"""
+SELECT e.dedupe_key, {_ROW_COLUMNS.replace("time, ", "e.time, ")}, e.counted FROM tokenscale.usage_events e
+JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+"""
+_UPSERT_RESIDUAL: Final = sql.SQL(
+    "INSERT INTO tokenscale.usage_events ({cols}) VALUES ({values}) "
+    "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
+).format(
+    cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
+    values=sql.SQL(", ").join(sql.Placeholder() for _ in _EVENT_COLUMNS),
+    sets=sql.SQL(", ").join(
+        sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+        for c in ("counted", "requests", *TOKEN_FIELDS, "cost_usd", "cost_source", "attributes")
+    ),
+)
+#: ``usage_events.source`` of the rows holding reconciled residuals.
+RECONCILED: Final = "tokenscale.reconciled"
+_RECENT_HOURS: Final = 48
+
+
+def _part(value: str | None) -> str:
+    return value or ""
+
+
+def _unpart(value: str) -> str | None:
+    return value or None
+
+
+def _template(e: UsageEvent) -> dict[str, Any]:
+    return {
+        "service_name": e.service_name,
+        "user_email": e.user_email,
+        "user_id": e.user_id,
+        "session_id": e.session_id,
+        "conversation_id": e.conversation_id,
+        "provider": e.provider,
+        "model": e.model,
+        "operation": e.operation,
+    }
+
+
+def _reconcile(
+    conn: psycopg.Connection[Any],
+    views: list[UsageEvent],
+    added: list[_Row],
+    removed: list[_Row],
+    book: PriceBook | None = None,
+) -> list[_Entry]:
+    """Record the export's new aggregate increments and record changes in the ledger of their
+    streams, move each stream's residual rows to what the ledger now computes, and return the
+    rollup increments of those moves. Streams are locked in key order."""
+    streams = sorted(
+        {(e.tenant, e.tool, e.stream) for e in views}
+        | {(r.tenant, r.tool, r.stream) for r in (*added, *removed)}
+    )
+    if not streams:
+        return []
+    columns = ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
+    conn.execute(_INSERT_STREAMS, columns)
+    has_views = _lock_streams(conn, streams, columns, {(e.tenant, e.tool, e.stream) for e in views})
+
+    records: dict[tuple[str, ...], Vec] = {}
+    touched: dict[tuple[str, str, str], list[tuple[SubKey, int]]] = {}
+    for rows, sign in ((added, 1), (removed, -1)):
+        for r in rows:
+            sk = r.subkey
+            vec = records.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
+            add(vec, (*r.vec, r.cost or Decimal(0)), sign)
+            touched.setdefault((r.tenant, r.tool, r.stream), []).append((sk, r.time_ns // _NS_PER_HOUR))
+    if records:
+        items = sorted(records.items())
+        conn.execute(
+            _ADD_RECORDS,
+            [[k[i] for k, _ in items] for i in range(6)] + [[v[i] for _, v in items] for i in range(7)],
+        )
+
+    increments: dict[tuple[str, ...], tuple[Vec, bool, dict[str, Any]]] = {}
+    for e in views:
+        sk = (e.model, e.user_email or e.user_id, e.session_id)
+        key = (e.tenant, e.tool, e.stream, *map(_part, sk), e.carrier)
+        reported = e.cost_source == "reported"
+        vec, was_reported, _ = increments.get(key) or (zero(), False, {})
+        add(
+            vec,
+            (
+                e.requests,
+                e.input_tokens,
+                e.cache_read_tokens,
+                e.cache_write_tokens,
+                e.output_tokens,
+                e.reasoning_tokens,
+                _cost(e.cost_usd) or Decimal(0) if reported else Decimal(0),
+            ),
+        )
+        increments[key] = (vec, was_reported or reported, _template(e))
+        touched.setdefault((e.tenant, e.tool, e.stream), []).append((sk, e.time_ns // _NS_PER_HOUR))
+    if increments:
+        items_v = sorted(increments.items())
+        conn.execute(
+            _ADD_VIEWS,
+            [[k[i] for k, _ in items_v] for i in range(7)]
+            + [[v[0][i] for _, v in items_v] for i in range(7)]
+            + [[v[1] for _, v in items_v], [Jsonb(v[2]) for _, v in items_v]],
+        )
+        marked = sorted({(k[0], k[1], k[2]) for k in increments if not has_views.get((k[0], k[1], k[2]))})
+        if marked:
+            conn.execute(
+                _MARK_VIEWS, ([m[0] for m in marked], [m[1] for m in marked], [m[2] for m in marked])
+            )
+            for m in marked:
+                has_views[m] = True
+    entries: list[_Entry] = []
+    for stream in streams:
+        if has_views.get(stream):
+            entries += _reconcile_stream(conn, stream, touched.get(stream, []), book)
+    return entries
+
+
+def _lock_streams(
+    conn: psycopg.Connection[Any],
+    streams: list[tuple[str, str, str]],
+    columns: tuple[list[str], list[str], list[str]],
+    viewed: set[tuple[str, str, str]],
+) -> dict[tuple[str, str, str], bool]:
+    """Lock the streams in key order: exclusively those whose ledger this export reconciles (they
+    have views), shared the others, so that exports adding only records to a stream without views
+    do not wait for each other, while a first view waits for them (and sees their records). Which
+    streams have views, as seen under the locks."""
+    probed = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+    has_views: dict[tuple[str, str, str], bool] = {}
+    for stream in streams:
+        exclusive = stream in viewed or probed.get(stream, False)
+        row = conn.execute(_LOCK_STREAM_SQL["UPDATE" if exclusive else "SHARE"], stream).fetchone()
+        has_views[stream] = bool(row and row[0])
+        if has_views[stream] and not exclusive:  # a first view committed since the probe
+            conn.execute(_LOCK_STREAM_SQL["UPDATE"], stream)
+    return has_views
+
+
+def _reconcile_stream(
+    conn: psycopg.Connection[Any],
+    stream: tuple[str, str, str],
+    touched: list[tuple[SubKey, int]],
+    book: PriceBook | None = None,
+) -> list[_Entry]:
+    tenant, tool, name = stream
+    views: dict[SubKey, dict[str, Vec]] = {}
+    reported: set[str] = set()
+    templates: dict[tuple[SubKey, str], dict[str, Any]] = {}
+    # The views the export's carriers may change, and (to a fixpoint) the views those depend on.
+    queried: set[SubKey] = set()
+    keys = {sk for sk, _ in touched}
+    while keys:
+        queried |= keys
+        for row in conn.execute(_SELECT_VIEWS, (*stream, *_subkey_arrays(keys))):
+            sk = (_unpart(row[0]), _unpart(row[1]), _unpart(row[2]))
+            views.setdefault(sk, {})[row[3]] = list(row[4:11])
+            if row[11]:
+                reported.add(row[3])
+            templates[(sk, row[3])] = row[12]
+        keys = {sk for sk in views if None in sk} - queried
+    if not views:
+        return []
+    records = {
+        (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): list(r[3:10])
+        for r in conn.execute(_SELECT_RECORDS, (*stream, *_subkey_arrays(views)))
+    }
+    found = targets(views, reported, records)
+    latest = max((h for _, h in touched), default=None)
+    if latest is None:
+        return []
+    cutoff = min(h for _, h in touched) - _RECENT_HOURS
+    cutoff_time = _UNIX_EPOCH + timedelta(hours=cutoff)
+    recent: dict[SubKey, dict[int, Vec]] = {}
+    for r in conn.execute(_SELECT_RECENT, (*stream, *_subkey_arrays(views), cutoff_time)):
+        sk = (_unpart(r[0]), _unpart(r[1]), _unpart(r[2]))
+        recent.setdefault(sk, {})[_ns(r[3]) // _NS_PER_HOUR] = list(r[4:11])
+    final = {
+        (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): [*(int(v) for v in r[3:9]), r[9]]
+        for r in conn.execute(_SELECT_FINAL, (*stream, *_subkey_arrays(views), cutoff_time))
+    }
+    changes: list[tuple[SubKey, int, Vec, Target]] = []
+    for sk, target in found.items():
+        hours = [h for k, h in touched if compatible(k, sk)]
+        trigger = max(hours) if hours else max(recent.get(sk, {}), default=latest)
+        for hour, vec in reconcile(target.vec, recent.get(sk, {}), final.get(sk, zero()), trigger).items():
+            changes.append((sk, hour, vec, target))
+    if not changes:
+        return []
+    changes.sort(key=lambda c: (tuple(_part(p) for p in c[0]), c[1]))
+    conn.execute(
+        _SET_RESIDUALS,
+        [[tenant] * len(changes), [tool] * len(changes), [name] * len(changes)]
+        + [[_part(c[0][i]) for c in changes] for i in range(3)]
+        + [[_UNIX_EPOCH + timedelta(hours=c[1]) for c in changes]]
+        + [[c[2][i] for c in changes] for i in range(7)],
+    )
+    # The usage_events rows mirroring the residuals: the old ones out of the rollups, the new in.
+    row_keys = [_residual_key(stream, c[0], c[1]) for c in changes]
+    times = [_UNIX_EPOCH + timedelta(hours=c[1]) for c in changes]
+    entries: list[_Entry] = []
+    for r in conn.execute(_SELECT_RESIDUAL_ROWS, (row_keys, times)).fetchall():
+        if r[-1]:  # counted
+            entries.append(_stored_row(r[1:]).entry(-1))
+    params = []
+    for (sk, hour, vec, target), key in zip(changes, row_keys, strict=True):
+        template = templates[(sk, target.view)]
+        event = UsageEvent(
+            hour * _NS_PER_HOUR,
+            tenant,
+            RECONCILED,
+            100,
+            tool,
+            name,
+            template.get("service_name") or "",
+            key,
+            user_email=template.get("user_email"),
+            user_id=template.get("user_id"),
+            session_id=template.get("session_id"),
+            conversation_id=template.get("conversation_id"),
+            provider=template.get("provider"),
+            model=template.get("model"),
+            operation=template.get("operation"),
+            requests=int(vec[0]),
+            input_tokens=int(vec[1]),
+            cache_read_tokens=int(vec[2]),
+            cache_write_tokens=int(vec[3]),
+            output_tokens=int(vec[4]),
+            reasoning_tokens=int(vec[5]),
+            attributes={"reconciled.view": target.view},
+        )
+        if target.reported:
+            event.cost_usd = float(vec[6])
+            event.cost_source = "reported"
+        else:
+            price_event(event, per_request=False)
+            if book is not None:
+                book.apply([event])
+        is_counted = any(vec[:6]) or (target.reported and vec[6] != 0)
+        row = _event_rows([event], [is_counted])[0]
+        values = list(row)
+        values[0] = _UNIX_EPOCH + timedelta(hours=hour)
+        values[-2] = Jsonb(event.attributes)
+        params.append(values)
+        if is_counted:
+            entries.append(_row_of(event, row[_COST_AT]).entry(1))
+    with conn.cursor() as cur:
+        cur.executemany(_UPSERT_RESIDUAL, params)
+    return entries
+
+
+def _subkey_arrays(keys: Iterable[SubKey]) -> tuple[list[str], list[str], list[str]]:
+    ordered = sorted(tuple(map(_part, k)) for k in keys)
+    return [k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered]
+
+
+def _residual_key(stream: tuple[str, str, str], sk: SubKey, hour: int) -> bytes:
+    h = blake2b(digest_size=16)
+    h.update("\x1f".join((RECONCILED, *stream, *map(_part, sk), str(hour))).encode())
+    return h.digest()
+
+
+# --- rollups -------------------------------------------------------------------------------------
+
+
+def _add_to_rollups(conn: psycopg.Connection[Any], entries: list[_Entry]) -> None:
+    """Add ``entries`` to ``usage_daily`` and ``usage_hourly``: summed here per bucket and key,
+    COPYed into staging tables, then one upsert per rollup in key order (``usage_hourly``, whose few
+    rows every export of a tenant shares, last: its row locks are then held only until the commit).
+    Rows whose events drop to zero are deleted."""
+    if not entries:
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
-    for e, cost in events:
-        inp, cr, cw, out = e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens
-        unpriced = 1 if cost is None and e.cost_source is None and inp + cr + cw + out > 0 else 0
+    for e in entries:
         day = e.time_ns // _NS_PER_DAY * _NS_PER_DAY
         for groups, key in (
             (daily, (day, e.tenant, e.tool, e.user_email, e.provider, e.model)),
@@ -634,20 +1273,20 @@ def _add_to_rollups(conn: psycopg.Connection[Any], events: list[tuple[UsageEvent
         ):
             g = groups.get(key)
             if g is None:
-                groups[key] = [e.requests, inp, cr, cw, out, e.reasoning_tokens, cost, unpriced, 1]
+                groups[key] = [*e.vec, e.cost, e.unpriced, e.events]
                 continue
-            g[0] += e.requests
-            g[1] += inp
-            g[2] += cr
-            g[3] += cw
-            g[4] += out
-            g[5] += e.reasoning_tokens
-            if cost is not None:
-                g[6] = cost if g[6] is None else g[6] + cost
-            g[7] += unpriced
-            g[8] += 1
+            for i in range(6):
+                g[i] += e.vec[i]
+            if e.cost is not None:
+                g[6] = e.cost if g[6] is None else g[6] + e.cost
+            g[7] += e.unpriced
+            g[8] += e.events
     conn.execute(_CREATE_ROLLUP_STAGES)
     for stage, groups in zip(_ROLLUP_STAGES, (daily, hourly), strict=True):
         _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
+    if any(e.events < 0 for e in entries):
+        tenants = sorted({e.tenant for e in entries if e.events < 0})
+        conn.execute(_DAILY.drop_empty_sql(), (tenants,))
+        conn.execute(_HOURLY.drop_empty_sql(), (tenants,))
