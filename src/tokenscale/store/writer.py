@@ -625,6 +625,12 @@ FROM tokenscale.usage_events e
 JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
 """
+#: A no-op update of the records, to move them out of compressed batches (see _amend).
+_DECOMPRESS_RECORDS: Final = """
+UPDATE tokenscale.usage_events e SET amended_at = e.amended_at
+FROM unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time)
+WHERE e.dedupe_key = v.dedupe_key AND e.time = v.time AND e.counted
+"""
 #: The columns an amendment takes from the better carrier (not the record's time or identity).
 _AMENDED: Final = (
     "source",
@@ -877,9 +883,15 @@ def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple
     """Give each stored record the values of its better carrier; the records before and after."""
     if not amendments:
         return [], []
-    locked = conn.execute(
-        _LOCK_RECORDS, ([a.row_key for a in amendments], [a.row_time for a in amendments])
-    ).fetchall()
+    keys = ([a.row_key for a in amendments], [a.row_time for a in amendments])
+    try:
+        with conn.transaction():
+            locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
+    except psycopg.errors.FeatureNotSupported:
+        # Rows in a compressed chunk (TimescaleDB columnstore) cannot be locked as they are; an
+        # UPDATE moves the batches it touches out of the columnstore first, then they can be.
+        conn.execute(_DECOMPRESS_RECORDS, keys)
+        locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
     before = {bytes(r[-1]): _stored_row(r) for r in locked}
     after: list[_Row] = []
     params = []
