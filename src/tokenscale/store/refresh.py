@@ -2,7 +2,7 @@
 
 On TimescaleDB community ``usage_daily`` and ``usage_hourly`` are continuous aggregates with
 real-time aggregation: buckets before the aggregate's watermark are read from what was materialized,
-later ones from the raw events. A change to a materialized bucket (late data, a retraction or an
+later ones from the raw events. A change to a materialized bucket (late data or an
 amendment) shows only once a refresh covers that bucket, so:
 
 - every refresh here is bounded: it ends at the start of the current bucket (today for
