@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Final
 
 import psycopg
 
@@ -15,6 +17,15 @@ from tokenscale.store.refresh import materialize_history
 __all__ = ["Migration", "MigrationReport", "available_migrations", "migrate"]
 
 log = logging.getLogger(__name__)
+
+#: Errors of a migration colliding with a TimescaleDB background job, worth another attempt.
+_TRANSIENT: Final = (
+    psycopg.errors.InternalError_,  # "tuple concurrently updated" (catalog rows)
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+_ATTEMPTS: Final = 5
 
 #: Key of the session advisory lock that serialises migrations across processes.
 _LOCK_KEY = 0x746F6B656E  # "token"
@@ -99,13 +110,25 @@ def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationRe
         if migration.version in done:
             continue
         log.info("applying migration %04d_%s (%s)", migration.version, migration.name, backend)
-        with conn.transaction():
-            for sql in migration.sql_for(backend):
-                conn.execute(sql.encode())
-            conn.execute(
-                "INSERT INTO tokenscale.schema_migrations (version, name, backend) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, str(backend)),
-            )
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with conn.transaction():
+                    for sql in migration.sql_for(backend):
+                        conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO tokenscale.schema_migrations (version, name, backend) "
+                        "VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, str(backend)),
+                    )
+                break
+            except _TRANSIENT as exc:
+                # TimescaleDB's job scheduler starts a refresh policy as soon as it is added, and a
+                # later version changing the aggregate while that job runs can collide with it
+                # ("tuple concurrently updated"): the version's transaction is rolled back; again.
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("migration %04d collided with a background job (%s); again", migration.version, exc)
+                time.sleep(0.5 * attempt)
         applied.append(migration.version)
     current = max([m.version for m in migrations if m.version in done or m.version in applied], default=0)
     return MigrationReport(backend=backend, applied=tuple(applied), current=current)
