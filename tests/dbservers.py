@@ -222,8 +222,9 @@ def _remove_stale_data_dirs(root: Path) -> None:
         subprocess.run(_privileged(["rm", "-rf", "--one-file-system", str(directory)]), check=False)
 
 
-def start_timescaledb(root: Path, tmpdir: Path) -> Server:
-    """A TimescaleDB (Apache edition) server run in the Debian root built by scripts/timescaledb-root.
+def start_timescaledb(root: Path, tmpdir: Path, *, preload: bool = True) -> Server:
+    """A TimescaleDB (Apache edition) server run in the Debian root built by scripts/timescaledb-root
+    (with ``preload`` false: offering the extension without preloading it, a misconfigured server).
 
     Runs as the root's user ``postgres`` with ``chroot`` (so needs root, or sudo without a password);
     the data lives in the root's /tmp, the server listens on a free loopback port, and its log is
@@ -258,7 +259,7 @@ def start_timescaledb(root: Path, tmpdir: Path) -> Server:
             options = [
                 "-p", str(port), "-k", inner,
                 "-c", "listen_addresses=127.0.0.1",
-                "-c", "shared_preload_libraries=timescaledb",
+                "-c", f"shared_preload_libraries={'timescaledb' if preload else ''}",
                 "-c", "dynamic_shared_memory_type=mmap",
                 "-c", "timescaledb.telemetry_level=off",
             ]  # fmt: skip

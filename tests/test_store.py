@@ -86,13 +86,17 @@ def test_usage_tables_have_the_layout_of_their_back_end(db_url: str) -> None:
                 "WHERE view_schema = 'tokenscale' AND view_name = 'usage_daily'"
             ).fetchone()
             assert cagg == (False,)  # real-time aggregation on
+            # timescaledb_information.jobs.hypertable_name is the aggregate itself on TimescaleDB
+            # 2.20 and later, its materialization hypertable before.
             jobs = conn.execute(
-                "SELECT count(*) FROM timescaledb_information.jobs j "
-                "JOIN timescaledb_information.continuous_aggregates c "
-                "ON j.hypertable_name = c.materialization_hypertable_name "
-                "WHERE c.view_name = 'usage_daily' AND j.proc_name = 'policy_refresh_continuous_aggregate'"
-            ).fetchone()
-            assert jobs == (1,)
+                "SELECT c.view_name, j.config->>'start_offset', j.config->>'end_offset' "
+                "FROM timescaledb_information.jobs j JOIN timescaledb_information.continuous_aggregates c "
+                "ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name) "
+                "WHERE c.view_schema = 'tokenscale' AND j.proc_name = 'policy_refresh_continuous_aggregate' "
+                "ORDER BY 1"
+            ).fetchall()
+            # The window spans the default late-data horizon (31 days) and its first day.
+            assert jobs == [("usage_daily", "32 days", "01:00:00"), ("usage_hourly", "32 days", "01:00:00")]
         else:
             kind = conn.execute(
                 "SELECT relkind FROM pg_class WHERE oid = 'tokenscale.usage_daily'::regclass"

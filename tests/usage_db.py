@@ -2,18 +2,74 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, ground_truth
 
-__all__ = ["assert_rollups_match_events", "daily_by_model", "expected_daily"]
+__all__ = [
+    "assert_rollups_match_events",
+    "daily_by_model",
+    "expected_daily",
+    "is_community",
+    "run_refresh_policies",
+]
+
+
+def is_community(url: str) -> bool:
+    """Whether the schema at ``url`` was made for TimescaleDB community (continuous aggregates)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT backend FROM tokenscale.schema_migrations ORDER BY version LIMIT 1"
+        ).fetchone()
+    return row == ("timescaledb-community",)
+
+
+def run_refresh_policies(url: str) -> int:
+    """Run every refresh policy of the database now, as the job scheduler would (``CALL run_job``);
+    the number of policies run (0 where the rollups are tables)."""
+    if not is_community(url):
+        return 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        jobs = [
+            row[0]
+            for row in conn.execute(
+                "SELECT job_id FROM timescaledb_information.jobs "
+                "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY job_id"
+            )
+        ]
+        for job in jobs:
+            for attempt in range(60):
+                try:
+                    conn.execute(sql.SQL("CALL run_job({})").format(sql.Literal(job)))
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    # A refresh of the same aggregate is running (the service's refresher or the
+                    # scheduler's run of this policy): run it again once that one is done, as the
+                    # scheduler would.
+                    if attempt == 59:
+                        raise
+                    time.sleep(0.5)
+    assert len(jobs) == 2, jobs  # usage_daily and usage_hourly
+    return len(jobs)
 
 
 def daily_by_model(url: str, *, tenant: str | None = None) -> dict[str, dict[str, int]]:
-    """``requests`` and token totals per model from ``tokenscale.usage_daily`` (zero rows left out)."""
+    """``requests`` and token totals per model from ``tokenscale.usage_daily`` (zero rows left out).
+
+    On TimescaleDB community the totals are read, the refresh policies run, and the totals read
+    again: both must agree (materializing never changes what the ledger shows)."""
+    before = _daily_by_model(url, tenant)
+    if run_refresh_policies(url):
+        assert _daily_by_model(url, tenant) == before, "usage_daily changed when the refresh policies ran"
+    return before
+
+
+def _daily_by_model(url: str, tenant: str | None) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("requests", *TOKEN_KINDS), 0))
     query = (
         "SELECT model, sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens), "
@@ -50,9 +106,16 @@ _UNPRICED = (
 )
 
 
-def assert_rollups_match_events(url: str) -> None:
+def assert_rollups_match_events(url: str, *, run_policies: bool = True) -> None:
     """``usage_daily`` and ``usage_hourly`` hold exactly the sums of the counted ``usage_events``
-    (every column, cost to the last decimal, rows with no events left out)."""
+    (every column, cost to the last decimal, rows with no events left out); on TimescaleDB
+    community also after every refresh policy has run (unless ``run_policies`` is false)."""
+    _assert_rollups_match_events(url)
+    if run_policies and run_refresh_policies(url):
+        _assert_rollups_match_events(url)
+
+
+def _assert_rollups_match_events(url: str) -> None:
     raw_sums = _ROLLUP_SUMS.format(unpriced=_UNPRICED, events="1")
     rollup_sums = _ROLLUP_SUMS.format(unpriced="unpriced_events", events="events")
     checks = {  # rollup -> (its keys computed from raw events, its own key columns)

@@ -1,4 +1,4 @@
-"""The ``tokenscale`` command: serve, migrate, status."""
+"""The ``tokenscale`` command: serve, migrate, status, refresh (and the commands of other modules)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the back end, versions and row counts")
     _add_database_options(status)
 
+    refresh = sub.add_parser(
+        "refresh",
+        help="refresh the continuous aggregates over a time range (TimescaleDB community)",
+        description="Refresh usage_daily and usage_hourly over [FROM, TO): every whole bucket in "
+        "the range, never the current one (it stays real-time), never a day retention may have "
+        "dropped. Default: the late-data horizon (late_data_days) up to now. Only needed after "
+        "changing raw events by hand: the service refreshes what it writes.",
+    )
+    _add_database_options(refresh)
+    refresh.add_argument(
+        "--from", dest="start", type=_moment, metavar="WHEN", help="start: YYYY-MM-DD or ISO 8601 time (UTC)"
+    )
+    refresh.add_argument(
+        "--to", dest="end", type=_moment, metavar="WHEN", help="end (exclusive); default now"
+    )
+
     from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
     from tokenscale.commands.prices import add_subcommands as add_price_commands  # noqa: PLC0415
@@ -91,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     add_key_and_budget_commands(sub, _add_database_options)
     add_price_commands(sub, _add_database_options)
     return parser
+
+
+def _moment(text: str) -> datetime:
+    """A --from/--to value: a UTC date or an ISO 8601 time (UTC unless it names its offset)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 time") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -159,6 +185,7 @@ def _apply_policies(url: str, backend: Any, settings: Settings) -> None:
             backend,
             retention_days=settings.retention_days,
             compress_after_days=settings.compress_after_days,
+            late_data_days=settings.late_data_days,
         )
     log.info("raw usage events: retention %s; compression %s", report.retention, report.compression)
 
@@ -251,6 +278,58 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg  # noqa: PLC0415
+
+    from tokenscale.store.backend import recorded_backend  # noqa: PLC0415
+    from tokenscale.store.refresh import (  # noqa: PLC0415
+        plan_refresh,
+        refresh,
+        retention_safe_start,
+        stored_ranges,
+        within_stored,
+    )
+
+    now = datetime.now(UTC)
+    start = args.start or now - timedelta(days=settings.late_data_days)
+    end = args.end or now
+    if start >= end:
+        print("tokenscale: --from must be before --to", file=sys.stderr)
+        return 2
+    with _database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+        backend = recorded_backend(conn)
+        if backend is None:
+            print("tokenscale: the schema is not created (run `tokenscale migrate`)", file=sys.stderr)
+            return 1
+        if backend.keeps_rollups:
+            print(
+                f"nothing to refresh: on {backend} tokenscale keeps usage_daily and usage_hourly exact itself"
+            )
+            return 0
+        safe = retention_safe_start(now, settings.retention_days)
+        if safe is not None and start < safe:
+            print(
+                f"from {safe:%Y-%m-%d}: raw events before it may have been dropped by retention "
+                f"({settings.retention_days} days), and a refresh there would erase their aggregates"
+            )
+        # plan_refresh covers the buckets holding its first and last moments: `end` is exclusive.
+        # Only days usage_events still holds: a dropped day's aggregates are never recomputed.
+        windows = within_stored(
+            plan_refresh(
+                start, end - timedelta(microseconds=1), now=now, retention_days=settings.retention_days
+            ),
+            stored_ranges(conn),
+        )
+        started = time.monotonic()
+        refresh(conn, windows)
+        for window in windows:
+            print(f"refreshed {window}")
+        if not windows:
+            print("nothing to refresh: the range holds no stored day before the current buckets")
+        log.info("refresh took %.1f s", time.monotonic() - started)
+    return 0
+
+
 def _psql_command(url: str) -> str:
     """The ``psql`` command line that opens ``url`` (its password, if any, left out: psql asks)."""
     import shlex  # noqa: PLC0415
@@ -287,7 +366,8 @@ def _service(
 
     ``worker`` is the index of one of several processes of ``serve --workers N``: its receiver binds
     with SO_REUSEPORT, its ``/metrics`` names it, and only worker 1 runs the retention task.
-    The database pools are closed when the block ends."""
+    On TimescaleDB community each process runs a refresher of the continuous aggregates its exports
+    touch. The refresher and the database pools are closed when the block ends."""
     from tokenscale.api.grpc_service import UsageApiServicer  # noqa: PLC0415
     from tokenscale.api.http import create_api_routes  # noqa: PLC0415
     from tokenscale.api.service import UsageApiService  # noqa: PLC0415
@@ -306,12 +386,15 @@ def _service(
         create_health_routes,
     )
     from tokenscale.store.prices import PriceBookCache  # noqa: PLC0415
+    from tokenscale.store.refresh import Refresher  # noqa: PLC0415
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
 
     pool = open_pool(url, connect_timeout=settings.connect_timeout)
     spool: Any = None
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
     read_pool = open_pool(url, max_size=4, connect_timeout=settings.connect_timeout)
+    stack = contextlib.ExitStack()
+    spool: Spool | None = None
     try:
         # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
         # worker's counters must stay series of their own.
@@ -323,11 +406,20 @@ def _service(
                 "process alone).",
                 ("pid",),
             ).labels(str(os.getpid())).set(1)
+        if not backend.keeps_rollups:
+            # Continuous aggregates: the buckets every export touches are refreshed after its commit.
+            refresher = Refresher(
+                url, late_data_days=settings.late_data_days, retention_days=settings.retention_days
+            ).start()
+            stack.callback(refresher.close)
+            on_commit = refresher.note
+        else:
+            on_commit = None
         # Half the export timeout for a pooled connection: an export the database cannot take is
         # then still spooled (or answered UNAVAILABLE) within the export timeout.
         wait = settings.export_timeout / 2
         writer = InstrumentedWriter(
-            UsageWriter(pool, timeout=wait, prices=PriceBookCache(read_pool)), registry
+            UsageWriter(pool, timeout=wait, prices=PriceBookCache(read_pool), on_commit=on_commit), registry
         )
         options = MappingOptions(capture_content=settings.capture_content)
         limits = Limits(
@@ -336,16 +428,15 @@ def _service(
             max_attributes=settings.max_attributes,
             max_cost_usd=settings.max_cost_usd,
         )
-        spool = None
         if settings.spool_max_bytes:
             spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
-        exports = ExportPipeline(writer, options, limits, spool)
+        exports = ExportPipeline(writer, options, limits, spool, late_data_days=settings.late_data_days)
         pipeline = InstrumentedPipeline(exports, registry)
         # A key lookup waits a quarter of the export timeout: the write's wait must fit in it too.
         auth = AuthPolicy.for_bind(
             read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
         )
-        api = UsageApiService(read_pool, auth, UsageWriter(pool))
+        api = UsageApiService(read_pool, auth, UsageWriter(pool, on_commit=on_commit))
         receiver = Receiver(
             pipeline,
             host=settings.host,
@@ -377,6 +468,7 @@ def _service(
     finally:
         if spool is not None:
             spool.stop()
+        stack.close()
         read_pool.close()
         pool.close()
 
@@ -484,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _cmd_serve,
         "migrate": _cmd_migrate,
         "status": _cmd_status,
+        "refresh": _cmd_refresh,
         "report": _cmd_report,
         "demo": _cmd_demo,
         "keys": _cmd_keys_or_budgets,

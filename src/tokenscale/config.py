@@ -51,7 +51,11 @@ class Settings:
     admin_tenant: str = ""
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
-    #: Days raw usage events are kept (0: forever); daily aggregates are kept regardless.
+    #: Late-data horizon: usage older than this many days is rejected by the receiver (OTLP partial
+    #: success naming the horizon); on TimescaleDB community the refresh policies span it.
+    late_data_days: int = 31
+    #: Days raw usage events are kept (0: forever; else more than ``late_data_days``); daily and
+    #: hourly aggregates are kept regardless.
     retention_days: int = 0
     #: Compress raw usage events older than this many days (0: never; TimescaleDB community only).
     compress_after_days: int = 0
@@ -208,6 +212,14 @@ def load_settings(
     ):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"setting {name!r}: must be greater than 0")
+    if settings.late_data_days < 1:
+        raise ConfigError("setting 'late_data_days': must be at least 1")
+    if settings.retention_days and settings.retention_days <= settings.late_data_days:
+        raise ConfigError(
+            f"setting 'retention_days' ({settings.retention_days}) must be greater than 'late_data_days' "
+            f"({settings.late_data_days}): raw usage events may be dropped only once they are older than "
+            "the late-data horizon, where no more usage can arrive and the aggregates are final"
+        )
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
     for name in ("grpc_port", "http_port"):

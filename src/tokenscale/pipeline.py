@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from tokenscale.errors import RetryableError
@@ -62,11 +63,37 @@ class ExportSpool(Protocol):
     def put(self, signal: Signal, tenant: str, request: Any) -> bool: ...
 
 
+_NS_PER_DAY: Final = 86_400 * 10**9
+
+
+def _reject_older(result: MappingResult, late_data_days: int, now_ns: int) -> None:
+    """Reject the usage and activity in ``result`` older than the late-data horizon (one item per
+    row or cumulative point), with a partial-success message naming the horizon."""
+    cutoff = now_ns - late_data_days * _NS_PER_DAY
+    events = [e for e in result.events if e.time_ns >= cutoff]
+    activity = [a for a in result.activity if a.time_ns >= cutoff]
+    cumulative = [p for p in result.cumulative if p.time_ns >= cutoff]
+    old = (
+        len(result.events) - len(events)
+        + len(result.activity) - len(activity)
+        + len(result.cumulative) - len(cumulative)
+    )  # fmt: skip
+    if old:
+        result.events, result.activity, result.cumulative = events, activity, cumulative
+        since = datetime.fromtimestamp(cutoff / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        result.reject(
+            f"{old} item(s) older than the late-data horizon of {late_data_days} days "
+            f"(before {since}; setting late_data_days)",
+            old,
+        )
+
+
 class ExportPipeline:
     """Maps an export request and commits its rows before the export is acknowledged.
 
     With a ``spool``, an export the database cannot take now (an outage, not bad data) is kept in
-    the spool instead, durably, and acknowledged; the spool replays it through :meth:`replay`.
+    the spool instead, durably, and acknowledged; the spool replays it through :meth:`replay`. With
+    ``late_data_days``, usage older than that many days is rejected (partial success).
     """
 
     def __init__(
@@ -75,12 +102,21 @@ class ExportPipeline:
         options: MappingOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
         spool: ExportSpool | None = None,
+        *,
+        late_data_days: int | None = None,
     ) -> None:
         self._writer = writer
         self._options = options or MappingOptions()
         self._limits = limits
         self.spool = spool
         self._down_until = 0.0
+        self._late_data_days = late_data_days
+
+    def _map(self, signal: Signal, request: Any, tenant: str) -> MappingResult:
+        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
+        if self._late_data_days is not None:
+            _reject_older(result, self._late_data_days, time.time_ns())
+        return result
 
     def export(self, signal: Signal, request: Any, tenant: str = DEFAULT_TENANT) -> ExportResult:
         """Handle one decoded ``Export*ServiceRequest``. Blocking: call it from a worker thread.
@@ -89,7 +125,7 @@ class ExportPipeline:
         rejected, naming the field. An export with nothing to store succeeds without touching the
         database.
         """
-        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
+        result = self._map(signal, request, tenant)
         if result.events or result.activity or result.cumulative:
             # The database failed a moment ago: spool at once rather than wait for it again (an export
             # after a few seconds tries it again; a successful replay from the spool ends this).
@@ -115,7 +151,7 @@ class ExportPipeline:
 
     def replay(self, signal: Signal, request: Any, tenant: str) -> ExportResult:
         """:meth:`export` without the spool: for exports the spool hands back."""
-        result = enforce_limits(map_request(signal, request, tenant, self._options), self._limits)
+        result = self._map(signal, request, tenant)
         if result.events or result.activity or result.cumulative:
             self._writer.write(result)
             self._down_until = 0.0  # the database is back

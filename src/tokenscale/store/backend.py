@@ -6,7 +6,9 @@ import enum
 
 import psycopg
 
-__all__ = ["Backend", "detect_backend", "ensure_extension", "recorded_backend"]
+from tokenscale.errors import TokenscaleError
+
+__all__ = ["Backend", "ExtensionNotPreloadedError", "detect_backend", "ensure_extension", "recorded_backend"]
 
 
 class Backend(enum.StrEnum):
@@ -42,12 +44,31 @@ _TAGS = {
 }
 
 
-def ensure_extension(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Create the timescaledb extension when the server offers it and it is not there yet."""
+class ExtensionNotPreloadedError(TokenscaleError):
+    """The server offers the timescaledb extension but does not load it at start."""
+
+
+def ensure_extension(conn: psycopg.Connection[tuple[object, ...]], *, create: bool = True) -> None:
+    """Create the timescaledb extension when the server offers it and it is not there yet (unless
+    not ``create``: then only the check below).
+
+    Raises :class:`ExtensionNotPreloadedError` when the server offers the extension without
+    preloading it and it is to be created, or is already created in this database: TimescaleDB
+    cannot be created or used then."""
     row = conn.execute(
-        "SELECT installed_version IS NULL FROM pg_available_extensions WHERE name = 'timescaledb'"
+        "SELECT installed_version IS NULL, current_setting('shared_preload_libraries') "
+        "FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
-    if row is not None and row[0]:
+    if row is None or (not create and row[0]):
+        return
+    preloaded = "timescaledb" in {lib.strip().strip('"') for lib in str(row[1]).split(",")}
+    if not preloaded:
+        raise ExtensionNotPreloadedError(
+            "the database server offers the timescaledb extension but does not preload it: add "
+            "shared_preload_libraries = 'timescaledb' to its postgresql.conf and restart it (or remove "
+            "the extension's files from the server to use plain PostgreSQL)"
+        )
+    if row[0]:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
 

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Final
 
 import psycopg
 
 from tokenscale.store.backend import Backend, detect_backend, ensure_extension, recorded_backend
+from tokenscale.store.refresh import materialize_history
 
 __all__ = ["Migration", "MigrationReport", "available_migrations", "migrate"]
 
 log = logging.getLogger(__name__)
+
+#: Errors of a migration colliding with a TimescaleDB background job, worth another attempt.
+_TRANSIENT: Final = (
+    psycopg.errors.InternalError_,  # "tuple concurrently updated" (catalog rows)
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+_ATTEMPTS: Final = 5
 
 #: Key of the session advisory lock that serialises migrations across processes.
 _LOCK_KEY = 0x746F6B656E  # "token"
@@ -62,19 +74,26 @@ def migrate(conninfo: str) -> MigrationReport:
 
     A session advisory lock makes concurrent callers wait for each other. Each version runs in its
     own transaction (continuous aggregates cannot be created in a multi-statement transaction).
+    On TimescaleDB community the stored events' buckets are then materialized (cheap when they
+    already are): events older than the refresh policies' window are never hidden.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            return _migrate_locked(conn)
+            report = _migrate_locked(conn)
+            if not report.backend.keeps_rollups:
+                windows = materialize_history(conn)
+                if windows:
+                    log.info("continuous aggregates materialized: %s", "; ".join(map(str, windows)))
+            return report
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
 def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationReport:
     backend = recorded_backend(conn)
+    ensure_extension(conn, create=backend is None)
     if backend is None:
-        ensure_extension(conn)
         backend = detect_backend(conn)
         conn.execute("CREATE SCHEMA IF NOT EXISTS tokenscale")
         conn.execute(
@@ -91,13 +110,25 @@ def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationRe
         if migration.version in done:
             continue
         log.info("applying migration %04d_%s (%s)", migration.version, migration.name, backend)
-        with conn.transaction():
-            for sql in migration.sql_for(backend):
-                conn.execute(sql.encode())
-            conn.execute(
-                "INSERT INTO tokenscale.schema_migrations (version, name, backend) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, str(backend)),
-            )
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with conn.transaction():
+                    for sql in migration.sql_for(backend):
+                        conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO tokenscale.schema_migrations (version, name, backend) "
+                        "VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, str(backend)),
+                    )
+                break
+            except _TRANSIENT as exc:
+                # TimescaleDB's job scheduler starts a refresh policy as soon as it is added, and a
+                # later version changing the aggregate while that job runs can collide with it
+                # ("tuple concurrently updated"): the version's transaction is rolled back; again.
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("migration %04d collided with a background job (%s); again", migration.version, exc)
+                time.sleep(0.5 * attempt)
         applied.append(migration.version)
     current = max([m.version for m in migrations if m.version in done or m.version in applied], default=0)
     return MigrationReport(backend=backend, applied=tuple(applied), current=current)

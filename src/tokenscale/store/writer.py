@@ -45,6 +45,7 @@ from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reco
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
 from tokenscale.store.backend import Backend, recorded_backend
+from tokenscale.store.refresh import CommitListener
 
 __all__ = ["UsageWriter", "open_pool"]
 
@@ -323,12 +324,20 @@ class UsageWriter:
     """Commits mapping results to ``usage_events`` (and, where needed, the rollups)."""
 
     def __init__(
-        self, pool: ConnectionPool, *, timeout: float = 10.0, prices: PriceBookSource | None = None
+        self,
+        pool: ConnectionPool,
+        *,
+        timeout: float = 10.0,
+        prices: PriceBookSource | None = None,
+        on_commit: CommitListener | None = None,
     ) -> None:
+        """``on_commit(first_ns, last_ns)``, where the rollups are continuous aggregates, is told the
+        time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`)."""
         self._pool = pool
         self._timeout = timeout
         #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
         self._prices = prices
+        self._on_commit = on_commit
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
 
@@ -359,8 +368,8 @@ class UsageWriter:
                         with conn.transaction():
                             self._ensure_partitions(conn, times)
                     with conn.transaction():
-                        self._write(conn, backend, result)
-                return
+                        touched = self._write(conn, backend, result)
+                break
             except psycopg.errors.CheckViolation:
                 # "no partition found for row": retention dropped a day this process had created;
                 # forget what it knows of partitions and try once more.
@@ -370,8 +379,15 @@ class UsageWriter:
                 self._partitions.clear()
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise RetryableError(f"database unavailable: {exc}") from exc
+        if self._on_commit is not None and not backend.keeps_rollups:
+            # The rows the export stored, and the stored rows it changed (amended records, residuals).
+            span = [e.time_ns for e in result.events] + [p.time_ns for p in result.cumulative] + touched
+            if span:
+                self._on_commit(min(span), max(span))
 
-    def _write(self, conn: psycopg.Connection[Any], backend: Backend, result: MappingResult) -> None:
+    def _write(self, conn: psycopg.Connection[Any], backend: Backend, result: MappingResult) -> list[int]:
+        """Write ``result``; the times of stored rows it changed besides its own (see _write_events)."""
+        touched: list[int] = []
         events = list(result.events)
         activity = list(result.activity)
         if result.cumulative:
@@ -384,9 +400,10 @@ class UsageWriter:
         if events and book is not None:
             book.apply(events)
         if events:
-            self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
+            touched = self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
         if activity:
             self._write_activity(conn, activity)
+        return touched
 
     def _resolve_cumulative(
         self, conn: psycopg.Connection[Any], result: MappingResult
@@ -420,7 +437,7 @@ class UsageWriter:
         *,
         keeps_rollups: bool,
         book: PriceBook | None = None,
-    ) -> None:
+    ) -> list[int]:
         events = _unique(events)
         counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
         flags = [id(e) in counted for e in events]
@@ -450,6 +467,8 @@ class UsageWriter:
             entries += [r.entry(-1) for r in removed]
             entries += residuals
             _add_to_rollups(conn, entries)
+        # The stored rows this export changed: amended records and residual rows.
+        return [r.time_ns for r in removed] + [e.time_ns for e in residuals]
 
     def _write_activity(self, conn: psycopg.Connection[Any], activity: list[ActivityEvent]) -> None:
         rows = _activity_rows(activity)
@@ -619,6 +638,12 @@ SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_
 FROM tokenscale.usage_events e
 JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
+"""
+#: A no-op update of the records, to move them out of compressed batches (see _amend).
+_DECOMPRESS_RECORDS: Final = """
+UPDATE tokenscale.usage_events e SET amended_at = e.amended_at
+FROM unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time)
+WHERE e.dedupe_key = v.dedupe_key AND e.time = v.time AND e.counted
 """
 #: The columns an amendment takes from the better carrier (not the record's time or identity).
 _AMENDED: Final = (
@@ -819,9 +844,15 @@ def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple
     """Give each stored record the values of its better carrier; the records before and after."""
     if not amendments:
         return [], []
-    locked = conn.execute(
-        _LOCK_RECORDS, ([a.row_key for a in amendments], [a.row_time for a in amendments])
-    ).fetchall()
+    keys = ([a.row_key for a in amendments], [a.row_time for a in amendments])
+    try:
+        with conn.transaction():
+            locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
+    except psycopg.errors.FeatureNotSupported:
+        # Rows in a compressed chunk (TimescaleDB columnstore) cannot be locked as they are; an
+        # UPDATE moves the batches it touches out of the columnstore first, then they can be.
+        conn.execute(_DECOMPRESS_RECORDS, keys)
+        locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
     before = {bytes(r[-1]): _stored_row(r) for r in locked}
     after: list[_Row] = []
     params = []
