@@ -394,7 +394,6 @@ def _service(
     # Reads (API, dashboard, key look-ups, readiness) get their own pool: never behind ingest.
     read_pool = open_pool(url, max_size=4, connect_timeout=settings.connect_timeout)
     stack = contextlib.ExitStack()
-    spool: Spool | None = None
     try:
         # A worker's samples carry worker="K": scrapes of the shared port reach any worker, and each
         # worker's counters must stay series of their own.
