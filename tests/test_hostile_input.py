@@ -309,17 +309,18 @@ def test_after_the_generated_values_no_row_is_negative_or_partial(stack: tuple[S
     """Runs after the generated and mutated exports (file order): what was stored is whole and in
     range, after at least 20,000 hostile requests.
 
-    One kind of row is negative by the counting model: a Gemini CLI ``cache`` point (a subset of its
-    input) is stored as +cache_read and -input, summing right with its stream's input row; so the
-    input of a row may be negative only as far as its cache reads make up for it. Totals never are.
+    Counted rows are never negative. An aggregate carrier's increment, stored uncounted as evidence,
+    may take from one column what it adds to another (a cached-input point: input -N, cache read +N,
+    and its cost at the difference of the two rates); its prompt and every other part are not.
     """
     sender, url = stack
     with psycopg.connect(url) as conn:
         bad = conn.execute(
-            "SELECT count(*) FROM tokenscale.usage_events WHERE input_tokens + cache_read_tokens < 0 "
+            "SELECT count(*) FROM tokenscale.usage_events WHERE "
+            "(counted AND (input_tokens < 0 OR cost_usd < 0)) "
+            "OR input_tokens + cache_read_tokens + cache_write_tokens < 0 "
             "OR output_tokens < 0 OR cache_read_tokens < 0 OR cache_write_tokens < 0 OR reasoning_tokens < 0 "
-            "OR cost_usd < 0 OR requests < 0 OR tenant IS NULL OR service_name IS NULL OR stream IS NULL "
-            "OR (input_tokens < 0 AND source <> 'gemini_cli.metrics')"
+            "OR requests < 0 OR tenant IS NULL OR service_name IS NULL OR stream IS NULL"
         ).fetchone()
         negative_totals = conn.execute(
             "SELECT count(*) FROM tokenscale.usage_daily WHERE input_tokens < 0 OR output_tokens < 0 "

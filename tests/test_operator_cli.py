@@ -192,9 +192,9 @@ def _serve_once(data_dir: Path) -> tuple[str, str]:
         log += process.stdout.readline()
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
-    url = re.search(r"(postgresql://\S+)", log)
-    assert url and "ready" in log, log
-    return log, url[1]
+    address = re.search(r"embedded PostgreSQL listening at (\S+):(\d+)", log)
+    assert address and "ready" in log, log
+    return log, f"{address[1]}:{address[2]}"
 
 
 def test_serve_prints_the_dashboard_url_and_keeps_its_database_port(server_tmp_path: Path) -> None:
@@ -203,11 +203,11 @@ def test_serve_prints_the_dashboard_url_and_keeps_its_database_port(server_tmp_p
     assert http_port, log
     assert f"dashboard at http://127.0.0.1:{http_port[1]}/ (HTTP API docs at /docs)" in log
     _, second = _serve_once(server_tmp_path)
-    assert second == first  # the same database URL from one start to the next
-    port = re.search(r":(\d+)/", first)
-    assert port and (server_tmp_path / "port").read_text().strip() == port[1]
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(first, connect_timeout=2)
+    assert second == first  # the same database address from one start to the next
+    host, port = first.rsplit(":", 1)
+    assert (server_tmp_path / "port").read_text().strip() == port
+    with pytest.raises(psycopg.OperationalError):  # stopped with serve
+        psycopg.connect(host=host, port=int(port), user="tokenscale", dbname="tokenscale", connect_timeout=2)
     assert load_settings(environ={}).require_auth is False
 
 

@@ -249,7 +249,11 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         backend = recorded_backend(conn)
         version = conn.execute("SHOW server_version").fetchone()
         print(f"database:     PostgreSQL {version[0] if version else '?'}")
-        embedded = "" if settings.database_url else "  (while `tokenscale serve` runs)"
+        embedded = (
+            ""
+            if settings.database_url
+            else f"  (while `tokenscale serve` runs; PGPASSWORD from {settings.data_dir / 'credentials'})"
+        )
         print(f"psql:         {_psql_command(url)}{embedded}")
         ext = conn.execute(
             "SELECT extversion, current_setting('timescaledb.license', true) FROM pg_extension "
@@ -331,17 +335,27 @@ def _cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _psql_command(url: str) -> str:
-    """The ``psql`` command line that opens ``url`` (its password, if any, left out: psql asks)."""
+    """The ``psql`` command line that opens ``url`` (a URL or key=value conninfo) as a URL: its
+    password, if any, left out (psql asks, or reads PGPASSWORD), and so is the connect timeout."""
     import shlex  # noqa: PLC0415
-    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+    from urllib.parse import quote, urlencode  # noqa: PLC0415
 
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-        url = urlunsplit(parts._replace(netloc=netloc))
-    return f"psql {shlex.quote(url)}"
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    params.pop("password", None)
+    params.pop("connect_timeout", None)
+    user = params.pop("user", "")
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    dbname = params.pop("dbname", "")
+    if host.startswith("/"):  # a socket directory: only as a parameter
+        params["host"], host = host, ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = (f"{quote(user, safe='')}@" if user else "") + host + (f":{port}" if port else "")
+    query = f"?{urlencode(params)}" if params else ""
+    target = f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
+    return f"psql {shlex.quote(target)}"
 
 
 def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -162,18 +162,22 @@ def create_dashboard_routes(
     def time_range(request: Request, default_days: int = DEFAULT_DAYS) -> Range:
         query = request.query_params
         try:
-            until = parse_moment(query["until"], end=True) if query.get("until") else None
-            since = parse_moment(query["since"]) if query.get("since") else None
+            until = parse_moment(query["until"], end=True) if "until" in query else None
+            since = parse_moment(query["since"]) if "since" in query else None
         except ValueError as exc:
             raise _RefusedError(_error(400, str(exc))) from None
         if until is None:
             until = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), datetime.min.time(), UTC)
         if since is None:
             since = until - timedelta(days=default_days)
-        if since >= until:
-            raise _RefusedError(_error(400, "since must be before until"))
-        if until - since > timedelta(days=MAX_DAYS):
-            raise _RefusedError(_error(400, f"the range must not exceed {MAX_DAYS} days"))
+        # Lenient, as a date picker's user expects: a range given backwards is the same range, an
+        # empty one the instant it names, a longer one its last MAX_DAYS - 1 days (so at most
+        # MAX_DAYS calendar days).
+        if until < since:
+            since, until = until, since
+        if until == since:
+            until = since + timedelta(microseconds=1)
+        since = max(since, until - timedelta(days=MAX_DAYS - 1))
         return Range(since, until)
 
     def filters(request: Request) -> dict[str, str]:
@@ -191,7 +195,7 @@ def create_dashboard_routes(
             tenant, admin = await scope(request)
             query = request.query_params
             first = last = None
-            if query.get("since") or query.get("until"):
+            if "since" in query or "until" in query:
                 rng = time_range(request)
                 first = rng.since.date()
                 last = (rng.until - timedelta(microseconds=1)).date()
@@ -262,9 +266,8 @@ def create_dashboard_routes(
             rng = time_range(request, default_days=2)
         except _RefusedError as refused:
             return refused.response
-        if rng.until - rng.since > timedelta(days=62):
-            return _error(400, "the hourly view covers at most 62 days")
-        return await read(hourly, rng, tenant)
+        # The hourly view covers at most its last 62 days.
+        return await read(hourly, Range(max(rng.since, rng.until - timedelta(days=62)), rng.until), tenant)
 
     return [
         Route("/", page, methods=["GET"], name="dashboard"),

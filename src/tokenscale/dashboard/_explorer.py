@@ -11,6 +11,9 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from tokenscale.api._errors import InvalidRequestError
+from tokenscale.api._values import timestamp
+
 __all__ = [
     "EXPORT_COLUMNS",
     "FILTERS",
@@ -99,8 +102,8 @@ def parse_moment(text: str, *, end: bool = False) -> datetime:
             day = date.fromisoformat(text)
             moment = datetime.combine(day + timedelta(days=1 if end else 0), time(0), tzinfo=UTC)
         else:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+            moment = timestamp(text, "time")  # RFC 3339 too (lower-case t/z, a leap second)
+    except (ValueError, InvalidRequestError):
         raise ValueError(f"{text!r} is not an ISO date or time") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 

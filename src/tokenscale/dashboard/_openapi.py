@@ -29,9 +29,21 @@ def _ok(description: str) -> dict[str, Any]:
     }
 
 
+#: An ISO date, or a date-time (RFC 3339).
+_MOMENT = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time", "maxLength": 64},
+    ]
+}
 _RANGE = [
-    _query("since", "First day (ISO date, UTC) or time", {"type": "string", "example": "2026-01-01"}),
-    _query("until", "Last day (ISO date, inclusive) or time (exclusive)", {"type": "string"}),
+    _query(
+        "since",
+        "First day (ISO date, UTC) or time (a range given backwards is read forwards; one longer "
+        "than 365 days shows its last 365)",
+        {**_MOMENT, "example": "2026-01-01"},
+    ),
+    _query("until", "Last day (ISO date, inclusive) or time (exclusive)", _MOMENT),
     _query("tenant", "Only this tenant (an admin may read any tenant; other keys only their own)"),
 ]
 _FILTERS = [
@@ -124,7 +136,7 @@ def dashboard_paths() -> dict[str, Any]:
         "/api/dashboard/hourly": {
             "get": {
                 "operationId": "dashboardHourly",
-                "summary": "Usage per UTC hour (at most 62 days; default the last 2 days)",
+                "summary": "Usage per UTC hour (the last 62 days of a longer range; default the last 2 days)",
                 "parameters": _RANGE,
                 "responses": _ok("hours: every hour of the range with requests, tokens and cost"),
             }

@@ -191,21 +191,26 @@ class _Checker:
     def usage(self, event: UsageEvent) -> None:
         self.text_columns(event, _USAGE_TEXT, _USAGE_TEXT_OF(event))
         numbers = _USAGE_NUMBERS_OF(event)
-        if min(numbers) < 0 or max(numbers) > _INT8_MAX:
+        # An aggregate carrier's increment may take from a column what another adds (a cached-input
+        # point: input -N, cache read +N); it is evidence, reconciled by totals, never counted as is.
+        low = -_INT8_MAX if event.aggregate else 0
+        if min(numbers) < low or max(numbers) > _INT8_MAX:
             for name, value in zip(_USAGE_NUMBERS, numbers, strict=True):
-                if not 0 <= value <= _INT8_MAX:
-                    raise LimitError(f"{name}: {value} is out of range (0 to {_INT8_MAX})")
-        self.cost("cost", event.cost_usd)
+                if not low <= value <= _INT8_MAX:
+                    raise LimitError(f"{name}: {value} is out of range ({low} to {_INT8_MAX})")
+        # A computed cost of an aggregate increment may be negative (see above); a reported one not.
+        signed = event.aggregate and event.cost_source != "reported"
+        self.cost("cost", event.cost_usd, signed=signed)
         if event.duration_ms is not None and not math.isfinite(event.duration_ms):
             raise LimitError(f"duration: not finite ({event.duration_ms!r})")
         event.attributes = self.attributes(event.attributes)
 
-    def cost(self, field: str, cost: float | None) -> None:
+    def cost(self, field: str, cost: float | None, *, signed: bool = False) -> None:
         if cost is None:
             return
-        if not math.isfinite(cost) or cost < 0:
+        if not math.isfinite(cost) or (cost < 0 and not signed):
             raise LimitError(f"{field}: {cost!r} is not a cost")
-        if cost >= self.limits.max_cost_usd:
+        if abs(cost) >= self.limits.max_cost_usd:
             raise LimitError(f"{field}: {cost!r} USD, at or above the limit of {self.limits.max_cost_usd:g}")
 
     def activity(self, event: ActivityEvent) -> None:
