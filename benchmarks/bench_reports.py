@@ -120,8 +120,8 @@ INSERT INTO tokenscale.{table} ({bucket}, {keys}, requests, input_tokens, cache_
 SELECT date_trunc('{bucket}', time, 'UTC'), {keys},
        sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(reasoning_tokens), sum(cost_usd),
-       sum(greatest(requests, 1)) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
-                        AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0),
+       coalesce(sum(greatest(requests, 1)) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
+                        AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0), 0),
        count(*)
 FROM tokenscale.usage_events
 WHERE counted AND time >= %(from)s AND time < %(to)s
