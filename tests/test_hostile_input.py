@@ -315,20 +315,22 @@ def test_after_the_generated_values_no_row_is_negative_or_partial(stack: tuple[S
     """
     sender, url = stack
     with psycopg.connect(url) as conn:
-        bad = conn.execute(
-            "SELECT count(*) FROM tokenscale.usage_events WHERE "
+        offending = conn.execute(
+            "SELECT source, counted, tool, model, requests, input_tokens, cache_read_tokens, "
+            "cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source, time "
+            "FROM tokenscale.usage_events WHERE "
             "(counted AND (input_tokens < 0 OR cost_usd < 0)) "
             "OR input_tokens + cache_read_tokens + cache_write_tokens < 0 "
             "OR output_tokens < 0 OR cache_read_tokens < 0 OR cache_write_tokens < 0 OR reasoning_tokens < 0 "
             "OR requests < 0 OR tenant IS NULL OR service_name IS NULL OR stream IS NULL"
-        ).fetchone()
+        ).fetchall()
         negative_totals = conn.execute(
             "SELECT count(*) FROM tokenscale.usage_daily WHERE input_tokens < 0 OR output_tokens < 0 "
             "OR cache_read_tokens < 0 OR cache_write_tokens < 0 OR reasoning_tokens < 0 OR cost_usd < 0 "
             "OR requests < 0"
         ).fetchone()
         total = conn.execute("SELECT count(*) FROM tokenscale.usage_events").fetchone()
-    assert bad == (0,)
+    assert offending == []
     assert negative_totals == (0,)
     assert total is not None and total[0] > 0
     assert sender.sent >= 20_000

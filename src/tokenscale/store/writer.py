@@ -987,7 +987,24 @@ _UPSERT_RESIDUAL: Final = sql.SQL(
     arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in _EVENT_COLUMNS),
     sets=sql.SQL(", ").join(
         sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
-        for c in ("counted", "requests", *TOKEN_FIELDS, "cost_usd", "cost_source", "attributes")
+        # Every column but the row's identity: a residual's best view (and so its provider, user,
+        # ...) may change, and the rollups take the row's old values out and its new ones in.
+        for c in (
+            "counted",
+            "service_name",
+            "user_email",
+            "user_id",
+            "session_id",
+            "conversation_id",
+            "provider",
+            "model",
+            "operation",
+            "requests",
+            *TOKEN_FIELDS,
+            "cost_usd",
+            "cost_source",
+            "attributes",
+        )
     ),
 )
 _RECENT_HOURS: Final = 48
