@@ -1176,9 +1176,19 @@ def _reconcile_stream(
         (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): [*(int(v) for v in r[3:9]), r[9]]
         for r in conn.execute(_SELECT_FINAL, (*stream, *_subkey_arrays(views), cutoff_time))
     }
+    # The latest hour the export touched per subkey; keys that leave a part open may match others.
+    latest_by_key: dict[SubKey, int] = {}
+    for k, h in touched:
+        latest_by_key[k] = max(latest_by_key.get(k, h), h)
+    open_keys = [(k, h) for k, h in latest_by_key.items() if None in k]
     changes: list[tuple[SubKey, int, Vec, Target]] = []
     for sk, target in found.items():
-        hours = [h for k, h in touched if compatible(k, sk)]
+        if None in sk:
+            hours = [h for k, h in latest_by_key.items() if compatible(k, sk)]
+        else:
+            hours = [h for k, h in open_keys if compatible(k, sk)]
+            if sk in latest_by_key:
+                hours.append(latest_by_key[sk])
         trigger = max(hours) if hours else max(recent.get(sk, {}), default=latest)
         for hour, vec in reconcile(target.vec, recent.get(sk, {}), final.get(sk, zero()), trigger).items():
             changes.append((sk, hour, vec, target))
