@@ -238,7 +238,7 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
         gen = generate(url, ds, today - timedelta(days=ds.days), ctx.log)
         ctx.log(f"[budget/{server.backend}] timing budget_status")
         with psycopg.connect(url, autocommit=True) as conn:
-            budgets.set_budget(conn, TENANT, 10**15, WINDOW_DAYS)
+            budgets.set_budget(conn, TENANT, budgets.MAX_TOKEN_LIMIT, WINDOW_DAYS)
             status = budgets.budget_status(conn, TENANT)  # warm-up, untimed
             raw = conn.execute(_RAW_WINDOW, {"tenant": TENANT, "days": WINDOW_DAYS}).fetchone()
             equal = raw is not None and int(raw[0]) == int(status.tokens_used)
