@@ -684,8 +684,10 @@ class EmbeddedPostgres:
                     self.port_file.write_text(f"{port}\n", encoding="utf-8")
                 return
             server_log = _tail(self.log_file, log_start)
-            if attempt + 1 < attempts and "could not bind" in server_log:
-                log.info("port %d was taken meanwhile; trying another", port)
+            # A port taken meanwhile, or a start that failed before the server wrote a word (pg_ctl
+            # itself failing, e.g. under load): try again on another port.
+            if attempt + 1 < attempts and ("could not bind" in server_log or not server_log.strip()):
+                log.info("PostgreSQL did not start on port %d; trying another", port)
                 continue
             detail = server_log or (result.stderr or result.stdout).strip()
             raise TokenscaleError(f"PostgreSQL did not start (log: {self.log_file}):\n{detail}")
