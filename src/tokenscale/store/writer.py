@@ -161,10 +161,6 @@ _CREATE_ACTIVITY_STAGE, _COPY_ACTIVITY_STAGE, _INSERT_ACTIVITY = _stage_sql(
 
 # The sums the rollups keep (tokenscale maintains them on back ends without continuous aggregates).
 _SUMS: Final = ("requests", *TOKEN_FIELDS)
-_UNPRICED: Final = (
-    "cost_usd IS NULL AND cost_source IS NULL AND "
-    "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,28 +233,6 @@ class _Rollup:
             conflict=self._conflict(),
         )
         return _RollupStage(create, copy, _wire_types(t for _, t in self.columns), upsert)
-
-    def subtract_sql(self, source: str) -> sql.Composed:
-        """Subtracts the rows of CTE ``source``."""
-        keys = sql.SQL(", ").join(sql.Identifier(k) for k in self.keys)
-        sums: list[sql.Composable] = [sql.SQL("-sum({})::bigint").format(sql.Identifier(c)) for c in _SUMS]
-        sums.append(sql.SQL("-sum(cost_usd)"))
-        sums.append(sql.SQL("-count(*) FILTER (WHERE {})").format(sql.SQL(_UNPRICED)))
-        sums.append(sql.SQL("-count(*)"))
-        return sql.SQL(
-            """INSERT INTO {table} AS d ({cols})
-SELECT date_trunc({unit}, time, 'UTC'), {keys}, {sums} FROM {source}
-GROUP BY 1, {keys} ORDER BY {keys}, 1
-{conflict}"""
-        ).format(
-            table=sql.Identifier("tokenscale", self.table),
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c, _ in self.columns),
-            unit=sql.Literal(self.bucket),
-            keys=keys,
-            sums=sql.SQL(", ").join(sums),
-            source=sql.Identifier(source),
-            conflict=self._conflict(),
-        )
 
     def drop_empty_sql(self) -> sql.Composed:
         return sql.SQL("DELETE FROM {} WHERE events = 0 AND tenant = ANY(%s::text[])").format(
