@@ -18,7 +18,7 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -235,7 +235,7 @@ class _Rollup:
         return _RollupStage(create, copy, _wire_types(t for _, t in self.columns), upsert)
 
     def drop_empty_sql(self) -> sql.Composed:
-        return sql.SQL("DELETE FROM {} WHERE events = 0 AND tenant = ANY(%s::text[])").format(
+        return sql.SQL("DELETE FROM {} WHERE events = 0 AND tenant = ANY(%b::text[])").format(
             sql.Identifier("tokenscale", self.table)
         )
 
@@ -249,17 +249,17 @@ _CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _RO
 
 _LOCK_SERIES: Final = """
 INSERT INTO tokenscale.metric_series (series_key, start_ns, time_ns, value, count)
-SELECT k, -1, -1, 0, 0 FROM unnest(%s::bytea[]) AS k ORDER BY k
+SELECT k, -1, -1, 0, 0 FROM unnest(%b::bytea[]) AS k ORDER BY k
 ON CONFLICT (series_key) DO NOTHING
 """
 _SELECT_SERIES: Final = """
 SELECT series_key, start_ns, time_ns, value, count FROM tokenscale.metric_series
-WHERE series_key = ANY(%s::bytea[]) ORDER BY series_key FOR UPDATE
+WHERE series_key = ANY(%b::bytea[]) ORDER BY series_key FOR UPDATE
 """
 _UPDATE_SERIES: Final = """
 UPDATE tokenscale.metric_series m
 SET start_ns = v.start_ns, time_ns = v.time_ns, value = v.value, count = v.count, updated_at = now()
-FROM unnest(%s::bytea[], %s::int8[], %s::int8[], %s::float8[], %s::int8[])
+FROM unnest(%b::bytea[], %b::int8[], %b::int8[], %b::float8[], %b::int8[])
      AS v(series_key, start_ns, time_ns, value, count)
 WHERE m.series_key = v.series_key
 """
@@ -413,34 +413,46 @@ class UsageWriter:
         book: PriceBook | None = None,
     ) -> list[int]:
         events = _unique(events)
-        counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
+        best = _best_carriers([e for e in events if not e.aggregate])
+        counted = {id(e) for e in best.values()}
         flags = [id(e) in counted for e in events]
         rows = _event_rows(events, flags)
+        amendments: list[_Amendment] = []
         try:
-            # The common case: none of the rows is stored yet, so they go straight into the table
-            # with one COPY (batched heap and WAL writes, no second copy of each row).
+            # The common case: the export's requests are all new and none of its rows is stored
+            # yet, so the requests and the rows go straight into their tables with one COPY each
+            # (batched heap and WAL writes, no staging copy, no conflict checks), every request's
+            # best carrier its record.
             with conn.transaction():
+                _copy(conn, _COPY_REQUESTS, _REQUEST_TYPES, _request_rows(best))
                 _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
             new = [True] * len(events)
         except psycopg.errors.UniqueViolation:
-            # A retried export (or a record sent twice): back to the savepoint, and insert the rows
-            # that are new through a staging table with ON CONFLICT DO NOTHING.
-            log.debug("%d rows, some already stored: inserting the new ones through staging", len(rows))
-            new = _insert_new(conn, events, rows)
+            # A request seen before (another carrier of it, a retried export): back to the
+            # savepoint; the records are resolved against the stored requests, and the rows that
+            # are new go in (through a staging table with ON CONFLICT DO NOTHING if some are stored).
+            log.debug("%d rows, some requests or rows already stored: resolving through staging", len(rows))
+            counted, amendments = _resolve_requests(conn, best)
+            flags = [id(e) in counted for e in events]
+            rows = _event_rows(events, flags)
+            try:
+                with conn.transaction():
+                    _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
+                new = [True] * len(events)
+            except psycopg.errors.UniqueViolation:
+                new = _insert_new(conn, events, rows)
         removed, amended = _amend(conn, amendments)
-        added = [
-            _row_of(e, row[_COST_AT])
-            for e, row, n, c in zip(events, rows, new, flags, strict=True)
-            if n and c
+        # The export's new counted rows, with their cost as stored.
+        records = [
+            (e, row[_COST_AT]) for e, row, n, c in zip(events, rows, new, flags, strict=True) if n and c
         ]
-        added += amended
         views = [e for e, n in zip(events, new, strict=True) if n and e.aggregate]
-        residuals = _reconcile(conn, views, added, removed, book)
+        residuals = _reconcile(conn, views, records, amended, removed, book)
         if keeps_rollups:
-            entries = [r.entry(1) for r in added]
+            entries = [r.entry(1) for r in amended]
             entries += [r.entry(-1) for r in removed]
             entries += residuals
-            _add_to_rollups(conn, entries)
+            _add_to_rollups(conn, records, entries)
         # The stored rows this export changed: amended records and residual rows.
         return [r.time_ns for r in removed] + [e.time_ns for e in residuals]
 
@@ -461,7 +473,7 @@ class UsageWriter:
         missing = sorted(d for d in days if _day(d) not in self._partitions)
         if not missing:
             return
-        conn.execute("SELECT tokenscale.ensure_partitions(%s::date[])", ([_day(d) for d in missing],))
+        conn.execute("SELECT tokenscale.ensure_partitions(%b::date[])", ([_day(d) for d in missing],))
         self._partitions.update(_day(d) for d in missing)
 
 
@@ -575,16 +587,16 @@ def _insert_new(
 
 # --- per-request records -------------------------------------------------------------------------
 
-_CREATE_REQUEST_STAGE, _COPY_REQUEST_STAGE = _temp_table_sql(
-    "tokenscale_request_stage",
-    (
-        ("tenant", "text"),
-        ("request_key", "bytea"),
-        ("rank", "int2"),
-        ("row_time", "timestamptz"),
-        ("row_key", "bytea"),
-    ),
+_REQUEST_COLUMNS: Final = (
+    ("tenant", "text"),
+    ("request_key", "bytea"),
+    ("rank", "int2"),
+    ("row_time", "timestamptz"),
+    ("row_key", "bytea"),
 )
+_REQUEST_TYPES: Final = ("text", "bytea", "int2", "int8", "bytea")
+_COPY_REQUESTS: Final = _copy_sql(sql.Identifier("tokenscale", "requests"), _REQUEST_COLUMNS)
+_CREATE_REQUEST_STAGE, _COPY_REQUEST_STAGE = _temp_table_sql("tokenscale_request_stage", _REQUEST_COLUMNS)
 #: A new request's record is its best carrier of the export. Returns the requests inserted.
 _INSERT_REQUESTS: Final = """
 INSERT INTO tokenscale.requests (tenant, request_key, rank, row_time, row_key)
@@ -593,13 +605,13 @@ ON CONFLICT (tenant, request_key) DO NOTHING RETURNING request_key
 """
 _LOCK_REQUESTS: Final = """
 SELECT tenant, request_key, rank, row_key, row_time FROM tokenscale.requests
-WHERE (tenant, request_key) IN (SELECT * FROM unnest(%s::text[], %s::bytea[]))
+WHERE (tenant, request_key) IN (SELECT * FROM unnest(%b::text[], %b::bytea[]))
 ORDER BY tenant, request_key FOR UPDATE
 """
 _UPDATE_REQUESTS: Final = """
 UPDATE tokenscale.requests r
 SET rank = v.rank, row_time = v.row_time, row_key = v.row_key, updated_at = now()
-FROM unnest(%s::text[], %s::bytea[], %s::int2[], %s::timestamptz[], %s::bytea[])
+FROM unnest(%b::text[], %b::bytea[], %b::int2[], %b::timestamptz[], %b::bytea[])
      AS v(tenant, request_key, rank, row_time, row_key)
 WHERE r.tenant = v.tenant AND r.request_key = v.request_key
 """
@@ -610,13 +622,13 @@ _ROW_COLUMNS: Final = (
 _LOCK_RECORDS: Final = f"""
 SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_key
 FROM tokenscale.usage_events e
-JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+JOIN unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
 """
 #: A no-op update of the records, to move them out of compressed batches (see _amend).
 _DECOMPRESS_RECORDS: Final = """
 UPDATE tokenscale.usage_events e SET amended_at = e.amended_at
-FROM unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time)
+FROM unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time)
 WHERE e.dedupe_key = v.dedupe_key AND e.time = v.time AND e.counted
 """
 #: The columns an amendment takes from the better carrier (not the record's time or identity).
@@ -649,40 +661,49 @@ def _request_key(e: UsageEvent) -> bytes:
     return e.identity if e.identity is not None else b"row:" + e.dedupe_key
 
 
+def _best_carriers(records: list[UsageEvent]) -> dict[tuple[str, bytes], UsageEvent]:
+    """Each request's best carrier among ``records`` (the first of the best rank), by
+    (tenant, request key), in key order."""
+    best: dict[tuple[str, bytes], UsageEvent] = {}
+    for e in records:
+        request = (e.tenant, _request_key(e))
+        found = best.get(request)
+        if found is None or e.rank < found.rank:
+            best[request] = e
+    return dict(sorted(best.items(), key=lambda item: item[0]))
+
+
+def _request_rows(best: dict[tuple[str, bytes], UsageEvent]) -> Iterator[tuple[Any, ...]]:
+    return ((t, k, e.rank, _pg_time(e.time_ns), e.dedupe_key) for (t, k), e in best.items())
+
+
 def _resolve_requests(
-    conn: psycopg.Connection[Any], records: list[UsageEvent]
+    conn: psycopg.Connection[Any], best: dict[tuple[str, bytes], UsageEvent]
 ) -> tuple[set[int], list[_Amendment]]:
-    """Which of ``records`` are their request's counted record (by ``id()``), and the stored
-    records that take the values of a better carrier of their request that just arrived (the
-    carrier itself is stored uncounted: the record keeps its identity, listed once, amended).
+    """Which of the export's records are their request's counted record (by ``id()``), given
+    each request's best carrier in the export, and the stored records that take the values of a
+    better carrier of their request that just arrived (the carrier itself is stored uncounted:
+    the record keeps its identity, listed once, amended).
 
     Idempotent: a retried export finds its rows already recorded and changes nothing."""
-    if not records:
+    if not best:
         return set(), []
-    requests: dict[tuple[str, bytes], list[UsageEvent]] = {}
-    for e in records:
-        requests.setdefault((e.tenant, _request_key(e)), []).append(e)
-    best = {request: min(group, key=lambda e: e.rank) for request, group in requests.items()}  # first of best
     conn.execute(_CREATE_REQUEST_STAGE)
-    _copy(
-        conn,
-        _COPY_REQUEST_STAGE,
-        ("text", "bytea", "int2", "int8", "bytea"),
-        ((t, k, e.rank, _pg_time(e.time_ns), e.dedupe_key) for (t, k), e in best.items()),
-    )
+    _copy(conn, _COPY_REQUEST_STAGE, _REQUEST_TYPES, _request_rows(best))
     new = {bytes(k) for (k,) in conn.execute(_INSERT_REQUESTS)}
     # A new request: its best carrier is its record.
     counted: set[int] = {id(e) for (_, k), e in best.items() if k in new}
     amendments: list[_Amendment] = []
     updates: dict[tuple[str, bytes], tuple[int, datetime, bytes]] = {}
-    known_requests = sorted(r for r in requests if r[1] not in new)
+    known_requests = [r for r in best if r[1] not in new]
     if known_requests:
         columns = ([r[0] for r in known_requests], [r[1] for r in known_requests])
         for t, k, rank, row_key, row_time in conn.execute(_LOCK_REQUESTS, columns):
             request = (t, bytes(k))
-            group, carrier = requests[request], best[request]
+            carrier = best[request]
             stored_key = bytes(row_key)
-            counted.update(id(e) for e in group if e.dedupe_key == stored_key)  # a retry: still its record
+            if carrier.dedupe_key == stored_key:  # a retry: still its record
+                counted.add(id(carrier))
             if carrier.rank < rank and carrier.dedupe_key != stored_key:
                 # A better carrier: the record keeps its identity and takes the carrier's values.
                 amendments.append(_Amendment(stored_key, row_time, carrier))
@@ -878,10 +899,16 @@ _SUMS_SQL: Final = (
 )
 _INSERT_STREAMS: Final = """
 INSERT INTO tokenscale.ledger_streams (tenant, tool, stream)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(tenant, tool, stream) ORDER BY 1, 2, 3
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) AS s(tenant, tool, stream) ORDER BY 1, 2, 3
 ON CONFLICT (tenant, tool, stream) DO NOTHING
 """
 _STREAM_WHERE_TEXT: Final = "tenant = %s AND tool = %s AND stream = %s"
+
+
+def _cols(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in columns.split(", "))
+
+
 _BACKFILL_RECORDS: Final = f"""
 INSERT INTO tokenscale.ledger_records (tenant, tool, stream, model, who, session, {_SUMS_SQL})
 SELECT tenant, tool, stream, coalesce(model, ''), coalesce(user_email, user_id, ''), coalesce(session_id, ''),
@@ -893,72 +920,108 @@ GROUP BY 1, 2, 3, 4, 5, 6
 """
 _PROBE_STREAMS: Final = """
 SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
-WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
+WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))
 """
 _LOCK_STREAM: Final = "SELECT has_views FROM tokenscale.ledger_streams WHERE {where} FOR {mode}"
 _MARK_VIEWS: Final = """
 UPDATE tokenscale.ledger_streams SET has_views = true
-WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) AND NOT has_views
+WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[])) AND NOT has_views
 """
 _LOCK_STREAM_SQL: Final = {
     mode: _LOCK_STREAM.format(where=_STREAM_WHERE_TEXT, mode=mode) for mode in ("UPDATE", "SHARE")
 }
-_KEY_ARRAYS: Final = "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
-_SUM_ARRAYS: Final = "%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::numeric[]"
+_KEY_ARRAYS: Final = "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]"
+_SUM_ARRAYS: Final = "%b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::numeric[]"
 _ADD_RECORDS: Final = f"""
 INSERT INTO tokenscale.ledger_records AS l (tenant, tool, stream, model, who, session, {_SUMS_SQL})
 SELECT * FROM unnest({_KEY_ARRAYS}, {_SUM_ARRAYS}) ORDER BY 1, 2, 3, 4, 5, 6
 ON CONFLICT (tenant, tool, stream, model, who, session) DO UPDATE SET
 {", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))}
 """
+_VIEW_STAGE_COLUMNS: Final = (
+    *((c, "text") for c in ("tenant", "tool", "stream", "model", "who", "session", "view")),
+    *((c, "int8") for c in _SUMS_SQL.split(", ")[:6]),
+    ("cost_usd", "numeric"),
+    ("reported", "bool"),
+    ("template", "jsonb"),
+)
+_VIEW_STAGE_TYPES: Final = _wire_types(t for _, t in _VIEW_STAGE_COLUMNS)
+_CREATE_VIEW_STAGE, _COPY_VIEW_STAGE = _temp_table_sql("tokenscale_view_stage", _VIEW_STAGE_COLUMNS)
 _ADD_VIEWS: Final = f"""
 INSERT INTO tokenscale.ledger_views AS l (tenant, tool, stream, model, who, session, view, {_SUMS_SQL},
     reported, template)
-SELECT * FROM unnest({_KEY_ARRAYS}, %s::text[], {_SUM_ARRAYS}, %s::bool[], %s::jsonb[])
-ORDER BY 1, 2, 3, 4, 5, 6, 7
+SELECT * FROM tokenscale_view_stage ORDER BY 1, 2, 3, 4, 5, 6, 7
 ON CONFLICT (tenant, tool, stream, model, who, session, view) DO UPDATE SET
 {", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))},
 reported = l.reported OR excluded.reported, template = excluded.template
 """
 _STREAM_WHERE: Final = _STREAM_WHERE_TEXT
-#: The subkeys compatible with any of the given ones ('' matches anything on either side).
-_COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(m, w, s)
+#: The subkeys compatible with any of the given ones ('' matches anything on either side): the
+#: general form, a scan of the stream's rows, used only for keys open in their model or user.
+_COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)
     WHERE (l.model = k.m OR l.model = '' OR k.m = '') AND (l.who = k.w OR l.who = '' OR k.w = '')
       AND (l.session = k.s OR l.session = '' OR k.s = ''))"""
-_ONE_OF: Final = "(model, who, session) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
-_SELECT_VIEWS: Final = (
-    f"SELECT model, who, session, view, {_SUMS_SQL}, reported, template FROM tokenscale.ledger_views l "
-    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
+#: Rows of the given subkeys (the keys come first in the text), probed per key through the primary
+#: key (a lateral subquery the planner does not flatten: it would rather scan the stream's rows).
+#: Exact: each part equal.
+_EXACT: Final = (
+    " FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s) CROSS JOIN LATERAL (SELECT * FROM {table}"
+    " WHERE tenant = %s AND tool = %s AND stream = %s AND model = k.m AND who = k.w AND session = k.s"
+    " {hour} OFFSET 0) l"
 )
-_SELECT_RECORDS: Final = (
-    f"SELECT model, who, session, {_SUMS_SQL} FROM tokenscale.ledger_records l "
-    f"WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
+#: (model, user) pairs: rows of the pair, any session.
+_PREFIX: Final = (
+    " FROM unnest(%b::text[], %b::text[]) AS k(m, w) CROSS JOIN LATERAL (SELECT * FROM {table}"
+    " WHERE tenant = %s AND tool = %s AND stream = %s AND model = k.m AND who = k.w OFFSET 0) l"
 )
-_SELECT_RECENT: Final = (
-    f"SELECT model, who, session, hour, {_SUMS_SQL} FROM tokenscale.ledger_residuals "
-    f"WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour >= %s"
+_VIEW_COLUMNS: Final = f"l.model, l.who, l.session, l.view, {_cols('l', _SUMS_SQL)}, l.reported, l.template"
+_RECORD_COLUMNS: Final = f"l.model, l.who, l.session, {_cols('l', _SUMS_SQL)}"
+_SELECT_VIEWS: Final = {
+    "exact": "SELECT " + _VIEW_COLUMNS + _EXACT.format(table="tokenscale.ledger_views", hour=""),
+    "prefix": "SELECT " + _VIEW_COLUMNS + _PREFIX.format(table="tokenscale.ledger_views"),
+    "open": f"SELECT {_VIEW_COLUMNS} FROM tokenscale.ledger_views l WHERE {_STREAM_WHERE} AND {_COMPATIBLE}",
+}
+_SELECT_RECORDS: Final = {
+    "exact": "SELECT " + _RECORD_COLUMNS + _EXACT.format(table="tokenscale.ledger_records", hour=""),
+    "prefix": "SELECT " + _RECORD_COLUMNS + _PREFIX.format(table="tokenscale.ledger_records"),
+    "open": (
+        f"SELECT {_RECORD_COLUMNS} FROM tokenscale.ledger_records l WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
+    ),
+}
+_SELECT_RECENT: Final = f"SELECT l.model, l.who, l.session, l.hour, {_cols('l', _SUMS_SQL)}" + _EXACT.format(
+    table="tokenscale.ledger_residuals", hour="AND hour >= %s"
 )
 _SELECT_FINAL: Final = (
-    "SELECT model, who, session, "
-    + ", ".join(f"sum({c})" for c in _SUMS_SQL.split(", "))
-    + f" FROM tokenscale.ledger_residuals WHERE {_STREAM_WHERE} AND {_ONE_OF} AND hour < %s GROUP BY 1, 2, 3"
+    "SELECT l.model, l.who, l.session, "
+    + ", ".join(f"sum(l.{c})" for c in _SUMS_SQL.split(", "))
+    + _EXACT.format(table="tokenscale.ledger_residuals", hour="AND hour < %s")
+    + " GROUP BY 1, 2, 3"
+)
+_RESIDUAL_STAGE_COLUMNS: Final = (
+    *((c, "text") for c in ("tenant", "tool", "stream", "model", "who", "session")),
+    ("hour", "timestamptz"),
+    *((c, "int8") for c in _SUMS_SQL.split(", ")[:6]),
+    ("cost_usd", "numeric"),
+)
+_CREATE_LEDGER_RESIDUAL_STAGE, _COPY_LEDGER_RESIDUAL_STAGE = _temp_table_sql(
+    "tokenscale_ledger_residual_stage", _RESIDUAL_STAGE_COLUMNS
 )
 _SET_RESIDUALS: Final = f"""
 INSERT INTO tokenscale.ledger_residuals AS l (tenant, tool, stream, model, who, session, hour, {_SUMS_SQL})
-SELECT * FROM unnest({_KEY_ARRAYS}, %s::timestamptz[], {_SUM_ARRAYS}) ORDER BY 1, 2, 3, 4, 5, 6, 7
+SELECT * FROM tokenscale_ledger_residual_stage ORDER BY 1, 2, 3, 4, 5, 6, 7
 ON CONFLICT (tenant, tool, stream, model, who, session, hour) DO UPDATE SET
 {", ".join(f"{c} = excluded.{c}" for c in _SUMS_SQL.split(", "))}
 """
 _SELECT_RESIDUAL_ROWS: Final = f"""
 SELECT e.dedupe_key, {_ROW_COLUMNS.replace("time, ", "e.time, ")}, e.counted FROM tokenscale.usage_events e
-JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+JOIN unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 """
+_CREATE_RESIDUAL_STAGE, _COPY_RESIDUAL_STAGE = _temp_table_sql("tokenscale_residual_stage", _EVENT_COLUMNS)
 _UPSERT_RESIDUAL: Final = sql.SQL(
-    "INSERT INTO tokenscale.usage_events ({cols}) SELECT * FROM unnest({arrays}) "
+    "INSERT INTO tokenscale.usage_events ({cols}) SELECT {cols} FROM tokenscale_residual_stage "
     "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
 ).format(
     cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
-    arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in _EVENT_COLUMNS),
     sets=sql.SQL(", ").join(
         sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
         # Every column but the row's identity: a residual's best view (and so its provider, user,
@@ -1008,16 +1071,20 @@ def _template(e: UsageEvent) -> dict[str, Any]:
 def _reconcile(
     conn: psycopg.Connection[Any],
     views: list[UsageEvent],
-    added: list[_Row],
+    records: list[tuple[UsageEvent, Decimal | None]],
+    amended: list[_Row],
     removed: list[_Row],
     book: PriceBook | None = None,
 ) -> list[_Entry]:
-    """Record the export's new aggregate increments and record changes in the ledger of their
-    streams, move each stream's residual rows to what the ledger now computes, and return the
-    rollup increments of those moves. Streams are locked in key order."""
+    """Record the export's new aggregate increments and record changes (new counted ``records``
+    with their stored cost, ``amended`` records as they are now, as they were before in
+    ``removed``) in the ledger of their streams, move each stream's residual rows to what the
+    ledger now computes, and return the rollup increments of those moves. Streams are locked in
+    key order."""
     streams = sorted(
         {(e.tenant, e.tool, e.stream) for e in views}
-        | {(r.tenant, r.tool, r.stream) for r in (*added, *removed)}
+        | {(e.tenant, e.tool, e.stream) for e, _ in records}
+        | {(r.tenant, r.tool, r.stream) for r in (*amended, *removed)}
     )
     if not streams:
         return []
@@ -1031,18 +1098,24 @@ def _reconcile(
     for stream in first:
         conn.execute(_BACKFILL_RECORDS, stream)
 
-    records: dict[tuple[str, ...], Vec] = {}
+    # Records touch the ledger only in streams that have views (or get their first now), and
+    # are added to it only where it was kept before (a first view's backfill has this export's).
+    ledgered = {s for s in streams if has_views.get(s) or s in viewed}
+    added = [_row_of(e, cost) for e, cost in records if (e.tenant, e.tool, e.stream) in ledgered]
+    added += [r for r in amended if (r.tenant, r.tool, r.stream) in ledgered]
+    taken = [r for r in removed if (r.tenant, r.tool, r.stream) in ledgered]
+    sums: dict[tuple[str, ...], Vec] = {}
     touched: dict[tuple[str, str, str], list[tuple[SubKey, int]]] = {}
-    for rows, sign in ((added, 1), (removed, -1)):
+    for rows, sign in ((added, 1), (taken, -1)):
         for r in rows:
             stream_key = (r.tenant, r.tool, r.stream)
             sk = r.subkey
             touched.setdefault(stream_key, []).append((sk, r.time_ns // _NS_PER_HOUR))
             if has_views.get(stream_key):
-                vec = records.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
+                vec = sums.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
                 add(vec, (*r.vec, r.cost or Decimal(0)), sign)
-    if records:
-        items = sorted(records.items())
+    if sums:
+        items = sorted(sums.items())
         conn.execute(
             _ADD_RECORDS,
             [[k[i] for k, _ in items] for i in range(6)] + [[v[i] for _, v in items] for i in range(7)],
@@ -1069,21 +1142,39 @@ def _reconcile(
         increments[key] = (vec, was_reported or reported, _template(e))
         touched.setdefault((e.tenant, e.tool, e.stream), []).append((sk, e.time_ns // _NS_PER_HOUR))
     if increments:
-        items_v = sorted(increments.items())
-        conn.execute(
-            _ADD_VIEWS,
-            [[k[i] for k, _ in items_v] for i in range(7)]
-            + [[v[0][i] for _, v in items_v] for i in range(7)]
-            + [[v[1] for _, v in items_v], [Jsonb(v[2]) for _, v in items_v]],
+        conn.execute(_CREATE_VIEW_STAGE)
+        dumps = orjson.dumps
+        _copy(
+            conn,
+            _COPY_VIEW_STAGE,
+            _VIEW_STAGE_TYPES,
+            ((*k, *v[0], v[1], b"\x01" + dumps(v[2])) for k, v in increments.items()),
         )
+        conn.execute(_ADD_VIEWS)
         if first:
             conn.execute(_MARK_VIEWS, ([m[0] for m in first], [m[1] for m in first], [m[2] for m in first]))
             for m in first:
                 has_views[m] = True
     entries: list[_Entry] = []
+    residual_rows: list[tuple[Any, ...]] = []
+    ledger_rows: list[tuple[Any, ...]] = []
     for stream in streams:
         if has_views.get(stream):
-            entries += _reconcile_stream(conn, stream, touched.get(stream, []), book)
+            entries += _reconcile_stream(
+                conn, stream, touched.get(stream, []), ledger_rows, residual_rows, book
+            )
+    if ledger_rows:
+        # The residuals as the ledger keeps them (streams are disjoint: one upsert).
+        conn.execute(_CREATE_LEDGER_RESIDUAL_STAGE)
+        _copy(
+            conn, _COPY_LEDGER_RESIDUAL_STAGE, _wire_types(t for _, t in _RESIDUAL_STAGE_COLUMNS), ledger_rows
+        )
+        conn.execute(_SET_RESIDUALS)
+    if residual_rows:
+        # The usage_events rows of the residuals, new or moved (streams are disjoint: one upsert).
+        conn.execute(_CREATE_RESIDUAL_STAGE)
+        _copy(conn, _COPY_RESIDUAL_STAGE, _EVENT_TYPES, residual_rows)
+        conn.execute(_UPSERT_RESIDUAL)
     return entries
 
 
@@ -1112,8 +1203,13 @@ def _reconcile_stream(
     conn: psycopg.Connection[Any],
     stream: tuple[str, str, str],
     touched: list[tuple[SubKey, int]],
+    ledger_rows: list[tuple[Any, ...]],
+    residual_rows: list[tuple[Any, ...]],
     book: PriceBook | None = None,
 ) -> list[_Entry]:
+    """Move the stream's residuals to what its ledger now computes: the rollup increments of the
+    moves; the moved residuals are appended to ``ledger_rows`` (ledger_residuals) and their
+    usage_events rows to ``residual_rows``."""
     tenant, tool, name = stream
     views: dict[SubKey, dict[str, Vec]] = {}
     reported: set[str] = set()
@@ -1123,7 +1219,7 @@ def _reconcile_stream(
     keys = {sk for sk, _ in touched}
     while keys:
         queried |= keys
-        for row in conn.execute(_SELECT_VIEWS, (*stream, *_subkey_arrays(keys))):
+        for row in _select_compatible(conn, _SELECT_VIEWS, stream, keys, 4):
             sk = (_unpart(row[0]), _unpart(row[1]), _unpart(row[2]))
             views.setdefault(sk, {})[row[3]] = list(row[4:11])
             if row[11]:
@@ -1134,7 +1230,7 @@ def _reconcile_stream(
         return []
     records = {
         (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): list(r[3:10])
-        for r in conn.execute(_SELECT_RECORDS, (*stream, *_subkey_arrays(views)))
+        for r in _select_compatible(conn, _SELECT_RECORDS, stream, views, 3)
     }
     found = targets(views, reported, records)
     latest = max((h for _, h in touched), default=None)
@@ -1143,12 +1239,12 @@ def _reconcile_stream(
     cutoff = min(h for _, h in touched) - _RECENT_HOURS
     cutoff_time = _UNIX_EPOCH + timedelta(hours=cutoff)
     recent: dict[SubKey, dict[int, Vec]] = {}
-    for r in conn.execute(_SELECT_RECENT, (*stream, *_subkey_arrays(views), cutoff_time)):
+    for r in conn.execute(_SELECT_RECENT, (*_subkey_arrays(views), *stream, cutoff_time), prepare=False):
         sk = (_unpart(r[0]), _unpart(r[1]), _unpart(r[2]))
         recent.setdefault(sk, {})[_ns(r[3]) // _NS_PER_HOUR] = list(r[4:11])
     final = {
         (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): [*(int(v) for v in r[3:9]), r[9]]
-        for r in conn.execute(_SELECT_FINAL, (*stream, *_subkey_arrays(views), cutoff_time))
+        for r in conn.execute(_SELECT_FINAL, (*_subkey_arrays(views), *stream, cutoff_time), prepare=False)
     }
     # The latest hour the export touched per subkey; keys that leave a part open may match others.
     latest_by_key: dict[SubKey, int] = {}
@@ -1168,13 +1264,9 @@ def _reconcile_stream(
             changes.append((sk, hour, vec, target))
     if not changes:
         return []
-    changes.sort(key=lambda c: (tuple(_part(p) for p in c[0]), c[1]))
-    conn.execute(
-        _SET_RESIDUALS,
-        [[tenant] * len(changes), [tool] * len(changes), [name] * len(changes)]
-        + [[_part(c[0][i]) for c in changes] for i in range(3)]
-        + [[_UNIX_EPOCH + timedelta(hours=c[1]) for c in changes]]
-        + [[c[2][i] for c in changes] for i in range(7)],
+    ledger_rows.extend(
+        (*stream, *map(_part, sk), _pg_time(hour * _NS_PER_HOUR), *(int(v) for v in vec[:6]), vec[6])
+        for sk, hour, vec, _ in changes
     )
     # The usage_events rows mirroring the residuals: the old ones out of the rollups, the new in.
     row_keys = [_residual_key(stream, c[0], c[1]) for c in changes]
@@ -1219,14 +1311,58 @@ def _reconcile_stream(
                 book.apply([event])
         is_counted = any(vec[:6]) or (target.reported and vec[6] != 0)
         row = _event_rows([event], [is_counted])[0]
-        values = list(row)
-        values[0] = _UNIX_EPOCH + timedelta(hours=hour)
-        values[-2] = Jsonb(event.attributes)
-        params.append(values)
+        params.append(row)
         if is_counted:
             entries.append(_row_of(event, row[_COST_AT]).entry(1))
-    conn.execute(_UPSERT_RESIDUAL, [list(column) for column in zip(*params, strict=True)])
+    residual_rows.extend(params)
     return entries
+
+
+def _select_compatible(
+    conn: psycopg.Connection[Any],
+    queries: dict[str, str],
+    stream: tuple[str, str, str],
+    keys: Iterable[SubKey],
+    width: int,
+) -> list[tuple[Any, ...]]:
+    """The stream's ledger rows whose subkey is compatible with one of ``keys`` (a part left open,
+    None in a key and '' in a row, matches anything), each once (rows are told apart by their
+    first ``width`` columns). A key open in no part matches the rows with each of its parts either
+    equal or open (8 exact index probes); one open only in its session, the rows of its model and
+    user, each either equal or open (4 index ranges); others go through the general scan."""
+    exact: set[tuple[str, str, str]] = set()
+    prefix: set[tuple[str, str]] = set()
+    other: list[SubKey] = []
+    for m, w, s in keys:
+        if m is None or w is None:
+            other.append((m, w, s))
+            continue
+        for pm in (m, ""):
+            for pw in (w, ""):
+                if s is None:
+                    prefix.add((pm, pw))
+                else:
+                    exact.add((pm, pw, s))
+                    exact.add((pm, pw, ""))
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    if exact:
+        ordered = sorted(exact)
+        params = ([k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered], *stream)
+        rows.update((r[:width], r) for r in conn.execute(queries["exact"], params, prepare=False))
+    if prefix:
+        pairs = sorted(prefix)
+        rows.update(
+            (r[:width], r)
+            for r in conn.execute(
+                queries["prefix"], ([p[0] for p in pairs], [p[1] for p in pairs], *stream), prepare=False
+            )
+        )
+    if other:
+        rows.update(
+            (r[:width], r)
+            for r in conn.execute(queries["open"], (*stream, *_subkey_arrays(other)), prepare=False)
+        )
+    return list(rows.values())
 
 
 def _subkey_arrays(keys: Iterable[SubKey]) -> tuple[list[str], list[str], list[str]]:
@@ -1243,15 +1379,47 @@ def _residual_key(stream: tuple[str, str, str], sk: SubKey, hour: int) -> bytes:
 # --- rollups -------------------------------------------------------------------------------------
 
 
-def _add_to_rollups(conn: psycopg.Connection[Any], entries: list[_Entry]) -> None:
-    """Add ``entries`` to ``usage_daily`` and ``usage_hourly``: summed here per bucket and key,
-    COPYed into staging tables, then one upsert per rollup in key order (``usage_hourly``, whose few
-    rows every export of a tenant shares, last: its row locks are then held only until the commit).
-    Rows whose events drop to zero are deleted."""
-    if not entries:
+def _add_to_rollups(
+    conn: psycopg.Connection[Any],
+    records: list[tuple[UsageEvent, Decimal | None]],
+    entries: list[_Entry],
+) -> None:
+    """Add new counted ``records`` (with their stored cost) and ``entries`` to ``usage_daily`` and
+    ``usage_hourly``: summed here per bucket and key, COPYed into staging tables, then one upsert
+    per rollup in key order (``usage_hourly``, whose few rows every export of a tenant shares,
+    last: its row locks are then held only until the commit). Rows whose events drop to zero are
+    deleted."""
+    if not entries and not records:
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
+    for r, cost in records:
+        vec = (r.requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens)
+        # unpriced_events counts requests (at least one per row), as _Row.entry does
+        unpriced = (
+            0
+            if cost is not None or r.cost_source is not None or vec[1] + vec[2] + vec[3] + vec[4] == 0
+            else max(vec[0], 1)
+        )
+        t = r.time_ns
+        for groups, key in (
+            (daily, (t // _NS_PER_DAY * _NS_PER_DAY, r.tenant, r.tool, r.user_email, r.provider, r.model)),
+            (hourly, (t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant)),
+        ):
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [*vec, r.reasoning_tokens, cost, unpriced, 1]
+                continue
+            g[0] += vec[0]
+            g[1] += vec[1]
+            g[2] += vec[2]
+            g[3] += vec[3]
+            g[4] += vec[4]
+            g[5] += r.reasoning_tokens
+            if cost is not None:
+                g[6] = cost if g[6] is None else g[6] + cost
+            g[7] += unpriced
+            g[8] += 1
     for e in entries:
         day = e.time_ns // _NS_PER_DAY * _NS_PER_DAY
         for groups, key in (
