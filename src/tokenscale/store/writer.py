@@ -922,14 +922,14 @@ _PROBE_STREAMS: Final = """
 SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
 WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))
 """
-_LOCK_STREAM: Final = "SELECT has_views FROM tokenscale.ledger_streams WHERE {where} FOR {mode}"
+_LOCK_STREAMS: Final = """
+SELECT count(*) FROM (SELECT k, x FROM unnest(%b::int8[], %b::bool[]) AS u(k, x) ORDER BY k OFFSET 0) s,
+LATERAL (SELECT CASE WHEN s.x THEN pg_advisory_xact_lock(s.k) ELSE pg_advisory_xact_lock_shared(s.k) END) l
+"""
 _MARK_VIEWS: Final = """
 UPDATE tokenscale.ledger_streams SET has_views = true
 WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[])) AND NOT has_views
 """
-_LOCK_STREAM_SQL: Final = {
-    mode: _LOCK_STREAM.format(where=_STREAM_WHERE_TEXT, mode=mode) for mode in ("UPDATE", "SHARE")
-}
 _KEY_ARRAYS: Final = "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]"
 _SUM_ARRAYS: Final = "%b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::numeric[]"
 _ADD_RECORDS: Final = f"""
@@ -1089,8 +1089,13 @@ def _reconcile(
     if not streams:
         return []
     columns = ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
-    conn.execute(_INSERT_STREAMS, columns)
     viewed = {(e.tenant, e.tool, e.stream) for e in views}
+    if viewed:
+        # A stream is kept in ledger_streams from its first view on (records alone need no row).
+        ordered = sorted(viewed)
+        conn.execute(
+            _INSERT_STREAMS, ([v[0] for v in ordered], [v[1] for v in ordered], [v[2] for v in ordered])
+        )
     has_views = _lock_streams(conn, streams, columns, viewed)
     # A stream's records are kept in the ledger from its first view on: then the records stored so
     # far (this export's included) are summed once from usage_events; before, nothing is kept.
@@ -1178,24 +1183,32 @@ def _reconcile(
     return entries
 
 
+def _stream_lock_key(stream: tuple[str, str, str]) -> int:
+    """The advisory lock of a stream's ledger (a signed 64-bit hash of its key)."""
+    digest = blake2b("\x1f".join(stream).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _lock_streams(
     conn: psycopg.Connection[Any],
     streams: list[tuple[str, str, str]],
     columns: tuple[list[str], list[str], list[str]],
     viewed: set[tuple[str, str, str]],
 ) -> dict[tuple[str, str, str], bool]:
-    """Lock the streams in key order: exclusively those whose ledger this export reconciles (they
-    have views), shared the others, so that exports adding only records to a stream without views
-    do not wait for each other, while a first view waits for them (and sees their records). Which
-    streams have views, as seen under the locks."""
+    """Lock the streams (transaction-scoped advisory locks, taken in one statement in lock-key
+    order): exclusively those whose ledger this export reconciles (they have views), shared the
+    others, so that exports adding only records to a stream without views do not wait for each
+    other, while a first view waits for them (and sees their records). Which streams have views,
+    as seen under the locks."""
     probed = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
-    has_views: dict[tuple[str, str, str], bool] = {}
-    for stream in streams:
-        exclusive = stream in viewed or probed.get(stream, False)
-        row = conn.execute(_LOCK_STREAM_SQL["UPDATE" if exclusive else "SHARE"], stream).fetchone()
-        has_views[stream] = bool(row and row[0])
-        if has_views[stream] and not exclusive:  # a first view committed since the probe
-            conn.execute(_LOCK_STREAM_SQL["UPDATE"], stream)
+    modes = {s: s in viewed or probed.get(s, False) for s in streams}
+    keys = sorted((_stream_lock_key(s), modes[s]) for s in streams)
+    conn.execute(_LOCK_STREAMS, ([k for k, _ in keys], [x for _, x in keys]))
+    # Under the locks: a first view may have committed since the probe.
+    has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+    upgrade = sorted(_stream_lock_key(s) for s in streams if has_views.get(s) and not modes[s])
+    if upgrade:
+        conn.execute(_LOCK_STREAMS, (upgrade, [True] * len(upgrade)))
     return has_views
 
 
