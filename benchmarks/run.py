@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "reports": "benchmarks.bench_reports",
     "budget": "benchmarks.bench_budget",
     "soak": "benchmarks.bench_soak",
+    "writer": "benchmarks.bench_writer",
 }
 
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="X",
         help="reports: data set size relative to the full 2,000 users x 1 year (default 1.0)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="ledger, writer: measure the src/ of git revision REV beside this tree (e.g. main)",
+    )
     return parser
 
 
@@ -81,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=max(1, args.repeat),
         report_scale=args.report_scale,
         workers=max(1, args.workers),
+        baseline=args.baseline,
     )
     names = args.only or list(BENCHMARKS)
     modules: dict[str, ModuleType] = {name: importlib.import_module(BENCHMARKS[name]) for name in names}
