@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "reports": "benchmarks.bench_reports",
     "budget": "benchmarks.bench_budget",
     "soak": "benchmarks.bench_soak",
+    "ledger": "benchmarks.bench_ledger",
 }
 
 
@@ -69,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="X",
         help="reports: data set size relative to the full 2,000 users x 1 year (default 1.0)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="ledger: measure the src/ of git revision REV beside this tree (e.g. main)",
+    )
+    parser.add_argument(
+        "--community-url",
+        metavar="URL",
+        help="ledger: a TimescaleDB community server for compressed sizes "
+        "(default: TOKENSCALE_TEST_TIMESCALEDB_URL)",
+    )
     return parser
 
 
@@ -81,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=max(1, args.repeat),
         report_scale=args.report_scale,
         workers=max(1, args.workers),
+        baseline=args.baseline,
+        community_url=args.community_url,
     )
     names = args.only or list(BENCHMARKS)
     modules: dict[str, ModuleType] = {name: importlib.import_module(BENCHMARKS[name]) for name in names}
