@@ -4,7 +4,8 @@ Everything the ledger counts by has a column of its own (the disjoint token colu
 id, model, ...). Of the rest, ``usage_events.attributes`` keeps only what something reads back: the
 query APIs' filters and fields (``tokenscale.meta.*``, seed 003's relation ids, trace ids and types,
 the deployment environment, the modality units and image parameters of the AI-metrics listings,
-prompt ids), the usage units the price book can price (``gen_ai.usage.*`` other than token counts,
+prompt ids), the raw model name and Copilot's premium requests (docs/mapping.md), the usage
+units the price book can price (``gen_ai.usage.*`` other than token counts,
 which are columns), content the operator chose to capture (``capture_content``), and the
 reconciliation's own note on residual rows. Every other attribute (resource attributes such as
 ``host.name`` or ``telemetry.sdk.*``, request parameters, token counts already in columns) is stored
@@ -42,6 +43,8 @@ KEPT_KEYS: Final = frozenset(
         "gen_ai.request.image.size",  # AI metrics: image listings
         "gen_ai.request.image.quality",
         "reconciled.view",  # a residual row's view (the writer's own)
+        "model.raw",  # the model's name before normalisation (docs/mapping.md)
+        "github.copilot.cost",  # Copilot's premium requests (not USD: no column of its own)
         *UNIT_USAGE_KEYS,
         *SENSITIVE_KEYS,  # only there when the operator set capture_content
     }
@@ -61,13 +64,10 @@ _KEPT_CACHE: dict[str, bool] = {}
 def kept_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The part of ``attrs`` stored by default (see the module's docstring)."""
     cache = _KEPT_CACHE
-    out = {}
-    for key, value in attrs.items():
-        kept = cache.get(key)
-        if kept is None:
-            kept = _kept(key)
-            if len(cache) < 65_536:  # keys are the client's: bounded
-                cache[key] = kept
-        if kept:
-            out[key] = value
-    return out
+    try:
+        return {key: value for key, value in attrs.items() if cache[key]}
+    except KeyError:  # a key not seen yet: decide it once (the cache is bounded: keys are the client's)
+        for key in attrs:
+            if key not in cache and len(cache) < 65_536:
+                cache[key] = _kept(key)
+        return {key: value for key, value in attrs.items() if cache.get(key, False) or _kept(key)}

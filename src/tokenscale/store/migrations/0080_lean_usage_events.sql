@@ -8,8 +8,9 @@
 DROP INDEX IF EXISTS tokenscale.usage_events_tenant_time;
 
 -- transactionId / messageId lookups are equalities: a hash index keeps a 4-byte hash code per row
--- instead of the tenant and the whole request id (~20 instead of ~95 bytes per row); the tenant
+-- instead of the tenant and the whole request id (45 instead of 95 bytes per row measured); the tenant
 -- and the id itself are checked on the few rows found.
 DROP INDEX IF EXISTS tokenscale.usage_events_read_request;
 CREATE INDEX usage_events_read_request ON tokenscale.usage_events USING hash (request_id)
     WHERE counted AND request_id IS NOT NULL;
+
