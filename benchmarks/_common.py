@@ -52,6 +52,8 @@ class Context:
     workers: int = 1
     #: ledger, writer: a git revision whose ``src/`` is measured beside this tree's (None: this tree only).
     baseline: str | None = None
+    #: ledger: a TimescaleDB community server for the compressed sizes (None: its test variable).
+    community_url: str | None = None
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 

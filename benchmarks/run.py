@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "budget": "benchmarks.bench_budget",
     "soak": "benchmarks.bench_soak",
     "writer": "benchmarks.bench_writer",
+    "ledger": "benchmarks.bench_ledger",
 }
 
 
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="REV",
         help="ledger, writer: measure the src/ of git revision REV beside this tree (e.g. main)",
     )
+    parser.add_argument(
+        "--community-url",
+        metavar="URL",
+        help="ledger: a TimescaleDB community server for compressed sizes "
+        "(default: TOKENSCALE_TEST_TIMESCALEDB_URL)",
+    )
     return parser
 
 
@@ -88,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_scale=args.report_scale,
         workers=max(1, args.workers),
         baseline=args.baseline,
+        community_url=args.community_url,
     )
     names = args.only or list(BENCHMARKS)
     modules: dict[str, ModuleType] = {name: importlib.import_module(BENCHMARKS[name]) for name in names}

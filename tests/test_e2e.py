@@ -274,13 +274,14 @@ def test_non_finite_attribute_values_do_not_break_the_export(receiver: Receiver,
         [
             KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o-mini")),
             KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=10)),
-            KeyValue(key="gen_ai.request.temperature", value=AnyValue(double_value=float("nan"))),
+            KeyValue(key="tokenscale.meta.temperature", value=AnyValue(double_value=float("nan"))),
         ]
     )
     response = grpc_export(receiver.grpc_port, "traces", request.SerializeToString())
     assert not response.partial_success.rejected_spans
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT input_tokens, attributes->'gen_ai.request.temperature' FROM tokenscale.usage_events"
+            "SELECT input_tokens, attributes ? 'tokenscale.meta.temperature', "
+            "jsonb_typeof(attributes->'tokenscale.meta.temperature') FROM tokenscale.usage_events"
         ).fetchone()
-    assert row == (10, None)  # NaN has no JSON form: stored as null, the usage kept
+    assert row == (10, True, "null")  # NaN has no JSON form: stored as null, the usage kept

@@ -135,14 +135,16 @@ def test_long_free_attribute_is_cut_and_the_item_kept(stack: tuple[Sender, str])
     sender, url = stack
     session = f"cut-{secrets.token_hex(4)}"
     value = "x" * (DEFAULT_LIMITS.max_attribute_bytes + 100)
-    document = spans_export([semconv_span({"session.id": session, "app.blob": value})])
+    document = spans_export([semconv_span({"session.id": session, "tokenscale.meta.blob": value})])
     for transport, code, answer in sender.every_transport("traces", document):
         rejected, error = _partial(transport, code, answer)
         assert rejected == 0
-        assert f"attribute 'app.blob' cut to {DEFAULT_LIMITS.max_attribute_bytes} bytes" in error, transport
+        cut = f"attribute 'tokenscale.meta.blob' cut to {DEFAULT_LIMITS.max_attribute_bytes} bytes"
+        assert cut in error, transport
     with psycopg.connect(url) as conn:
         stored = conn.execute(
-            "SELECT length(attributes->>'app.blob') FROM tokenscale.usage_events WHERE session_id = %s",
+            "SELECT length(attributes->>'tokenscale.meta.blob') FROM tokenscale.usage_events "
+            "WHERE session_id = %s",
             (session,),
         ).fetchall()
     assert stored == [(DEFAULT_LIMITS.max_attribute_bytes,)]

@@ -432,7 +432,14 @@ def _service(
         # then still spooled (or answered UNAVAILABLE) within the export timeout.
         wait = settings.export_timeout / 2
         writer = InstrumentedWriter(
-            UsageWriter(pool, timeout=wait, prices=PriceBookCache(read_pool), on_commit=on_commit), registry
+            UsageWriter(
+                pool,
+                timeout=wait,
+                prices=PriceBookCache(read_pool),
+                on_commit=on_commit,
+                keep_attributes=settings.keep_attributes,
+            ),
+            registry,
         )
         options = MappingOptions(capture_content=settings.capture_content)
         limits = Limits(
@@ -449,7 +456,9 @@ def _service(
         auth = AuthPolicy.for_bind(
             read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
         )
-        api = UsageApiService(read_pool, auth, UsageWriter(pool, on_commit=on_commit))
+        api = UsageApiService(
+            read_pool, auth, UsageWriter(pool, on_commit=on_commit, keep_attributes=settings.keep_attributes)
+        )
         receiver = Receiver(
             pipeline,
             host=settings.host,

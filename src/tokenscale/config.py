@@ -51,6 +51,9 @@ class Settings:
     admin_tenant: str = ""
     #: Keep prompts, responses and command lines found in telemetry (off: they are dropped).
     capture_content: bool = False
+    #: Store every attribute of a usage event (off: only those the APIs, reports and the price book
+    #: read back, see docs/performance.md "Bytes per request").
+    keep_attributes: bool = False
     #: Late-data horizon: usage older than this many days is rejected by the receiver (OTLP partial
     #: success naming the horizon); on TimescaleDB community the refresh policies span it.
     late_data_days: int = 31

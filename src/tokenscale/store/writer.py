@@ -44,6 +44,7 @@ from tokenscale.mapping import (
 from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
+from tokenscale.store.attributes import kept_attributes
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -304,14 +305,19 @@ class UsageWriter:
         timeout: float = 10.0,
         prices: PriceBookSource | None = None,
         on_commit: CommitListener | None = None,
+        keep_attributes: bool = False,
     ) -> None:
         """``on_commit(first_ns, last_ns)``, where the rollups are continuous aggregates, is told the
-        time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`)."""
+        time span of each committed export's rows (a :class:`tokenscale.store.refresh.Refresher`).
+
+        ``keep_attributes``: store every attribute of a usage event, not only those something reads
+        back (:mod:`tokenscale.store.attributes`)."""
         self._pool = pool
         self._timeout = timeout
         #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
         self._prices = prices
         self._on_commit = on_commit
+        self._keep_attributes = keep_attributes
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
 
@@ -416,7 +422,7 @@ class UsageWriter:
         best = _best_carriers([e for e in events if not e.aggregate])
         counted = {id(e) for e in best.values()}
         flags = [id(e) in counted for e in events]
-        rows = _event_rows(events, flags)
+        rows = _event_rows(events, flags, keep_attributes=self._keep_attributes)
         amendments: list[_Amendment] = []
         try:
             # The common case: the export's requests are all new and none of its rows is stored
@@ -434,14 +440,14 @@ class UsageWriter:
             log.debug("%d rows, some requests or rows already stored: resolving through staging", len(rows))
             counted, amendments = _resolve_requests(conn, best)
             flags = [id(e) in counted for e in events]
-            rows = _event_rows(events, flags)
+            rows = _event_rows(events, flags, keep_attributes=self._keep_attributes)
             try:
                 with conn.transaction():
                     _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
                 new = [True] * len(events)
             except psycopg.errors.UniqueViolation:
                 new = _insert_new(conn, events, rows)
-        removed, amended = _amend(conn, amendments)
+        removed, amended = _amend(conn, amendments, keep_attributes=self._keep_attributes)
         # The export's new counted rows, with their cost as stored.
         records = [
             (e, row[_COST_AT]) for e, row, n, c in zip(events, rows, new, flags, strict=True) if n and c
@@ -515,10 +521,14 @@ def _cost(value: float | None) -> Decimal | None:
     return Decimal(f"{value:.15g}").quantize(_COST_QUANTUM, ROUND_HALF_UP)
 
 
-def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[tuple[Any, ...]]:
-    """COPY rows of ``events`` (in ``_EVENT_COLUMNS`` order)."""
+def _event_rows(
+    events: Iterable[UsageEvent], counted: Iterable[bool], *, keep_attributes: bool = False
+) -> list[tuple[Any, ...]]:
+    """COPY rows of ``events`` (in ``_EVENT_COLUMNS`` order); their attributes are those stored by
+    default (:func:`tokenscale.store.attributes.kept_attributes`) unless ``keep_attributes``."""
     # orjson: ~10x faster than json here, and NaN/Infinity (which jsonb rejects) become null.
     dumps = orjson.dumps
+    kept = _all_attributes if keep_attributes else kept_attributes
     return [
         (
             e.time_ns // 1000 - _PG_EPOCH_US,  # _pg_time, inlined
@@ -547,11 +557,15 @@ def _event_rows(events: Iterable[UsageEvent], counted: Iterable[bool]) -> list[t
             e.cost_source,
             e.duration_ms,
             e.error_type,
-            b"\x01" + dumps(e.attributes, default=str),
+            b"\x01" + dumps(kept(e.attributes), default=str),
             e.dedupe_key,
         )
         for e, c in zip(events, counted, strict=True)
     ]
+
+
+def _all_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    return attrs
 
 
 def _activity_rows(activity: Iterable[ActivityEvent]) -> list[tuple[Any, ...]]:
@@ -835,7 +849,9 @@ def _stored_row(r: Sequence[Any]) -> _Row:
     )
 
 
-def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple[list[_Row], list[_Row]]:
+def _amend(
+    conn: psycopg.Connection[Any], amendments: list[_Amendment], *, keep_attributes: bool
+) -> tuple[list[_Row], list[_Row]]:
     """Give each stored record the values of its better carrier; the records before and after."""
     if not amendments:
         return [], []
@@ -879,7 +895,7 @@ def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple
                 e.cost_source,
                 e.duration_ms,
                 e.error_type,
-                Jsonb(e.attributes),
+                Jsonb(e.attributes if keep_attributes else kept_attributes(e.attributes)),
                 a.row_key,
                 a.row_time,
             )

@@ -1,0 +1,73 @@
+"""Which attributes of a usage event ``usage_events.attributes`` stores.
+
+Everything the ledger counts by has a column of its own (the disjoint token columns, identity, request
+id, model, ...). Of the rest, ``usage_events.attributes`` keeps only what something reads back: the
+query APIs' filters and fields (``tokenscale.meta.*``, seed 003's relation ids, trace ids and types,
+the deployment environment, the modality units and image parameters of the AI-metrics listings,
+prompt ids), the raw model name and Copilot's premium requests (docs/mapping.md), the usage
+units the price book can price (``gen_ai.usage.*`` other than token counts,
+which are columns), content the operator chose to capture (``capture_content``), and the
+reconciliation's own note on residual rows. Every other attribute (resource attributes such as
+``host.name`` or ``telemetry.sdk.*``, request parameters, token counts already in columns) is stored
+only when the operator asks for it: setting ``keep_attributes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
+from tokenscale.mapping.rules import LOG_RULES, SEMCONV_FIELDS, SENSITIVE_KEYS, UNIT_USAGE_KEYS
+
+__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "kept_attributes"]
+
+#: Keys with these prefixes are always kept (``tokenscale.meta.*`` and tokenscale's own keys).
+KEPT_PREFIXES: Final = ("tokenscale.",)
+
+#: Token counts the mapping moves into the token columns: never stored twice.
+_TOKEN_KEYS: Final = frozenset(
+    {key for f in SEMCONV_FIELDS for key in f.keys}
+    | {key for rule in LOG_RULES.values() for f in rule.fields for key in f.keys}
+)
+_USAGE_PREFIX: Final = "gen_ai.usage."
+
+#: Single keys always kept: what the APIs read (see tokenscale.api.ai_metrics, usage_records).
+KEPT_KEYS: Final = frozenset(
+    {
+        OTEL_TRACE_ID_KEY,  # AI metrics: traceId
+        "deployment.environment",  # AI metrics: environment
+        "deployment.environment.name",
+        "prompt.id",  # usage series: user inputs
+        "prompt_id",
+        "gen_ai.request.image.size",  # AI metrics: image listings
+        "gen_ai.request.image.quality",
+        "reconciled.view",  # a residual row's view (the writer's own)
+        "model.raw",  # the model's name before normalisation (docs/mapping.md)
+        "github.copilot.cost",  # Copilot's premium requests (not USD: no column of its own)
+        *UNIT_USAGE_KEYS,
+        *SENSITIVE_KEYS,  # only there when the operator set capture_content
+    }
+)
+
+
+def _kept(key: str) -> bool:
+    if key in KEPT_KEYS or key.startswith(KEPT_PREFIXES):
+        return True
+    # Usage units (audio seconds, image tokens, ...) a price book's unit prices can be keyed by.
+    return key.startswith(_USAGE_PREFIX) and key not in _TOKEN_KEYS
+
+
+_KEPT_CACHE: dict[str, bool] = {}
+
+
+def kept_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``attrs`` stored by default (see the module's docstring)."""
+    cache = _KEPT_CACHE
+    try:
+        return {key: value for key, value in attrs.items() if cache[key]}
+    except KeyError:  # a key not seen yet: decide it once (the cache is bounded: keys are the client's)
+        for key in attrs:
+            if key not in cache and len(cache) < 65_536:
+                cache[key] = _kept(key)
+        return {key: value for key, value in attrs.items() if cache.get(key, False) or _kept(key)}

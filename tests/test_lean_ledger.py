@@ -1,0 +1,211 @@
+"""A lean ledger: usage_events keeps the attributes something reads back, the rest only when asked;
+the indexes are those of the read paths; compressed chunks answer the APIs exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from dbservers import Server, fresh_database
+from tokenscale.api import ai_metrics, usage_records
+from tokenscale.api._values import Params
+from tokenscale.api.ai_metrics import list_ai_metrics, parse_ai_metrics_query
+from tokenscale.api.budgets import Budget, budget_status
+from tokenscale.api.usage_records import list_usage_records, usage_series
+from tokenscale.mapping import MappingResult, UsageEvent
+from tokenscale.store import migrate
+from tokenscale.store.attributes import kept_attributes
+from tokenscale.store.refresh import materialize_history
+from tokenscale.store.retention import apply_policies
+from tokenscale.store.writer import UsageWriter, open_pool
+from usage_db import assert_rollups_match_events
+
+#: Attributes no API, report or price reads back: stored only with keep_attributes.
+_UNREAD: dict[str, Any] = {
+    "host.name": "build-7",  # a resource attribute
+    "telemetry.sdk.name": "opentelemetry",
+    "gen_ai.request.temperature": 0.2,
+    "gen_ai.usage.input_tokens": 120,  # in input_tokens already
+    "gen_ai.usage.cache_read.input_tokens": 20,  # in cache_read_tokens already
+    "gen_ai.response.finish_reasons": ["stop"],
+}
+#: Attributes read back: always stored.
+_READ: dict[str, Any] = {
+    "tokenscale.meta.bot_id": "bot-1",
+    "tokenscale.meta.organization_name": "Acme",
+    "otel.trace_id": "0af7651916cd43dd8448eb211c80319c",
+    "deployment.environment.name": "production",
+    "gen_ai.usage.audio.seconds": 1.5,  # a unit the price book can price
+    "prompt.id": "p-1",
+}
+
+
+def test_every_key_the_apis_read_is_kept_and_nothing_else() -> None:
+    read_by_apis = {
+        *ai_metrics._META_FILTERS.values(),
+        *ai_metrics._EXTRA_KEYS,
+        ai_metrics._OTEL_TRACE_ID,
+        "tokenscale.meta.trace_id",
+        "tokenscale.meta.trace_type",
+        "tokenscale.meta.billing_skipped",
+        "deployment.environment",
+        "deployment.environment.name",
+        *(key for _, key in usage_records.RELATION_FILTERS.values() if key is not None),
+        *usage_records.PROMPT_ID_KEYS,
+        "tokenscale.meta.any key an app sets",
+        "tokenscale.tokens_split",
+    }
+    attrs = {key: n for n, key in enumerate(sorted(read_by_apis))}
+    assert kept_attributes(attrs) == attrs
+    assert kept_attributes({**_UNREAD, **_READ}) == _READ
+    assert kept_attributes(_UNREAD) == {}
+
+
+def _event(tenant: str, n: int) -> UsageEvent:
+    return UsageEvent(
+        time_ns=1_795_392_000 * 10**9 + n * 10**9,
+        tenant=tenant,
+        carrier="gen_ai.span",
+        rank=3,
+        tool="app",
+        stream="app",
+        service_name="app",
+        dedupe_key=n.to_bytes(16, "big"),
+        requests=1,
+        input_tokens=100,
+        cache_read_tokens=20,
+        output_tokens=7,
+        request_id=f"req-{n}",
+        attributes={**_UNREAD, **_READ},
+    )
+
+
+def test_writer_stores_only_read_attributes_unless_asked(db_url: str) -> None:
+    migrate(db_url)
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=[_event("lean", 1)]))
+        UsageWriter(pool, keep_attributes=True).write(MappingResult(events=[_event("full", 2)]))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url) as conn:
+        rows = dict(
+            conn.execute("SELECT tenant, attributes FROM tokenscale.usage_events ORDER BY tenant").fetchall()
+        )
+        totals = conn.execute(
+            "SELECT tenant, input_tokens, cache_read_tokens, output_tokens FROM tokenscale.usage_events "
+            "ORDER BY tenant"
+        ).fetchall()
+    assert rows == {"lean": _READ, "full": {**_UNREAD, **_READ}}
+    assert totals == [("full", 100, 20, 7), ("lean", 100, 20, 7)]
+
+
+def test_usage_events_indexes_are_the_read_paths(db_url: str) -> None:
+    migrate(db_url)
+    with psycopg.connect(db_url) as conn:
+        names = {
+            row[0]
+            for row in conn.execute(
+                "SELECT indexname FROM pg_indexes "
+                "WHERE schemaname = 'tokenscale' AND tablename = 'usage_events'"
+            )
+        }
+        method = conn.execute(
+            "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+            "WHERE c.oid = 'tokenscale.usage_events_read_request'::regclass"
+        ).fetchone()
+    # TimescaleDB adds its own time index to a hypertable (the continuous aggregates' refreshes
+    # and chunk-wise time scans use it).
+    assert names - {"usage_events_time_idx"} == {
+        "usage_events_dedupe",
+        "usage_events_read_time",
+        "usage_events_read_request",
+        "usage_events_read_conversation",
+        "usage_events_read_attributes",
+    }
+    assert method == ("hash",)
+
+
+def _api_answers(url: str, now: datetime) -> dict[str, Any]:
+    """What the listings, the usage series and the budget check answer for tenant ``t``."""
+    answers: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as conn:  # as the API's pool connections are
+        for name, pairs in {
+            "all": [],
+            "org": [("organizationName", "Acme")],
+            "transaction": [("transactionId", "req-7")],
+            "trace": [("traceId", "0af7651916cd43dd8448eb211c80319c")],
+        }.items():
+            query = parse_ai_metrics_query(
+                Params.from_pairs([("teamId", "t"), ("size", "1000"), *pairs]), "completions"
+            )
+            page = list_ai_metrics(conn, "t", query)
+            answers[f"ai_metrics {name}"] = (
+                page.total_elements,
+                sorted((i["transactionId"], i["inputTokenCount"], i["outputTokenCount"]) for i in page.items),
+                sorted(page.items, key=lambda i: str(i["id"])),
+            )
+        for name, pairs in {
+            "bot": [("botId", "bot-1")],
+            "message": [("messageId", "req-3")],
+            "all": [],
+        }.items():
+            records = list_usage_records(conn, "t", Params.from_pairs([("take", "500"), *pairs]))
+            answers[f"usage_records {name}"] = sorted(
+                (r["messageId"], r["count"], r.get("botId")) for r in records["items"]
+            )
+        series = usage_series(conn, "t", now)
+        answers["series"] = {k: [p["total"] for p in v] for k, v in series.items() if isinstance(v, list)}
+        status = budget_status(conn, "t", Budget("t", 10**9, 30))
+        answers["budget"] = status.tokens_used
+    return answers
+
+
+def test_api_answers_are_exact_on_compressed_chunks(community_server: Server) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = []
+    for n in range(1, 41):
+        event = _event("t", n)
+        # Spread over the last 10 days, two UTC days per chunk boundary at least.
+        event.time_ns = int((now - timedelta(hours=6 * n)).timestamp()) * 10**9
+        if n % 3:
+            event.attributes = {k: v for k, v in event.attributes.items() if k != "tokenscale.meta.bot_id"}
+        events.append(event)
+    with fresh_database(community_server) as url:
+        migrate(url)
+        pool = open_pool(url)
+        try:
+            UsageWriter(pool).write(MappingResult(events=events))
+        finally:
+            pool.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            materialize_history(conn)
+        before = _api_answers(url, now)
+        with psycopg.connect(url, autocommit=True) as conn:
+            report = apply_policies(conn, migrate(url).backend, retention_days=0, compress_after_days=1)
+            assert report.compression == "after 1 days (columnstore policy)"
+            chunks = conn.execute(
+                "SELECT count(compress_chunk(c)) FROM show_chunks('tokenscale.usage_events') c"
+            ).fetchone()
+            compressed = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.chunks "
+                "WHERE hypertable_name = 'usage_events' AND NOT is_compressed"
+            ).fetchone()
+            materialize_history(conn)
+        after = _api_answers(url, now)
+        assert_rollups_match_events(url)
+    assert chunks is not None and chunks[0] >= 10
+    assert compressed == (0,)
+    assert after == before
+    # And the answers are the events' own: 40 requests of 100 + 20 + 7 tokens.
+    assert before["ai_metrics all"][0] == 40
+    assert before["ai_metrics org"][0] == 40
+    assert before["ai_metrics transaction"][:2] == (1, [("req-7", 100, 7)])
+    assert before["ai_metrics trace"][0] == 40
+    assert [m for m, _, _ in before["usage_records bot"]] == sorted(f"req-{n}" for n in range(3, 41, 3))
+    assert before["usage_records message"] == [("req-3", 127, "bot-1")]
+    assert len(before["usage_records all"]) == 40
+    assert before["budget"] == 40 * 127
+    assert sum(before["series"]["tokens"]) == 40 * 127
