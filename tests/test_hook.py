@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dbservers import Server, fresh_database, server_data_dir
+from ground_truth import ground_truth
+from hook_service import Service, run_hook
 from tokenscale.cli import main as cli_main
 from tokenscale.commands.hook import (
     Decision,
@@ -19,6 +27,7 @@ from tokenscale.commands.hook import (
     render,
     resolve_identity,
 )
+from tokenscale.instrumentation._budget import BudgetCheck
 
 # Hook inputs as the assistants send them. Claude Code's are verbatim from Claude Code 2.1.332 (run
 # against a local stand-in API); Codex's follow codex-rs/hooks/schema/generated/*.input.schema.json;
@@ -241,27 +250,35 @@ def test_codex_user_is_the_chatgpt_logins_email_and_none_with_an_api_key(tmp_pat
 # --- decision and output ----------------------------------------------------------------------------
 
 
-def test_a_spent_window_blocks_naming_the_budget_and_its_window() -> None:
-    decision = decide({"allowed": False, "windows": [WINDOW_DAY, WINDOW_WEEK_USD]})
-    assert decision == Decision(
-        "block",
-        "tokenscale: the user budget of alice@example.com (id b-day) is spent: 123,456 of 100,000 "
-        "tokens used in its rolling 1 day. Ask your tokenscale admin to raise it, or wait until "
-        "older usage leaves the window.",
-        (WINDOW_DAY,),
+def _check(allowed: bool, *windows: dict[str, Any]) -> BudgetCheck:
+    return BudgetCheck.from_json(
+        {"allowed": allowed, "checkedAt": "2026-12-03T12:00:00Z", "windows": list(windows)}
     )
+
+
+def test_a_spent_window_blocks_naming_the_budget_and_its_window() -> None:
+    check = _check(False, WINDOW_DAY, WINDOW_WEEK_USD)
+    assert decide(check) == Decision(
+        "block",
+        "tokenscale: budget spent: user alice@example.com: 123456 of 100000 tokens in the last 24 h "
+        "(budget b-day). Ask your tokenscale admin to raise it, or wait until older usage leaves the "
+        "window.",
+        check.windows[:1],
+    )
+    both = _check(False, WINDOW_DAY, {**WINDOW_WEEK_USD, "exceeded": True, "fraction": 1.0})
+    assert "; and 1 more window exceeded." in decide(both).message
 
 
 def test_above_the_warn_fraction_warns_and_below_allows() -> None:
-    answer = {"allowed": True, "windows": [WINDOW_WEEK_USD]}
-    assert decide(answer) == Decision(
+    check = _check(True, WINDOW_WEEK_USD)
+    assert decide(check) == Decision(
         "warn",
-        "tokenscale: 85% of the team budget of platform (id b-week) used: $42.50 of $50.00 in its "
-        "rolling 7 days.",
-        (WINDOW_WEEK_USD,),
+        "tokenscale: 85% of a budget used: team platform: $42.50 of $50.00 in the last 7 days "
+        "(budget b-week).",
+        check.windows,
     )
-    assert decide(answer, warn_at=0.9).action == "allow"
-    assert decide({"allowed": True, "windows": []}).action == "allow"
+    assert decide(check, warn_at=0.9) == Decision("allow", "", check.windows)
+    assert decide(_check(True)) == Decision("allow")
 
 
 BLOCK = Decision("block", "spent")
@@ -314,3 +331,215 @@ def test_each_assistant_gets_its_documented_output(
     code, out, err = render(parse_event(json.dumps(data)), decision)
     assert (code, err) == (0, "")
     assert (json.loads(out) if out else None) == stdout
+
+
+# --- against a real service --------------------------------------------------------------------------
+
+TENANT = "acme"
+#: Who the captured runs are, as their telemetry says (and so as tokenscale stores them).
+CLAUDE_CAPTURE_USER = "b9003eb9b3f07c6794b39bae802c39db8d09f29c7bf9135ed4c4e10cc7ab4683"
+GEMINI_CAPTURE_USER = "1e6b8553-c533-4be9-bfc8-110af1d36820"
+CAPTURE_TEAM = "otlp-test"
+MONTH = 30 * 86400
+
+
+def _tokens(label: str) -> int:
+    """Every token of a captured run as budgets count them (input, cache read and write, output)."""
+    kinds = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
+    return sum(row[kind] for row in ground_truth(label).values() for kind in kinds)
+
+
+@dataclass
+class Served:
+    service: Service
+    reader: str
+    admin: str
+
+
+@pytest.fixture(scope="module")
+def served(pg_server: Server) -> Iterator[Served]:
+    """``tokenscale serve`` holding the captured Claude Code, Gemini CLI and Codex runs of tenant acme."""
+    with fresh_database(pg_server) as url, server_data_dir() as data_dir:
+        service = Service(url, data_dir).start()
+        try:
+            reader = service.key(TENANT)
+            admin = service.key(TENANT, ("read", "admin"))
+            for label in ("claude-grpc", "gemini-grpc", "codex-grpc"):
+                service.replay(label, reader)
+            yield Served(service, reader, admin)
+        finally:
+            service.stop()
+
+
+@pytest.fixture
+def budgets(served: Served) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Create budgets of tenant acme for one test; they are deleted after it."""
+    created: list[str] = []
+
+    def make(scope: str, value: str | None, limit: int, seconds: int = MONTH) -> dict[str, Any]:
+        body = {"scope": scope, "windows": [{"unit": "tokens", "limit": limit, "windowSeconds": seconds}]}
+        if value is not None:
+            body["scopeValue"] = value
+        budget = served.service.create_budget(served.admin, body)
+        created.append(budget["id"])
+        return budget
+
+    yield make
+    for budget_id in created:
+        served.service.delete_budget(served.admin, budget_id, missing_ok=True)
+
+
+def _env(served: Served, home: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "TOKENSCALE_API_URL": served.service.url,
+        "TOKENSCALE_API_KEY": served.reader,
+        **extra,
+    }
+
+
+def test_nothing_defined_allows_silently(served: Served, tmp_path: Path) -> None:
+    env = _env(served, _claude_home(tmp_path, userID=CLAUDE_CAPTURE_USER))
+    for payload, stdout in ((CLAUDE_TOOL, ""), (CODEX_PROMPT, ""), (GEMINI_MODEL, "{}\n")):
+        result = run_hook(payload, env=env)
+        assert (result.returncode, result.stdout, result.stderr) == (0, stdout, "")
+
+
+def test_claude_user_budget_spent_blocks_prompt_and_tool(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    used = _tokens("claude-grpc")
+    # Spent exactly: the captured run's usage equals the limit.
+    budget = budgets("user", CLAUDE_CAPTURE_USER, used)
+    env = _env(served, _claude_home(tmp_path, userID=CLAUDE_CAPTURE_USER))
+    reason = (
+        f"tokenscale: budget spent: user {CLAUDE_CAPTURE_USER}: {used} of {used} tokens in the last 30 "
+        f"days (budget {budget['id']}). Ask your tokenscale admin to raise it, or wait until older "
+        "usage leaves the window."
+    )
+    tool = run_hook(CLAUDE_TOOL, "--assistant", "claude", env=env)
+    assert (tool.returncode, tool.stderr) == (0, "")
+    assert json.loads(tool.stdout) == {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": reason,
+        },
+        "systemMessage": reason,
+    }
+    prompt = run_hook(CLAUDE_PROMPT, env=env)
+    assert (prompt.returncode, prompt.stderr, json.loads(prompt.stdout)) == (
+        0,
+        "",
+        {"decision": "block", "reason": reason},
+    )
+    # Another user of the same tenant is not touched by it.
+    other = run_hook(CLAUDE_PROMPT, "--user", "someone-else@example.com", env=env)
+    assert (other.returncode, other.stdout, other.stderr) == (0, "", "")
+
+
+def test_claude_warns_from_the_warn_fraction(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    used = _tokens("claude-grpc")
+    limit = used * 10 // 9  # 90 % used
+    budget = budgets("user", CLAUDE_CAPTURE_USER, limit)
+    env = _env(served, _claude_home(tmp_path, userID=CLAUDE_CAPTURE_USER))
+    result = run_hook(CLAUDE_PROMPT, env=env)
+    percent = int(used / limit * 100)
+    assert percent == 90
+    assert (result.returncode, result.stderr, json.loads(result.stdout)) == (
+        0,
+        "",
+        {
+            "systemMessage": f"tokenscale: 90% of a budget used: user {CLAUDE_CAPTURE_USER}: {used} of "
+            f"{limit} tokens in the last 30 days (budget {budget['id']})."
+        },
+    )
+    quiet = run_hook(CLAUDE_PROMPT, "--warn-at", "0.95", env=env)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    from_env = run_hook(CLAUDE_PROMPT, env={**env, "TOKENSCALE_HOOK_WARN_AT": "0.95"})
+    assert (from_env.returncode, from_env.stdout, from_env.stderr) == (0, "", "")
+
+
+def test_gemini_user_budget_spent_denies_agent_model_and_tool(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    used = _tokens("gemini-grpc")
+    budget = budgets("user", GEMINI_CAPTURE_USER, used - 1)
+    (tmp_path / ".gemini").mkdir()
+    (tmp_path / ".gemini" / "installation_id").write_text(GEMINI_CAPTURE_USER)
+    env = _env(served, tmp_path)
+    reason = (
+        f"tokenscale: budget spent: user {GEMINI_CAPTURE_USER}: {used} of {used - 1} tokens in the last 30 "
+        f"days (budget {budget['id']}). Ask your tokenscale admin to raise it, or wait until older "
+        "usage leaves the window."
+    )
+    for payload in (GEMINI_AGENT, GEMINI_MODEL, GEMINI_TOOL):
+        result = run_hook(payload, env=env)
+        assert (result.returncode, result.stderr) == (0, "")
+        assert json.loads(result.stdout) == {"decision": "deny", "reason": reason, "systemMessage": reason}
+
+
+def test_codex_tool_budget_and_a_team_budget_from_resource_attributes(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    codex = _tokens("codex-grpc")
+    tool_budget = budgets("tool", "codex", codex)
+    env = _env(served, tmp_path)
+    result = run_hook(CODEX_PROMPT, env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == {
+        "decision": "block",
+        "reason": f"tokenscale: budget spent: tool codex: {codex} of {codex} tokens in the last 30 days "
+        f"(budget {tool_budget['id']}). Ask your tokenscale admin to raise it, or wait until older usage "
+        "leaves the window.",
+    }
+    served.service.delete_budget(served.admin, tool_budget["id"])
+    # Every captured run carries team.id=otlp-test: the team's budget counts all three.
+    team_used = _tokens("claude-grpc") + _tokens("gemini-grpc") + codex
+    team_budget = budgets("team", CAPTURE_TEAM, team_used + 1)
+    team_env = {**env, "OTEL_RESOURCE_ATTRIBUTES": f"department=capture,team.id={CAPTURE_TEAM}"}
+    assert run_hook(CODEX_TOOL, env=team_env).stdout.startswith('{"systemMessage": "tokenscale: 99% of a')
+    served.service.delete_budget(served.admin, team_budget["id"])
+    team_budget = budgets("team", CAPTURE_TEAM, team_used)
+    blocked = run_hook(CODEX_TOOL, env=team_env)
+    assert json.loads(blocked.stdout)["hookSpecificOutput"]["permissionDecisionReason"] == (
+        f"tokenscale: budget spent: team {CAPTURE_TEAM}: {team_used} of {team_used} tokens in the last "
+        f"30 days (budget {team_budget['id']}). Ask your tokenscale admin to raise it, or wait until "
+        "older usage leaves the window."
+    )
+    # Without the team attribute the team's budget does not apply.
+    assert run_hook(CODEX_TOOL, env=env).stdout == ""
+
+
+def test_fail_open_unreachable_slow_or_refused(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    budgets("tenant", None, 0)  # spent for everyone: only a failing check lets anything through
+    env = _env(served, _claude_home(tmp_path, userID=CLAUDE_CAPTURE_USER))
+    assert json.loads(run_hook(CLAUDE_PROMPT, env=env).stdout)["decision"] == "block"
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        slow = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cases = [
+            ({"TOKENSCALE_API_URL": unreachable}, "did not answer"),
+            ({"TOKENSCALE_API_URL": slow, "TOKENSCALE_HOOK_TIMEOUT": "0.5"}, "did not answer (timed out)"),
+            ({"TOKENSCALE_API_KEY": "tsk_not-a-key"}, f"HTTP 401 from {served.service.url}"),
+        ]
+        for change, why in cases:
+            for payload, stdout in ((CLAUDE_PROMPT, ""), (CODEX_TOOL, ""), (GEMINI_TOOL, "{}\n")):
+                started = time.monotonic()
+                result = run_hook(payload, env={**env, **change})
+                elapsed = time.monotonic() - started
+                assert (result.returncode, result.stdout) == (0, stdout), result.stderr
+                assert result.stderr.startswith("tokenscale hook: budget check unavailable: ")
+                assert why in result.stderr and result.stderr.endswith("; allowing (fail-open)\n")
+                assert result.stderr.count("\n") == 1
+                assert elapsed < 10, elapsed

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from tokenscale.instrumentation._budget import BudgetCheck, BudgetWindowStatus, check_budgets
+
 __all__ = [
     "ASSISTANTS",
     "Decision",
@@ -106,7 +108,7 @@ class Decision:
 
     action: str  # "block" | "warn" | "allow"
     message: str = ""
-    windows: tuple[Mapping[str, Any], ...] = field(default=())
+    windows: tuple[BudgetWindowStatus, ...] = field(default=())
 
 
 # --- reading the event ------------------------------------------------------------------------------
@@ -279,67 +281,29 @@ def resolve_identity(
 # --- the decision ------------------------------------------------------------------------------------
 
 
-def _duration(seconds: object) -> str:
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
-        return "window"
-    whole = int(seconds)
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if whole % size == 0:
-            count = whole // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    return f"{whole} s"
+def _window_text(window: BudgetWindowStatus) -> str:
+    """``user alice@example.com: 1200 of 1000 tokens in the last 24 h (budget <id>)``."""
+    return f"{window.describe()} (budget {window.budget_id})"
 
 
-def _amount(value: object, unit: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "?"
-    if unit == "usd":
-        return f"${value:,.2f}"
-    return f"{int(value):,} tokens"
-
-
-def _amount_of_limit(window: Mapping[str, Any]) -> str:
-    unit = window.get("unit")
-    used = _amount(window.get("used"), unit)
-    limit = _amount(window.get("limit"), unit)
-    return f"{used.removesuffix(' tokens')} of {limit}" if unit != "usd" else f"{used} of {limit}"
-
-
-def describe_window(window: Mapping[str, Any]) -> str:
-    """``the user budget of alice@example.com (id 7)`` for one window of the check's answer."""
-    scope = window.get("scope") or "?"
-    value = window.get("scopeValue")
-    budget_id = window.get("budgetId")
-    name = f"the {scope} budget" + (f" of {value}" if value not in (None, "") else "")
-    return name + (f" (id {budget_id})" if budget_id not in (None, "") else "")
-
-
-def decide(answer: Mapping[str, Any], *, warn_at: float = DEFAULT_WARN_AT) -> Decision:
-    """Block, warn or allow from the check's answer (windows come tightest first)."""
-    windows = [w for w in answer.get("windows") or [] if isinstance(w, Mapping)]
-    exceeded = [w for w in windows if w.get("exceeded") is True]
-    if answer.get("allowed") is False or exceeded:
-        first = exceeded[0] if exceeded else (windows[0] if windows else {})
+def decide(check: BudgetCheck, *, warn_at: float = DEFAULT_WARN_AT) -> Decision:
+    """Block, warn or allow from the check's answer (its windows come tightest first)."""
+    exceeded = check.exceeded
+    if not check.allowed or exceeded:
         more = len(exceeded) - 1
+        detail = _window_text(exceeded[0]) if exceeded else "a budget window is exceeded"
         message = (
-            f"tokenscale: {describe_window(first)} is spent: {_amount_of_limit(first)} used in its "
-            f"rolling {_duration(first.get('windowSeconds'))}"
-            + (f" (and {more} more budget window{'s' if more != 1 else ''} exceeded)" if more > 0 else "")
+            f"tokenscale: budget spent: {detail}"
+            + (f"; and {more} more window{'s' if more != 1 else ''} exceeded" if more > 0 else "")
             + ". Ask your tokenscale admin to raise it, or wait until older usage leaves the window."
         )
-        return Decision("block", message, tuple(exceeded))
-    warned = [
-        w for w in windows if isinstance(w.get("fraction"), int | float) and float(w["fraction"]) >= warn_at
-    ]
+        return Decision("block", message, exceeded)
+    warned = tuple(w for w in check.windows if w.fraction >= warn_at)
     if warned:
         first = warned[0]
-        percent = int(float(first["fraction"]) * 100)
-        message = (
-            f"tokenscale: {percent}% of {describe_window(first)} used: {_amount_of_limit(first)} in its "
-            f"rolling {_duration(first.get('windowSeconds'))}."
-        )
-        return Decision("warn", message, tuple(warned))
-    return Decision("allow", "", tuple(windows))
+        message = f"tokenscale: {int(first.fraction * 100)}% of a budget used: {_window_text(first)}."
+        return Decision("warn", message, warned)
+    return Decision("allow", "", check.windows)
 
 
 def render(hook: HookEvent, decision: Decision) -> tuple[int, str, str]:
@@ -384,30 +348,27 @@ class CheckUnavailableError(Exception):
     """The budget check gave no usable answer (fail open)."""
 
 
-def ask_check(base_url: str, api_key: str | None, identity: Identity, timeout: float) -> Mapping[str, Any]:
+def ask_check(base_url: str, api_key: str | None, identity: Identity, timeout: float) -> BudgetCheck:
     """The budget check's answer for ``identity``; :class:`CheckUnavailableError` on any failure."""
     import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-    from urllib.parse import urlencode  # noqa: PLC0415
 
-    url = f"{base_url.rstrip('/')}/v1/budgets/check"
-    query = identity.query()
-    if query:
-        url += "?" + urlencode(query)
-    request = urllib.request.Request(url, headers={"accept": "application/json"})
-    if api_key:
-        request.add_header("authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = json.loads(response.read())
+        return check_budgets(
+            base_url,
+            api_key=api_key or "",
+            user=identity.user,
+            team=identity.team,
+            tool=identity.tool,
+            model=identity.model,
+            timeout=timeout,
+        )
     except urllib.error.HTTPError as exc:
         raise CheckUnavailableError(f"HTTP {exc.code} from {base_url}") from None
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc
         raise CheckUnavailableError(f"{base_url} did not answer ({reason})") from None
-    if not isinstance(body, dict) or not isinstance(body.get("allowed"), bool):
-        raise CheckUnavailableError(f"{base_url} answered something that is not a budget check")
-    return body
+    except ValueError as exc:
+        raise CheckUnavailableError(f"{base_url} answered no budget check ({exc})") from None
 
 
 # --- the command -------------------------------------------------------------------------------------
