@@ -44,11 +44,14 @@ class MessagesCall:
 
     @property
     def tool_results(self) -> list[str]:
-        """The text of every ``tool_result`` block of the conversation's last user turn."""
-        messages = self.body.get("messages") or []
-        if not messages or messages[-1].get("role") != "user":
+        """The text of every ``tool_result`` block of the conversation's last user message."""
+        # Claude Code may put a "system" message after the user's turn (a mid-conversation note).
+        users = [
+            m for m in self.body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        if not users:
             return []
-        content = messages[-1].get("content")
+        content = users[-1].get("content")
         if not isinstance(content, list):
             return []
         texts = []
