@@ -37,6 +37,19 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt_install chromium fonts-liberation
 fi
 command -v chromium
+# Claude Code, which tests/test_hook_claude.py drives with `tokenscale hook` as its hooks. npm's
+# package ships a native binary (no Node.js needed to run it); installed outside the repository.
+CLAUDE_CODE_VERSION=2.1.332
+CLAUDE_CODE_PREFIX=/var/cache/tokenscale/npm
+CLAUDE_CODE_BIN="$CLAUDE_CODE_PREFIX/node_modules/.bin/claude"
+if ! "$CLAUDE_CODE_BIN" --version 2>/dev/null | grep -qF "$CLAUDE_CODE_VERSION"; then
+    echo "Claude Code $CLAUDE_CODE_VERSION missing (the hook's end-to-end test): installing it from npm"
+    command -v npm >/dev/null 2>&1 || apt_install npm
+    "${SUDO[@]}" mkdir -p "$CLAUDE_CODE_PREFIX"
+    "${SUDO[@]}" npm install --prefix "$CLAUDE_CODE_PREFIX" --no-fund --no-audit --loglevel=error \
+        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+fi
+"$CLAUDE_CODE_BIN" --version
 
 section "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
