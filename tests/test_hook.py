@@ -164,6 +164,19 @@ def test_unreadable_input_fails_open_with_one_stderr_line(
     assert err.count("\n") == 1 and err.startswith("tokenscale hook: ") and "fail-open" in err
 
 
+def test_a_bad_command_line_or_setting_exits_1_never_2_which_would_block(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Stdin(json.dumps(CLAUDE_TOOL)))
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["hook", "--warn-at", "-1"])
+    assert exited.value.code == 1
+    assert "tokenscale hook: error: argument --warn-at: -1 is not above 0" in capsys.readouterr().err
+    monkeypatch.setenv("TOKENSCALE_HOOK_TIMEOUT", "soon")
+    assert cli_main(["hook"]) == 1
+    assert capsys.readouterr() == ("", "tokenscale hook: $TOKENSCALE_HOOK_TIMEOUT: 'soon' is not a number\n")
+
+
 class _Stdin:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -514,6 +527,25 @@ def test_codex_tool_budget_and_a_team_budget_from_resource_attributes(
     assert run_hook(CODEX_TOOL, env=env).stdout == ""
 
 
+def test_the_key_from_a_file_for_a_bare_environment(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    """Gemini CLI starts hooks with a sanitised environment: URL and key come from the command line."""
+    budget = budgets("tenant", None, 0)
+    key_file = tmp_path / "key"
+    key_file.write_text(served.reader + "\n")
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    result = run_hook(GEMINI_AGENT, "--url", served.service.url, "--api-key-file", str(key_file), env=bare)
+    assert (result.returncode, result.stderr) == (0, "")
+    used = sum(_tokens(label) for label in ("claude-grpc", "gemini-grpc", "codex-grpc"))
+    assert used == 41905
+    assert json.loads(result.stdout)["reason"] == (
+        f"tokenscale: budget spent: tenant: {used} of 0 tokens in the last 30 days (budget "
+        f"{budget['id']}). Ask your tokenscale admin to raise it, or wait until older usage leaves the "
+        "window."
+    )
+
+
 def test_fail_open_unreachable_slow_or_refused(
     served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -530,16 +562,21 @@ def test_fail_open_unreachable_slow_or_refused(
         slow = f"http://127.0.0.1:{silent.getsockname()[1]}"
         cases = [
             ({"TOKENSCALE_API_URL": unreachable}, "did not answer"),
+            (
+                {"API_KEY_FILE": str(tmp_path / "missing")},
+                f"cannot read --api-key-file {tmp_path / 'missing'} (No such file or directory)",
+            ),
             ({"TOKENSCALE_API_URL": slow, "TOKENSCALE_HOOK_TIMEOUT": "0.5"}, "did not answer (timed out)"),
             ({"TOKENSCALE_API_KEY": "tsk_not-a-key"}, f"HTTP 401 from {served.service.url}"),
         ]
         for change, why in cases:
             for payload, stdout in ((CLAUDE_PROMPT, ""), (CODEX_TOOL, ""), (GEMINI_TOOL, "{}\n")):
                 started = time.monotonic()
-                result = run_hook(payload, env={**env, **change})
+                options = ["--api-key-file", change["API_KEY_FILE"]] if "API_KEY_FILE" in change else []
+                result = run_hook(payload, *options, env={**env, **change})
                 elapsed = time.monotonic() - started
                 assert (result.returncode, result.stdout) == (0, stdout), result.stderr
-                assert result.stderr.startswith("tokenscale hook: budget check unavailable: ")
+                assert result.stderr.startswith("tokenscale hook: ")
                 assert why in result.stderr and result.stderr.endswith("; allowing (fail-open)\n")
                 assert result.stderr.count("\n") == 1
                 assert elapsed < 10, elapsed

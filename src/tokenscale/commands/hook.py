@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 from tokenscale.instrumentation._budget import BudgetCheck, BudgetWindowStatus, check_budgets
 
@@ -395,12 +395,12 @@ settings (see docs/deployment.md, "Budgets in coding assistants"):
                                                    "command": "tokenscale hook --assistant claude",
                                                    "timeout": 10}]}]}}
 
-  Gemini CLI, ~/.gemini/settings.json:
+  Gemini CLI, ~/.gemini/settings.json (hooks get a bare environment: URL and key as options):
     {"hooks": {
-       "BeforeAgent": [{"hooks": [{"type": "command", "command": "tokenscale hook --assistant gemini",
-                                   "timeout": 10000}]}],
-       "BeforeTool": [{"matcher": ".*", "hooks": [{"type": "command",
-                        "command": "tokenscale hook --assistant gemini", "timeout": 10000}]}]}}
+       "BeforeAgent": [{"hooks": [{"type": "command", "timeout": 10000, "command":
+         "tokenscale hook --assistant gemini --url https://ts.example --api-key-file ~/.ts-key"}]}],
+       "BeforeTool": [{"matcher": "*", "hooks": [{"type": "command", "timeout": 10000, "command":
+         "tokenscale hook --assistant gemini --url https://ts.example --api-key-file ~/.ts-key"}]}]}}
 
   Codex CLI, ~/.codex/config.toml:
     [[hooks.UserPromptSubmit]]
@@ -419,13 +419,25 @@ the user: --user, else $TOKENSCALE_HOOK_USER, else user.email / user.id of
 OTEL_RESOURCE_ATTRIBUTES, else what the assistant's own telemetry sends (Claude Code: the
 login's e-mail, else userID of ~/.claude.json; Gemini CLI: the Google account, else
 ~/.gemini/installation_id; Codex: the ChatGPT login's e-mail, else none).
-exit status: always 0 (the decision is in the JSON on stdout); 2 only for a bad command line.
+exit status: 0 (the decision is in the JSON on stdout); 1 for a bad command line or setting
+(assistants show it as a failed hook and go on; 2 would block).
 """
 
 
+#: The exit status of a bad command line or setting. Not 2: every assistant reads 2 as "block", and
+#: a misconfigured hook must not stop work; 1 is shown to the user as a failed hook and ignored.
+USAGE_ERROR_STATUS: Final = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR_STATUS, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(prog: str = "tokenscale hook") -> argparse.ArgumentParser:
-    """The ``tokenscale hook`` argument parser."""
-    parser = argparse.ArgumentParser(
+    """The ``tokenscale hook`` argument parser (a bad command line exits with status 1, not 2)."""
+    parser = _Parser(
         prog=prog,
         description=_DESCRIPTION,
         epilog=_EPILOG,
@@ -441,6 +453,13 @@ def build_parser(prog: str = "tokenscale hook") -> argparse.ArgumentParser:
         "--url", help=f"tokenscale's HTTP base URL (env TOKENSCALE_API_URL; default {DEFAULT_API_URL})"
     )
     parser.add_argument("--api-key", help="API key with the read scope (env TOKENSCALE_API_KEY)")
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="read the API key from FILE (for assistants that start hooks with a bare environment, "
+        "and to keep the key off the command line)",
+    )
     parser.add_argument("--user", help=f"the user to check (env {ENV_USER}; default: see below)")
     parser.add_argument(
         "--team",
@@ -499,6 +518,14 @@ def _setting(
         raise argparse.ArgumentTypeError(f"${name}: {exc}") from None
 
 
+def _fail_open(hook: HookEvent, why: str, stdout: TextIO, stderr: TextIO) -> int:
+    """Let the action through, saying why on one stderr line."""
+    code, out, _ = render(hook, Decision("allow"))
+    stdout.write(out)
+    print(f"{NOTE_PREFIX} {why}; allowing (fail-open)", file=stderr)
+    return code
+
+
 def run(
     args: argparse.Namespace,
     stdin: TextIO,
@@ -513,12 +540,12 @@ def run(
         timeout = _setting(args.timeout, environ, ENV_TIMEOUT, DEFAULT_TIMEOUT_SECONDS, _seconds)
     except argparse.ArgumentTypeError as exc:
         print(f"{NOTE_PREFIX} {exc}", file=stderr)
-        return 2
+        return USAGE_ERROR_STATUS
     try:
         hook = parse_event(stdin.read(), args.assistant)
     except HookInputError as exc:
-        print(f"{NOTE_PREFIX} {exc}; allowing (fail-open)", file=stderr)
-        return 0
+        unknown = HookEvent(args.assistant or "claude", "", None)
+        return _fail_open(unknown, str(exc), stdout, stderr)
     if hook.kind is None:
         code, out, _ = render(hook, Decision("allow"))
         stdout.write(out)
@@ -535,13 +562,16 @@ def run(
     )
     url = args.url or environ.get("TOKENSCALE_API_URL") or DEFAULT_API_URL
     key = args.api_key or environ.get("TOKENSCALE_API_KEY") or None
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.expanduser().read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            why = f"cannot read --api-key-file {args.api_key_file} ({exc.strerror or exc})"
+            return _fail_open(hook, why, stdout, stderr)
     try:
         answer = ask_check(url, key, identity, timeout)
     except CheckUnavailableError as exc:
-        code, out, _ = render(hook, Decision("allow"))
-        stdout.write(out)
-        print(f"{NOTE_PREFIX} budget check unavailable: {exc}; allowing (fail-open)", file=stderr)
-        return code
+        return _fail_open(hook, f"budget check unavailable: {exc}", stdout, stderr)
     code, out, err = render(hook, decide(answer, warn_at=warn_at))
     stdout.write(out)
     if err:
