@@ -69,7 +69,7 @@ class ClaudeCode:
             ]
         (self.home / ".claude" / "settings.json").write_text(json.dumps({"hooks": hooks}))
 
-    def run(self, prompt: str, service: Service, key: str) -> subprocess.CompletedProcess[str]:
+    def run(self, prompt: str, service: Service, key: str) -> ClaudeRun:
         env = {
             "PATH": os.environ["PATH"],
             "HOME": str(self.home),
@@ -88,20 +88,45 @@ class ClaudeCode:
             "TOKENSCALE_API_URL": service.url,
             "TOKENSCALE_API_KEY": key,
         }
-        return subprocess.run(
-            [self.binary, "-p", prompt, "--model", MODEL, "--allowedTools", "Bash"],
-            cwd=self.work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        # stream-json with hook events: what each hook answered and what Claude Code made of it.
+        command = [self.binary, "-p", prompt, "--model", MODEL, "--allowedTools", "Bash"]
+        command += ["--output-format", "stream-json", "--verbose", "--include-hook-events"]
+        done = subprocess.run(
+            command, cwd=self.work, env=env, capture_output=True, text=True, timeout=180, check=False
         )
+        assert done.returncode == 0, done.stderr
+        return ClaudeRun([json.loads(line) for line in done.stdout.splitlines() if line.strip()])
 
     def tool_prompt(self, marker: str) -> str:
         """A prompt the stand-in answers with ``touch <marker>`` in Bash."""
         self.api.command = f"touch {self.work / marker}"
         return f"{TOOL_PROMPT_MARKER}: create the file {marker}"
+
+
+class ClaudeRun:
+    """The events of one ``claude -p --output-format stream-json --verbose --include-hook-events``."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return next(e for e in self.events if e.get("type") == "result")
+
+    def hook_responses(self, event: str) -> list[dict[str, Any]]:
+        """What ``tokenscale hook`` answered on ``event``: its exit code, stdout and stderr."""
+        return [
+            {key: e[key] for key in ("exit_code", "stdout", "stderr")}
+            for e in self.events
+            if e.get("subtype") == "hook_response" and e.get("hook_event") == event
+        ]
+
+    def notices(self) -> list[str]:
+        """The messages Claude Code shows the user (a hook's systemMessage, a blocked prompt)."""
+        return [str(e["content"]) for e in self.events if e.get("subtype") == "informational"]
+
+    def blocked_prompt(self) -> dict[str, Any] | None:
+        return next((e["prompt_submit_outcome"] for e in self.events if "prompt_submit_outcome" in e), None)
 
 
 @pytest.fixture
@@ -150,11 +175,13 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
     )
     claude.hooks("UserPromptSubmit", "PreToolUse")
 
-    # 1. Budget left: the prompt and the Bash call go through.
+    # 1. Budget left: the prompt and the Bash call go through; both hooks answer nothing.
     first = claude.run(claude.tool_prompt("first"), service, key)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "Done."
+    assert first.result["result"] == "Done."
     assert (claude.work / "first").exists()
+    silent = [{"exit_code": 0, "stdout": "", "stderr": ""}]
+    assert first.hook_responses("UserPromptSubmit") == silent
+    assert first.hook_responses("PreToolUse") == silent
     calls = api.snapshot()
     assert [call.answered_tool_use for call in calls] == [True, False]
     assert calls[1].tool_results == ["(Bash completed with no output)"]
@@ -162,7 +189,7 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
     _wait_for_usage(service, key, api.tokens)
     assert api.tokens == 2 * TOKENS_PER_CALL
 
-    # 2. One token left: a plain prompt still goes through, and spends the budget.
+    # 2. One token left: a plain prompt still goes through, with a warning, and spends the budget.
     service.delete_budget(admin, budget["id"])
     limit = api.tokens + 1
     budget = service.create_budget(
@@ -173,8 +200,13 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
             "windows": [{"unit": "tokens", "limit": limit, "windowSeconds": DAY}],
         },
     )
+    used = api.tokens
     second = claude.run("say hi", service, key)
-    assert (second.returncode, second.stdout.strip()) == (0, "Done."), second.stderr
+    assert second.result["result"] == "Done."
+    assert second.notices() == [
+        f"UserPromptSubmit says: tokenscale: 99% of a budget used: user {USER_ID}: {used} of {limit} "
+        f"tokens in the last 24 h (budget {budget['id']})."
+    ]
     _wait_for_usage(service, key, api.tokens)
     spent = api.tokens
     assert spent == 3 * TOKENS_PER_CALL
@@ -187,17 +219,17 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
 
     # 3. Spent: the next prompt is blocked before it reaches the API, with the reason.
     blocked = claude.run(claude.tool_prompt("third"), service, key)
-    assert blocked.returncode == 0, blocked.stderr
-    assert reason in blocked.stdout
+    assert blocked.blocked_prompt() == {"kind": "blocked_by_hook", "prompt_kept": False, "reason": reason}
+    assert blocked.result["num_turns"] == 0
     assert len(api.snapshot()) == 3  # no new API call
     assert not (claude.work / "third").exists()
 
-    # 4. With only the PreToolUse hook, the model is asked but its Bash call is refused, and
-    # Claude Code tells the model why.
+    # 4. With only the PreToolUse hook, the model is asked but its Bash call is refused: Claude Code
+    # tells the model why and reports the denial.
     claude.hooks("PreToolUse")
     refused = claude.run(claude.tool_prompt("fourth"), service, key)
-    assert refused.returncode == 0, refused.stderr
     assert not (claude.work / "fourth").exists()
+    assert [denial["tool_name"] for denial in refused.result["permission_denials"]] == ["Bash"]
     calls = api.snapshot()[3:]
     assert [call.answered_tool_use for call in calls] == [True, False]
     assert len(calls[1].tool_results) == 1 and reason in calls[1].tool_results[0]
@@ -215,11 +247,22 @@ def test_claude_code_runs_when_the_service_is_down(
     )
     claude.hooks("UserPromptSubmit", "PreToolUse")
     blocked = claude.run(claude.tool_prompt("before"), service, key)
-    assert "tokenscale: budget spent: tenant: 0 of 0 tokens in the last 24 h" in blocked.stdout
+    outcome = blocked.blocked_prompt()
+    assert outcome is not None
+    assert outcome["reason"].startswith("tokenscale: budget spent: tenant: 0 of 0 tokens in the last 24 h")
     assert api.snapshot() == []
 
+    url = service.url
     service.stop()
     through = claude.run(claude.tool_prompt("after"), service, key)
-    assert (through.returncode, through.stdout.strip()) == (0, "Done."), through.stderr
+    assert through.result["result"] == "Done."
     assert (claude.work / "after").exists()
     assert [call.answered_tool_use for call in api.snapshot()] == [True, False]
+    # Each hook let its action through with its one-line note.
+    note = (
+        f"tokenscale hook: budget check unavailable: {url} did not answer ([Errno 111] Connection "
+        "refused); allowing (fail-open)\n"
+    )
+    fail_open = [{"exit_code": 0, "stdout": "", "stderr": note}]
+    assert through.hook_responses("UserPromptSubmit") == fail_open
+    assert through.hook_responses("PreToolUse") == fail_open
