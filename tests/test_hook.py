@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -580,3 +582,34 @@ def test_fail_open_unreachable_slow_or_refused(
                 assert why in result.stderr and result.stderr.endswith("; allowing (fail-open)\n")
                 assert result.stderr.count("\n") == 1
                 assert elapsed < 10, elapsed
+
+
+def test_the_hook_runs_in_an_instrumentation_only_install(
+    served: Served, budgets: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    """A developer's machine may have only the instrumentation: the hook needs none of the server."""
+    budget = budgets("tool", "claude_code", 1)
+    code = (
+        "import sys\n"
+        "for name in ('psycopg', 'psycopg_pool', 'grpc', 'starlette', 'uvicorn', 'genai_prices'):\n"
+        "    sys.modules[name] = None\n"
+        "from tokenscale.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "hook"],
+        input=json.dumps(CLAUDE_PROMPT),
+        env=_env(served, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    used = _tokens("claude-grpc")
+    assert json.loads(done.stdout) == {
+        "decision": "block",
+        "reason": f"tokenscale: budget spent: tool claude_code: {used} of 1 tokens in the last 30 days "
+        f"(budget {budget['id']}). Ask your tokenscale admin to raise it, or wait until older usage "
+        "leaves the window.",
+    }
