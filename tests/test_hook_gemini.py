@@ -3,8 +3,8 @@
 Gemini CLI (installed from npm, see tests/run.sh) runs ``gemini -p`` against a local stand-in for
 the Gemini API (tests/fake_gemini.py), exports its telemetry over OTLP/gRPC to a real ``tokenscale
 serve``, and runs ``tokenscale hook`` as its ``BeforeAgent`` and ``BeforeTool`` hooks, configured as
-docs/deployment.md shows: Gemini CLI gives hooks a sanitised environment, so the URL and the key file
-are on the command line. The user budget is on the ``installation.id`` Gemini CLI sends, which the
+docs/deployment.md shows: the URL and the key file on the command line, as Gemini CLI documents a
+sanitised environment for hooks. The user budget is on the ``installation.id`` Gemini CLI sends, which the
 hook reads from the same ``~/.gemini/installation_id``.
 """
 
@@ -172,7 +172,9 @@ def test_gemini_cli_runs_until_its_users_budget_is_spent_then_is_blocked_and_fai
         "leaves the window."
     )
     blocked = gemini.run(gemini.tool_prompt("second"))
-    assert reason in blocked.stdout + blocked.stderr, (blocked.stdout, blocked.stderr)
+    assert (blocked.returncode, blocked.stdout) == (0, ""), blocked.stderr
+    assert f"Hook system message: {reason}\n" in blocked.stderr
+    assert f"[WARNING] Agent execution blocked: {reason}\n" in blocked.stderr
     assert len(api.snapshot()) == 3  # no new API call
     assert not (gemini.work / "second").exists()
 
