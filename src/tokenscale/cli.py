@@ -455,7 +455,12 @@ def _service(
         auth = AuthPolicy.for_bind(
             read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
         )
-        api = UsageApiService(read_pool, auth, UsageWriter(pool, on_commit=on_commit))
+        api = UsageApiService(
+            read_pool,
+            auth,
+            UsageWriter(pool, on_commit=on_commit),
+            team_attribute=settings.budget_team_attribute,
+        )
         receiver = Receiver(
             pipeline,
             host=settings.host,
