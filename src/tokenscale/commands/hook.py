@@ -468,7 +468,8 @@ def build_parser(prog: str = "tokenscale hook") -> argparse.ArgumentParser:
     parser.add_argument(
         "--team-attribute",
         default=DEFAULT_TEAM_ATTRIBUTE,
-        help=f"resource attribute naming the team (default {DEFAULT_TEAM_ATTRIBUTE})",
+        help=f"resource attribute naming the team, as the service's budget_team_attribute "
+        f"(default {DEFAULT_TEAM_ATTRIBUTE})",
     )
     parser.add_argument("--tool", help="the tool to check (default: the assistant's, e.g. claude_code)")
     parser.add_argument("--model", help="the model to check (default: the one the event names, if any)")
