@@ -93,7 +93,7 @@ class Identity:
     team: str | None = None
     tool: str | None = None
     model: str | None = None
-    #: Where ``user`` came from, for ``--explain`` and notes (e.g. ``~/.claude.json userID``).
+    #: Where ``user`` came from (e.g. ``~/.claude.json userID``): what to look at when a budget misses.
     user_source: str | None = None
 
     def query(self) -> dict[str, str]:
