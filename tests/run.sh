@@ -37,6 +37,22 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt_install chromium fonts-liberation
 fi
 command -v chromium
+# Claude Code and Gemini CLI, which tests/test_hook_claude.py and test_hook_gemini.py drive with
+# `tokenscale hook` as their hooks; installed from npm outside the repository. Claude Code's package
+# ships a native binary; Gemini CLI runs on Node.js (20 or later).
+NPM_PREFIX=/var/cache/tokenscale/npm
+npm_tool() {  # npm_tool BINARY PACKAGE VERSION
+    local bin="$NPM_PREFIX/node_modules/.bin/$1"
+    if ! "$bin" --version 2>/dev/null | grep -qF "$3"; then
+        echo "$2@$3 missing (the hook's end-to-end tests): installing it from npm"
+        command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+        "${SUDO[@]}" mkdir -p "$NPM_PREFIX"
+        "${SUDO[@]}" npm install --prefix "$NPM_PREFIX" --no-fund --no-audit --loglevel=error "$2@$3"
+    fi
+    echo "$1 $("$bin" --version)"
+}
+npm_tool claude @anthropic-ai/claude-code 2.1.332
+npm_tool gemini @google/gemini-cli 0.61.0
 
 section "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then

@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     add_subcommands(sub, _add_database_options)
     add_key_and_budget_commands(sub, _add_database_options)
     add_price_commands(sub, _add_database_options)
+    # Listed here; run by main() before anything else (see _HOOK): `tokenscale hook --help` has its own.
+    sub.add_parser(
+        "hook",
+        help="a coding assistant's hook: block or warn when a budget is spent (fails open)",
+        add_help=False,
+    )
     return parser
 
 
@@ -457,7 +463,10 @@ def _service(
             read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
         )
         api = UsageApiService(
-            read_pool, auth, UsageWriter(pool, on_commit=on_commit, keep_attributes=settings.keep_attributes)
+            read_pool,
+            auth,
+            UsageWriter(pool, on_commit=on_commit, keep_attributes=settings.keep_attributes),
+            team_attribute=settings.budget_team_attribute,
         )
         receiver = Receiver(
             pipeline,
@@ -562,6 +571,9 @@ def _configure_logging(settings: Settings, *, worker: int | None = None, quiet: 
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+#: The command a coding assistant runs as its hook (tokenscale.commands.hook).
+_HOOK = "hook"
+
 #: Modules of the ``server`` extra; without them only the instrumentation is installed.
 _SERVER_MODULES = ("psycopg", "psycopg_pool", "grpc", "starlette", "uvicorn", "genai_prices")
 
@@ -569,6 +581,12 @@ _SERVER_MODULES = ("psycopg", "psycopg_pool", "grpc", "starlette", "uvicorn", "g
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenscale`` console script."""
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == [_HOOK]:
+        # Run by an assistant before every prompt or tool call: no server dependency, no settings
+        # file, no database, nothing imported that it does not use.
+        from tokenscale.commands.hook import main as hook_main  # noqa: PLC0415
+
+        return hook_main(arguments[1:])
     missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
     if missing and arguments == ["--version"]:
         print(f"tokenscale {__version__}")

@@ -92,6 +92,8 @@ class Settings:
     #: Bytes of exports kept on disk (``data_dir/spool``) while the database is unreachable, replayed
     #: when it is back; 0: no spool (such exports are answered UNAVAILABLE / 503).
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: Attribute (resource or record/point) naming a usage event's team, for team budgets.
+    budget_team_attribute: str = "team.id"
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
     #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
@@ -242,6 +244,10 @@ _OTHER_ENV: Final = frozenset(
         "TOKENSCALE_API_KEY",
         "TOKENSCALE_API_URL",
         "TOKENSCALE_COMPANY_ID",
+        "TOKENSCALE_HOOK_USER",
+        "TOKENSCALE_HOOK_TEAM",
+        "TOKENSCALE_HOOK_WARN_AT",
+        "TOKENSCALE_HOOK_TIMEOUT",
         "TOKENSCALE_TENANT",
         "TOKENSCALE_PG_USER",
         "TOKENSCALE_PG_BINDIR",

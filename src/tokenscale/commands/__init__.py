@@ -8,12 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tokenscale.commands import demo as _demo
-from tokenscale.commands import report as _report
-
 # The functions live in their modules (tokenscale.commands.report.report,
 # tokenscale.commands.demo.demo); they are not re-exported here, so that the module names stay
-# modules.
+# modules. They are imported when used: `tokenscale hook` (tokenscale.commands.hook), run before
+# every prompt and tool call of a coding assistant, must not pay for psycopg and asyncio.
 __all__ = ["add_subcommands", "dashboard_hint", "run_demo", "run_report"]
 
 
@@ -33,6 +31,8 @@ def add_subcommands(
     ``--data-dir``, ``--config``); run it with :func:`run_report`. ``demo`` only needs the OTLP/gRPC
     endpoint; run it with :func:`run_demo`.
     """
+    from tokenscale.commands import report as _report  # noqa: PLC0415
+
     rep = sub.add_parser(
         "report",
         help="usage of the last N days: requests, tokens and cost, grouped",
@@ -76,6 +76,8 @@ def add_subcommands(
 
 def run_report(args: argparse.Namespace, conninfo: str, out: TextIO | None = None) -> int:
     """Run a parsed ``report`` command against ``conninfo``; the exit status."""
+    from tokenscale.commands import report as _report  # noqa: PLC0415
+
     stream = sys.stdout if out is None else out
     try:
         text = _report.report(conninfo, days=args.days, by=args.by, tenant=args.tenant, fmt=args.fmt)
@@ -102,6 +104,8 @@ def dashboard_hint(endpoint: str) -> str:
 
 def run_demo(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed ``demo`` command; the exit status (1 when the receiver cannot be reached)."""
+    from tokenscale.commands import demo as _demo  # noqa: PLC0415
+
     stream = sys.stdout if out is None else out
     errors = sys.stderr if err is None else err
     try:

@@ -243,8 +243,10 @@ class _Rollup:
 
 _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "provider", "model"))
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
+#: Per hour and tool, model or user (email, else id): the budget check's whole hours.
+_SCOPED: Final = _Rollup("usage_scope_hourly", "hour", ("tenant", "scope", "scope_value"))
 #: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups).
-_ROLLUP_STAGES: Final = (_DAILY.stage(), _HOURLY.stage())
+_ROLLUP_STAGES: Final = (_DAILY.stage(), _SCOPED.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
 _CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _ROLLUP_STAGES])
 
@@ -784,6 +786,7 @@ class _Row:
             None if self.cost is None else sign * self.cost,
             sign * unpriced,
             sign,
+            self.user_id,
         )
 
 
@@ -801,6 +804,7 @@ class _Entry:
     cost: Decimal | None
     unpriced: int
     events: int
+    user_id: str | None = None
 
 
 def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
@@ -1413,64 +1417,69 @@ def _add_to_rollups(
     records: list[tuple[UsageEvent, Decimal | None]],
     entries: list[_Entry],
 ) -> None:
-    """Add new counted ``records`` (with their stored cost) and ``entries`` to ``usage_daily`` and
-    ``usage_hourly``: summed here per bucket and key, COPYed into staging tables, then one upsert
-    per rollup in key order (``usage_hourly``, whose few rows every export of a tenant shares,
-    last: its row locks are then held only until the commit). Rows whose events drop to zero are
-    deleted."""
+    """Add new counted ``records`` (with their stored cost) and ``entries`` to ``usage_daily``,
+    ``usage_scope_hourly`` and ``usage_hourly``: summed here per bucket and key, COPYed into staging
+    tables, then one upsert per rollup in key order (``usage_hourly``, whose few rows every export
+    of a tenant shares, last: its row locks are then held only until the commit). Rows whose events
+    drop to zero are deleted."""
     if not entries and not records:
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
-    for r, cost in records:
-        vec = (r.requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens)
-        # unpriced_events counts requests (at least one per row), as _Row.entry does
-        unpriced = (
-            0
-            if cost is not None or r.cost_source is not None or vec[1] + vec[2] + vec[3] + vec[4] == 0
-            else max(vec[0], 1)
-        )
-        t = r.time_ns
+    scoped: dict[tuple[Any, ...], list[Any]] = {}
+
+    def add_to(
+        day: int, hour: int, tenant: str, tool: str, user_email: str | None, user: str | None,
+        provider: str | None, model: str | None, vec: tuple[int, ...], cost: Decimal | None,
+        unpriced: int, events: int,
+    ) -> None:  # fmt: skip
         for groups, key in (
-            (daily, (t // _NS_PER_DAY * _NS_PER_DAY, r.tenant, r.tool, r.user_email, r.provider, r.model)),
-            (hourly, (t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant)),
+            (daily, (day, tenant, tool, user_email, provider, model)),
+            (scoped, (hour, tenant, "tool", tool)),
+            (scoped, (hour, tenant, "model", model)),
+            (scoped, (hour, tenant, "user", user)),
+            (hourly, (hour, tenant)),
         ):
+            if groups is scoped and key[-1] is None:  # no model or no user: nothing for that scope
+                continue
             g = groups.get(key)
             if g is None:
-                groups[key] = [*vec, r.reasoning_tokens, cost, unpriced, 1]
+                groups[key] = [*vec, cost, unpriced, events]
                 continue
-            g[0] += vec[0]
-            g[1] += vec[1]
-            g[2] += vec[2]
-            g[3] += vec[3]
-            g[4] += vec[4]
-            g[5] += r.reasoning_tokens
+            for i in range(6):
+                g[i] += vec[i]
             if cost is not None:
                 g[6] = cost if g[6] is None else g[6] + cost
             g[7] += unpriced
-            g[8] += 1
+            g[8] += events
+
+    for r, cost in records:
+        t = r.time_ns
+        vec = (
+            r.requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens,
+            r.reasoning_tokens,
+        )  # fmt: skip
+        # unpriced_events counts requests (at least one per row), as _Row.entry does
+        priced = cost is not None or r.cost_source is not None or vec[1] + vec[2] + vec[3] + vec[4] == 0
+        add_to(
+            t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant, r.tool,
+            r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost,
+            0 if priced else max(vec[0], 1), 1,
+        )  # fmt: skip
     for e in entries:
-        day = e.time_ns // _NS_PER_DAY * _NS_PER_DAY
-        for groups, key in (
-            (daily, (day, e.tenant, e.tool, e.user_email, e.provider, e.model)),
-            (hourly, (e.time_ns // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant)),
-        ):
-            g = groups.get(key)
-            if g is None:
-                groups[key] = [*e.vec, e.cost, e.unpriced, e.events]
-                continue
-            for i in range(6):
-                g[i] += e.vec[i]
-            if e.cost is not None:
-                g[6] = e.cost if g[6] is None else g[6] + e.cost
-            g[7] += e.unpriced
-            g[8] += e.events
+        t = e.time_ns
+        add_to(
+            t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant, e.tool,
+            e.user_email, e.user_email or e.user_id, e.provider, e.model, e.vec, e.cost, e.unpriced,
+            e.events,
+        )  # fmt: skip
     conn.execute(_CREATE_ROLLUP_STAGES)
-    for stage, groups in zip(_ROLLUP_STAGES, (daily, hourly), strict=True):
+    for stage, groups in zip(_ROLLUP_STAGES, (daily, scoped, hourly), strict=True):
         _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
     if any(e.events < 0 for e in entries):
         tenants = sorted({e.tenant for e in entries if e.events < 0})
         conn.execute(_DAILY.drop_empty_sql(), (tenants,))
+        conn.execute(_SCOPED.drop_empty_sql(), (tenants,))
         conn.execute(_HOURLY.drop_empty_sql(), (tenants,))
