@@ -405,6 +405,7 @@ def _service(
         Registry,
         create_health_routes,
     )
+    from tokenscale.store.attributes import keep_keys  # noqa: PLC0415
     from tokenscale.store.prices import PriceBookCache  # noqa: PLC0415
     from tokenscale.store.refresh import Refresher  # noqa: PLC0415
     from tokenscale.store.writer import UsageWriter, open_pool  # noqa: PLC0415
@@ -437,6 +438,8 @@ def _service(
         # Half the export timeout for a pooled connection: an export the database cannot take is
         # then still spooled (or answered UNAVAILABLE) within the export timeout.
         wait = settings.export_timeout / 2
+        # Team budgets sum usage by this attribute: stored even where other attributes are not.
+        keep_keys([settings.budget_team_attribute])
         writer = InstrumentedWriter(
             UsageWriter(
                 pool,

@@ -14,13 +14,13 @@ only when the operator asks for it: setting ``keep_attributes``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
 from tokenscale.mapping.rules import LOG_RULES, SEMCONV_FIELDS, SENSITIVE_KEYS, UNIT_USAGE_KEYS
 
-__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "kept_attributes"]
+__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "keep_keys", "kept_attributes"]
 
 #: Keys with these prefixes are always kept (``tokenscale.meta.*`` and tokenscale's own keys).
 KEPT_PREFIXES: Final = ("tokenscale.",)
@@ -45,14 +45,26 @@ KEPT_KEYS: Final = frozenset(
         "reconciled.view",  # a residual row's view (the writer's own)
         "model.raw",  # the model's name before normalisation (docs/mapping.md)
         "github.copilot.cost",  # Copilot's premium requests (not USD: no column of its own)
+        "team.id",  # team budgets (the default of the budget_team_attribute setting)
         *UNIT_USAGE_KEYS,
         *SENSITIVE_KEYS,  # only there when the operator set capture_content
     }
 )
 
 
+#: Keys the service's settings name (a team budget's attribute): kept too.
+_EXTRA_KEYS: set[str] = set()
+
+
+def keep_keys(keys: Iterable[str]) -> None:
+    """Keep ``keys`` too from now on (in this process): what settings make the service read back,
+    such as the attribute team budgets sum by (``budget_team_attribute``)."""
+    _EXTRA_KEYS.update(keys)
+    _KEPT_CACHE.clear()
+
+
 def _kept(key: str) -> bool:
-    if key in KEPT_KEYS or key.startswith(KEPT_PREFIXES):
+    if key in KEPT_KEYS or key in _EXTRA_KEYS or key.startswith(KEPT_PREFIXES):
         return True
     # Usage units (audio seconds, image tokens, ...) a price book's unit prices can be keyed by.
     return key.startswith(_USAGE_PREFIX) and key not in _TOKEN_KEYS
