@@ -39,6 +39,10 @@ def _gemini() -> str:
             "Gemini CLI is not installed (npm install --prefix /var/cache/tokenscale/npm "
             "@google/gemini-cli, as tests/run.sh does; it needs Node.js)"
         )
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout
+    major = int(version.strip().lstrip("v").split(".")[0] or 0) if version.strip() else 0
+    if major < 20:
+        pytest.skip(f"Gemini CLI needs Node.js 20 or later; this machine has {version.strip() or 'none'}")
     return found
 
 
