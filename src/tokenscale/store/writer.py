@@ -122,24 +122,31 @@ _ACTIVITY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 _ACTIVITY_TYPES: Final = _wire_types(t for _, t in _ACTIVITY_COLUMNS)
 
 
-def _copy_sql(table: sql.Composable, columns: Sequence[tuple[str, str]]) -> sql.Composed:
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        table, sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
+def _rendered(statement: sql.Composable) -> bytes:
+    """A statement composed once, at import: psycopg would compose it again at every execution."""
+    return statement.as_bytes(None)
+
+
+def _copy_sql(table: sql.Composable, columns: Sequence[tuple[str, str]]) -> bytes:
+    return _rendered(
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            table, sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
+        )
     )
 
 
-def _temp_table_sql(stage: str, columns: Sequence[tuple[str, str]]) -> tuple[sql.Composed, sql.Composed]:
+def _temp_table_sql(stage: str, columns: Sequence[tuple[str, str]]) -> tuple[bytes, bytes]:
     """CREATE and COPY statements of a temporary table emptied at every commit."""
     create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
         sql.Identifier(stage),
         sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns),
     )
-    return create, _copy_sql(sql.Identifier(stage), columns)
+    return _rendered(create), _copy_sql(sql.Identifier(stage), columns)
 
 
 def _stage_sql(
     stage: str, table: str, columns: tuple[tuple[str, str], ...], returning: str | None
-) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+) -> tuple[bytes, bytes, bytes]:
     """CREATE, COPY and INSERT statements of a temporary staging table whose rows are inserted into
     ``tokenscale.<table>`` unless already there."""
     names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in columns)
@@ -148,7 +155,7 @@ def _stage_sql(
     ).format(table=sql.Identifier("tokenscale", table), names=names, stage=sql.Identifier(stage))
     if returning:
         insert = sql.SQL("{} RETURNING {}").format(insert, sql.SQL(returning))
-    return (*_temp_table_sql(stage, columns), insert)
+    return (*_temp_table_sql(stage, columns), _rendered(insert))
 
 
 _COPY_EVENTS: Final = _copy_sql(sql.Identifier("tokenscale", "usage_events"), _EVENT_COLUMNS)
@@ -168,10 +175,10 @@ _SUMS: Final = ("requests", *TOKEN_FIELDS)
 class _RollupStage:
     """The statements that add a rollup's increments through its temporary table."""
 
-    create: sql.Composed
-    copy: sql.Composed
+    create: bytes
+    copy: bytes
     wire_types: list[str]
-    upsert: sql.Composed
+    upsert: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +240,7 @@ class _Rollup:
             order=self.unique_key,
             conflict=self._conflict(),
         )
-        return _RollupStage(create, copy, _wire_types(t for _, t in self.columns), upsert)
+        return _RollupStage(create, copy, _wire_types(t for _, t in self.columns), _rendered(upsert))
 
     def drop_empty_sql(self) -> sql.Composed:
         return sql.SQL("DELETE FROM {} WHERE events = 0 AND tenant = ANY(%b::text[])").format(
@@ -248,7 +255,7 @@ _SCOPED: Final = _Rollup("usage_scope_hourly", "hour", ("tenant", "scope", "scop
 #: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups).
 _ROLLUP_STAGES: Final = (_DAILY.stage(), _SCOPED.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
-_CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _ROLLUP_STAGES])
+_CREATE_ROLLUP_STAGES: Final = b"; ".join([stage.create for stage in _ROLLUP_STAGES])
 
 _LOCK_SERIES: Final = """
 INSERT INTO tokenscale.metric_series (series_key, start_ns, time_ns, value, count)
@@ -491,7 +498,7 @@ def _day(day_number: int) -> date:
 
 def _copy(
     conn: psycopg.Connection[Any],
-    statement: sql.Composed,
+    statement: bytes,
     types: Sequence[str],
     rows: Iterable[Sequence[Any]],
 ) -> None:
@@ -667,9 +674,11 @@ _AMENDED: Final = (
     "error_type",
     "attributes",
 )
-_AMEND: Final = sql.SQL(
-    "UPDATE tokenscale.usage_events SET {sets}, amended_at = now() WHERE dedupe_key = %s AND time = %s"
-).format(sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in _AMENDED))
+_AMEND: Final = _rendered(
+    sql.SQL(
+        "UPDATE tokenscale.usage_events SET {sets}, amended_at = now() WHERE dedupe_key = %s AND time = %s"
+    ).format(sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in _AMENDED))
+)
 
 
 def _request_key(e: UsageEvent) -> bytes:
@@ -1037,32 +1046,34 @@ SELECT e.dedupe_key, {_ROW_COLUMNS.replace("time, ", "e.time, ")}, e.counted FRO
 JOIN unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 """
 _CREATE_RESIDUAL_STAGE, _COPY_RESIDUAL_STAGE = _temp_table_sql("tokenscale_residual_stage", _EVENT_COLUMNS)
-_UPSERT_RESIDUAL: Final = sql.SQL(
-    "INSERT INTO tokenscale.usage_events ({cols}) SELECT {cols} FROM tokenscale_residual_stage "
-    "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
-).format(
-    cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
-    sets=sql.SQL(", ").join(
-        sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
-        # Every column but the row's identity: a residual's best view (and so its provider, user,
-        # ...) may change, and the rollups take the row's old values out and its new ones in.
-        for c in (
-            "counted",
-            "service_name",
-            "user_email",
-            "user_id",
-            "session_id",
-            "conversation_id",
-            "provider",
-            "model",
-            "operation",
-            "requests",
-            *TOKEN_FIELDS,
-            "cost_usd",
-            "cost_source",
-            "attributes",
-        )
-    ),
+_UPSERT_RESIDUAL: Final = _rendered(
+    sql.SQL(
+        "INSERT INTO tokenscale.usage_events ({cols}) SELECT {cols} FROM tokenscale_residual_stage "
+        "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+            # Every column but the row's identity: a residual's best view (and so its provider, user,
+            # ...) may change, and the rollups take the row's old values out and its new ones in.
+            for c in (
+                "counted",
+                "service_name",
+                "user_email",
+                "user_id",
+                "session_id",
+                "conversation_id",
+                "provider",
+                "model",
+                "operation",
+                "requests",
+                *TOKEN_FIELDS,
+                "cost_usd",
+                "cost_source",
+                "attributes",
+            )
+        ),
+    )
 )
 _RECENT_HOURS: Final = 48
 
