@@ -3,12 +3,18 @@ the indexes are those of the read paths; compressed chunks answer the APIs exact
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
 from dbservers import Server, fresh_database
+from hostile import semconv_span, spans_export
+from otlp_clients import post
+from test_serve_workers import serving
 from tokenscale.api import ai_metrics, usage_records
 from tokenscale.api._values import Params
 from tokenscale.api.ai_metrics import list_ai_metrics, parse_ai_metrics_query
@@ -209,3 +215,27 @@ def test_api_answers_are_exact_on_compressed_chunks(community_server: Server) ->
     assert len(before["usage_records all"]) == 40
     assert before["budget"] == 40 * 127
     assert sum(before["series"]["tokens"]) == 40 * 127
+
+
+def test_serve_stores_every_attribute_when_the_operator_asks(
+    pg_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TOKENSCALE_KEEP_ATTRIBUTES=1`` reaches the writers of ``serve`` (here its workers)."""
+    monkeypatch.setenv("TOKENSCALE_KEEP_ATTRIBUTES", "1")
+    now_ns = int(time.time()) * 10**9
+    document = spans_export(
+        [semconv_span({"session.id": "keep-1", "gen_ai.request.temperature": 0.2}, time_ns=now_ns)],
+        resource={"host.name": "build-7"},
+    )
+    with fresh_database(pg_server) as url, serving(url, 2) as service:
+        status, _, _ = post(
+            service.http_port, "/v1/traces", json.dumps(document).encode(), "application/json"
+        )
+        assert status == 200
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT attributes->>'host.name', attributes->'gen_ai.request.temperature', "
+                "attributes->'gen_ai.usage.input_tokens', input_tokens "
+                "FROM tokenscale.usage_events WHERE session_id = 'keep-1'"
+            ).fetchone()
+    assert row == ("build-7", 0.2, 100, 100)
