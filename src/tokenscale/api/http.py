@@ -74,6 +74,11 @@ def create_api_routes(
             "/assistant/ai-chat/usage", api.record_chat_usage(), methods=["POST"], name="api_ai_chat_usage"
         ),
         Route("/api/budgets/check", api.check_budget(), methods=["GET"], name="api_budget_check"),
+        Route("/v1/budgets/check", api.v1_check_budgets, methods=["GET"], name="v1_budgets_check"),
+        Route("/v1/budgets", api.v1_list_budgets, methods=["GET"], name="v1_budgets_list"),
+        Route("/v1/budgets", api.v1_create_budget, methods=["POST"], name="v1_budgets_create"),
+        Route("/v1/budgets/{budget_id}", api.v1_get_budget, methods=["GET"], name="v1_budgets_get"),
+        Route("/v1/budgets/{budget_id}", api.v1_delete_budget, methods=["DELETE"], name="v1_budgets_delete"),
         Route("/api/v1/usage/list", api.list_usage_records, methods=["GET"], name="api_usage_list"),
         Route(
             "/api/v1/usage/list",
@@ -207,6 +212,14 @@ def _servicestack_error(failure: Failure, jsv: bool) -> Response:
     if failure.field is not None:
         status["Errors"] = [{"ErrorCode": code, "FieldName": failure.field, "Message": failure.message}]
     return _servicestack_response({"ResponseStatus": status}, failure.http_status, jsv, _headers(failure))
+
+
+def _v1_error(failure: Failure) -> Response:
+    """The error body of the ``/v1`` routes: ``{"error": code, "message": ..., "field": ...}``."""
+    body: dict[str, Any] = {"error": failure.code, "message": failure.message}
+    if failure.field is not None:
+        body["field"] = failure.field
+    return JSONResponse(body, failure.http_status, headers=_headers(failure))
 
 
 # --- ServiceStack: content negotiation, JSV, request fields ------------------------------------------
@@ -475,6 +488,49 @@ class _HttpApi:
             return _servicestack_response(result, 200, jsv)
 
         return check
+
+    # --- /v1/budgets ------------------------------------------------------------------------------
+
+    async def v1_check_budgets(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            result = await _run(self.service.check_budgets, principal, dict(request.query_params))
+        except Exception as exc:
+            return _v1_error(classify(exc))
+        return JSONResponse(result, headers={"Cache-Control": "no-store"})
+
+    async def v1_list_budgets(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            result = await _run(self.service.list_budgets, principal, dict(request.query_params))
+        except Exception as exc:
+            return _v1_error(classify(exc))
+        return JSONResponse(result)
+
+    async def v1_create_budget(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "admin")
+            body = _json(await _read_body(request, self.max_body_bytes))
+            result = await _run(self.service.create_budget, principal, body)
+        except Exception as exc:
+            return _v1_error(classify(exc))
+        return JSONResponse(result, 201, headers={"Location": f"/v1/budgets/{result['id']}"})
+
+    async def v1_get_budget(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "read")
+            result = await _run(self.service.get_budget, principal, request.path_params["budget_id"])
+        except Exception as exc:
+            return _v1_error(classify(exc))
+        return JSONResponse(result)
+
+    async def v1_delete_budget(self, request: Request) -> Response:
+        try:
+            principal = await _run(self.service.principal, request.headers, "admin")
+            result = await _run(self.service.delete_budget, principal, request.path_params["budget_id"])
+        except Exception as exc:
+            return _v1_error(classify(exc))
+        return JSONResponse(result)
 
     async def list_usage_records(self, request: Request) -> Response:
         try:

@@ -26,13 +26,25 @@ from tokenscale.api.budgets import (
     idempotent_identity,
     record_chat_usage,
 )
+from tokenscale.api.scoped_budgets import (
+    DEFAULT_TEAM_ATTRIBUTE,
+    MAX_SCOPE_VALUE_CHARS,
+    Identity,
+    budget_json,
+    check_budgets,
+    create_budget,
+    delete_budget,
+    get_scoped_budget,
+    list_scoped_budgets,
+    parse_budget,
+)
 from tokenscale.api.tool_metrics import ToolMetric, store_tool_metrics
 from tokenscale.api.usage_records import list_usage_records, usage_series
 from tokenscale.auth import AuthenticationError, AuthPolicy, PermissionDeniedError, Principal
 from tokenscale.pipeline import ResultWriter
 from tokenscale.tenants import TenantIds
 
-__all__ = ["UsageApiService", "same_tenant"]
+__all__ = ["UsageApiService", "identity_from_query", "same_tenant"]
 
 
 def same_tenant(named: str, tenant: str) -> bool:
@@ -43,6 +55,23 @@ def same_tenant(named: str, tenant: str) -> bool:
         return uuid.UUID(named) == uuid.UUID(tenant)
     except ValueError:
         return False
+
+
+def identity_from_query(query: Mapping[str, str]) -> Identity:
+    """The identity of a budget check from its query parameters; unknown ones are refused."""
+    unknown = sorted(set(query) - {"user", "team", "tool", "model"})
+    if unknown:
+        raise InvalidRequestError(
+            f"{unknown[0]}: unknown query parameter (the check takes user, team, tool and model)",
+            field=unknown[0],
+        )
+    values: dict[str, str | None] = {}
+    for name in ("user", "team", "tool", "model"):
+        value = query.get(name) or None
+        if value is not None and len(value) > MAX_SCOPE_VALUE_CHARS:
+            raise InvalidRequestError(f"{name}: at most {MAX_SCOPE_VALUE_CHARS} characters", field=name)
+        values[name] = value
+    return Identity(**values)
 
 
 class UsageApiService:
@@ -59,9 +88,11 @@ class UsageApiService:
         writer: ResultWriter,
         *,
         default_budget: Budget | None = None,
+        team_attribute: str = DEFAULT_TEAM_ATTRIBUTE,
         timeout: float = 10.0,
     ) -> None:
         self.pool = pool
+        self.team_attribute = team_attribute
         self.auth = auth
         self.writer = writer
         self.default_budget = default_budget
@@ -150,6 +181,56 @@ class UsageApiService:
         answered_as = self.company_id(tenant)
         with self.pool.connection(timeout=self.timeout) as conn:
             return budget_status(conn, tenant, self.default_budget, company_id=answered_as).as_json()
+
+    # --- scoped budgets (/v1/budgets) ---------------------------------------------------------------
+
+    def check_budgets(self, principal: Principal, query: Mapping[str, str]) -> dict[str, Any]:
+        """``GET /v1/budgets/check``: every window that applies to the identity in ``query``
+        (``user``, ``team``, ``tool``, ``model``; all optional), tightest first."""
+        principal.require("read")
+        identity = identity_from_query(query)
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return check_budgets(
+                conn,
+                principal.tenant,
+                identity,
+                company_budget=self.default_budget,
+                team_attribute=self.team_attribute,
+            )
+
+    def list_budgets(self, principal: Principal, query: Mapping[str, str]) -> dict[str, Any]:
+        """``GET /v1/budgets``: the caller's budgets (``?scope=`` narrows them)."""
+        principal.require("read")
+        unknown = sorted(set(query) - {"scope"})
+        if unknown:
+            raise InvalidRequestError(f"{unknown[0]}: unknown query parameter", field=unknown[0])
+        scope = query.get("scope") or None
+        if scope is not None and scope not in ("tenant", "team", "user", "tool", "model"):
+            raise InvalidRequestError("scope: must be one of tenant, team, user, tool, model", field="scope")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return {"budgets": [budget_json(b) for b in list_scoped_budgets(conn, principal.tenant, scope)]}
+
+    def create_budget(self, principal: Principal, body: object) -> dict[str, Any]:
+        """``POST /v1/budgets``: a new budget of the caller's tenant (``admin`` scope)."""
+        principal.require("admin")
+        parsed = parse_budget(principal.tenant, body)
+        with self.pool.connection(timeout=self.timeout) as conn:
+            created = create_budget(
+                conn, principal.tenant, parsed.scope, parsed.scope_value, parsed.windows, parsed.name
+            )
+        return budget_json(created)
+
+    def get_budget(self, principal: Principal, budget_id: str) -> dict[str, Any]:
+        """``GET /v1/budgets/{id}``."""
+        principal.require("read")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return budget_json(get_scoped_budget(conn, principal.tenant, budget_id))
+
+    def delete_budget(self, principal: Principal, budget_id: str) -> dict[str, Any]:
+        """``DELETE /v1/budgets/{id}`` (``admin`` scope): the deleted budget."""
+        principal.require("admin")
+        with self.pool.connection(timeout=self.timeout) as conn:
+            return budget_json(delete_budget(conn, principal.tenant, budget_id))
 
     def list_usage_records(self, principal: Principal, params: Params) -> dict[str, Any]:
         """One cursor page of the caller's usage records."""

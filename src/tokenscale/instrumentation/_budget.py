@@ -1,4 +1,10 @@
-"""Budget guard: ask tokenscale whether a company's token budget is spent before an AI call."""
+"""Budget guard and check client: ask tokenscale whether a budget is spent before an AI call.
+
+:func:`check_budgets` asks ``GET /v1/budgets/check`` (every window of every budget that applies to
+a user, team, tool and model of the API key's tenant); :class:`BudgetGuard` uses it before each
+instrumented call, and other clients (such as ``tokenscale hook``) can reuse it. Only the
+standard library is used for HTTP.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +30,15 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_API_URL",
     "ENV_COMPANY_ID",
+    "V1_BUDGET_CHECK_PATH",
+    "BudgetCheck",
     "BudgetExceededError",
     "BudgetExceededWarning",
     "BudgetGuard",
     "BudgetStatus",
+    "BudgetWindowStatus",
     "OnExceeded",
+    "check_budgets",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -43,6 +53,11 @@ FIELD_TOKEN_LIMIT: Final = "TokenLimit"
 FIELD_TOKENS_REMAINING: Final = "TokensRemaining"
 FIELD_IS_WITHIN_BUDGET: Final = "IsWithinBudget"
 FIELD_WINDOW_DAYS: Final = "WindowDays"
+
+#: ``GET {base}/v1/budgets/check?user=&team=&tool=&model=`` (all optional; the tenant is the API
+#: key's) answers ``{"allowed", "checkedAt", "windows": [...]}``, the tightest window first.
+V1_BUDGET_CHECK_PATH: Final = "/v1/budgets/check"
+V1_BUDGET_CHECK_PARAMS: Final = ("user", "team", "tool", "model")
 
 # --- settings: constructor argument, else environment variable, else default --------------------
 
@@ -95,6 +110,149 @@ def _int_field(data: Mapping[str, object], key: str) -> int:
 
 def _optional_int_field(data: Mapping[str, object], key: str) -> int | None:
     return None if data.get(key, 0) is None else _int_field(data, key)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindowStatus:
+    """One window of one budget in a check answer (numbers: tokens, or USD for ``unit == "usd"``)."""
+
+    budget_id: str
+    scope: str
+    scope_value: str | None
+    unit: str
+    limit: float
+    used: float
+    remaining: float
+    fraction: float
+    window_seconds: int
+    window_start: str
+    window_end: str
+    exceeded: bool
+
+    @classmethod
+    def from_json(cls, data: object) -> BudgetWindowStatus:
+        """One element of ``windows``; :class:`ValueError` when it is not the documented shape."""
+        if not isinstance(data, Mapping):
+            raise ValueError("budget check window is not a JSON object")
+        return cls(
+            budget_id=_str_field(data, "budgetId"),
+            scope=_str_field(data, "scope"),
+            scope_value=None if data.get("scopeValue") is None else _str_field(data, "scopeValue"),
+            unit=_str_field(data, "unit"),
+            limit=_number_field(data, "limit"),
+            used=_number_field(data, "used"),
+            remaining=_number_field(data, "remaining"),
+            fraction=_number_field(data, "fraction"),
+            window_seconds=int(_number_field(data, "windowSeconds")),
+            window_start=_str_field(data, "windowStart"),
+            window_end=_str_field(data, "windowEnd"),
+            exceeded=_bool_field(data, "exceeded"),
+        )
+
+    def describe(self) -> str:
+        """E.g. ``user alice@example.com: 1200 of 1000 tokens in the last 24 h``."""
+        who = self.scope if self.scope_value is None else f"{self.scope} {self.scope_value}"
+        hours = self.window_seconds // 3600
+        span = f"{hours // 24} days" if hours % 24 == 0 and hours >= 48 else f"{hours} h"
+        if self.unit == "usd":
+            amount = f"${self.used:.2f} of ${self.limit:.2f}"
+        else:
+            amount = f"{int(self.used)} of {int(self.limit)} tokens"
+        return f"{who}: {amount} in the last {span}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """The answer of ``GET /v1/budgets/check``: allowed, and every window that applies, tightest first."""
+
+    allowed: bool
+    checked_at: str
+    windows: tuple[BudgetWindowStatus, ...]
+
+    @classmethod
+    def from_json(cls, data: object) -> BudgetCheck:
+        """Parse the endpoint's JSON body; :class:`ValueError` when it is not the documented shape."""
+        if not isinstance(data, Mapping):
+            raise ValueError("budget check answer is not a JSON object")
+        windows = data.get("windows")
+        if not isinstance(windows, list):
+            raise ValueError("budget check answer has no list of windows")
+        return cls(
+            allowed=_bool_field(data, "allowed"),
+            checked_at=_str_field(data, "checkedAt"),
+            windows=tuple(BudgetWindowStatus.from_json(w) for w in windows),
+        )
+
+    @property
+    def exceeded(self) -> tuple[BudgetWindowStatus, ...]:
+        """The windows whose budget is spent (used >= limit), tightest first."""
+        return tuple(w for w in self.windows if w.exceeded)
+
+
+def _str_field(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"budget check field {key} is not a string")
+    return value
+
+
+def _bool_field(data: Mapping[str, object], key: str) -> bool:
+    value = data.get(key)
+    if not isinstance(value, bool):
+        raise ValueError(f"budget check field {key} is not a boolean")
+    return value
+
+
+def _number_field(data: Mapping[str, object], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"budget check field {key} is not a number")
+    return float(value)
+
+
+def budget_check_url(
+    base_url: str,
+    *,
+    user: str | None = None,
+    team: str | None = None,
+    tool: str | None = None,
+    model: str | None = None,
+) -> str:
+    """The full URL of the check for an identity (parameters left out when not given)."""
+    values = {"user": user, "team": team, "tool": tool, "model": model}
+    query = urlencode({k: v for k, v in values.items() if v})
+    return f"{base_url.rstrip('/')}{V1_BUDGET_CHECK_PATH}" + (f"?{query}" if query else "")
+
+
+def check_budgets(
+    base_url: str | None = None,
+    *,
+    api_key: str | None = None,
+    user: str | None = None,
+    team: str | None = None,
+    tool: str | None = None,
+    model: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> BudgetCheck:
+    """Ask ``GET /v1/budgets/check`` for the budgets that apply to this identity.
+
+    ``base_url`` and ``api_key`` default to ``$TOKENSCALE_API_URL`` and ``$TOKENSCALE_API_KEY``.
+    Raises :class:`OSError` when the service is unreachable, slow (past ``timeout``) or answers an
+    HTTP error (``urllib.error.HTTPError``, with its status), and :class:`ValueError` for a body
+    that is not the documented shape: the caller decides whether to fail open.
+    """
+    url = base_url if base_url is not None else os.environ.get(ENV_API_URL)
+    if not url:
+        raise ValueError(f"check_budgets needs base_url or ${ENV_API_URL}")
+    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+    request = urllib.request.Request(
+        budget_check_url(url, user=user, team=team, tool=tool, model=model),
+        headers={"accept": "application/json"},
+    )
+    if key:
+        request.add_header("authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return BudgetCheck.from_json(json.loads(response.read()))
 
 
 class BudgetExceededError(TokenscaleError):
