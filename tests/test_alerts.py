@@ -355,3 +355,42 @@ def test_no_budget_windows_no_alerts(db_url: str) -> None:
     migrate(db_url)
     with psycopg.connect(db_url) as conn:
         assert read_windows(conn, datetime.now(UTC)) == []
+
+
+def test_the_alerts_command(db_url: str, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenscale.cli import main  # noqa: PLC0415
+
+    db = ["--database-url", db_url]
+    assert main(["alerts", "webhooks", "add", TENANT, hook.url, "--format", "slack", *db]) == 0
+    hook_id = capsys.readouterr().out.split()[0]
+    assert main(["alerts", "webhooks", "list", *db]) == 0
+    port = hook.url.split(":")[2].split("/")[0]
+    assert capsys.readouterr().out == f"{hook_id}  {TENANT}  slack  http://127.0.0.1:{port}/…erts\n"
+    assert main(["alerts", "webhooks", "add", TENANT, "ftp://x", *db]) == 1
+    assert "not an http(s) URL" in capsys.readouterr().err
+    pool = open_pool(db_url)
+    try:
+        budget_id = user_budget(pool, 1000, 1)
+        write(pool, datetime.now(UTC) - timedelta(minutes=2), 700)
+    finally:
+        pool.close()
+    assert main(["alerts", "thresholds", "set", TENANT, budget_id, "60", "95", *db]) == 0
+    assert capsys.readouterr().out == f"{TENANT} {budget_id}: 60% 95%\n"
+    assert main(["alerts", "thresholds", "set", TENANT, "nope", "60", *db]) == 1
+    assert capsys.readouterr().err == "tokenscale: tenant 'acme' has no budget 'nope'\n"
+    assert main(["alerts", "run", *db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "evaluated 1 budget window(s): 1 alert(s) fired"
+    assert out[1].startswith(
+        f"  {TENANT}  user {USER} has used 60% of the 1-hour token budget (700 tokens of 1,000"
+    )
+    assert out[2] == "deliveries: 1 delivered, 0 to retry, 0 failed"
+    assert main(["alerts", "list", *db]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[1] == f"    -> http://127.0.0.1:{port}/…erts [slack] delivered after 1 attempt(s)"
+    assert main(["alerts", "list", "--json", *db]) == 0
+    [alert] = json.loads(capsys.readouterr().out)
+    assert (alert["threshold"], alert["used"], alert["deliveries"][0]["status"]) == (60, 700, "delivered")
+    assert main(["alerts", "webhooks", "remove", hook_id, *db]) == 0
+    assert main(["alerts", "webhooks", "remove", hook_id, *db]) == 1
+    assert [body["text"][:40] for _, body in hook.requests] == [":warning: tokenscale budget alert: user "]

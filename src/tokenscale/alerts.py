@@ -299,7 +299,8 @@ def _percents(values: Sequence[Decimal | int | float | str]) -> tuple[Decimal, .
     for p in percents:
         if not p.is_finite() or not 0 < p <= MAX_PERCENT:
             raise ValueError(f"threshold {p}: must be a percentage above 0 and at most {MAX_PERCENT}")
-    return tuple(p.normalize() for p in percents)
+    # 60, not 6E+1; 12.5 as it is
+    return tuple(p.quantize(Decimal(1)) if p == p.to_integral_value() else p.normalize() for p in percents)
 
 
 def set_thresholds(

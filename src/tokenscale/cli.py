@@ -102,11 +102,13 @@ def _parser() -> argparse.ArgumentParser:
 
     from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
+    from tokenscale.commands.alerts import add_subcommands as add_alert_commands  # noqa: PLC0415
     from tokenscale.commands.prices import add_subcommands as add_price_commands  # noqa: PLC0415
 
     add_subcommands(sub, _add_database_options)
     add_key_and_budget_commands(sub, _add_database_options)
     add_price_commands(sub, _add_database_options)
+    add_alert_commands(sub, _add_database_options)
     return parser
 
 
@@ -226,6 +228,14 @@ def _cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings) as url:
         _migrate(url)
         return (run_reprice if args.command == "reprice" else run_prices)(args, url)
+
+
+def _cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.commands.alerts import run_alerts  # noqa: PLC0415
+
+    with _database(settings) as url:
+        _migrate(url)
+        return run_alerts(args, url, sys.stdout, settings)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -628,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budgets": _cmd_keys_or_budgets,
         "prices": _cmd_prices,
         "reprice": _cmd_prices,
+        "alerts": _cmd_alerts,
     }
     try:
         return commands[args.command](settings, args)
