@@ -137,3 +137,16 @@ def _assert_rollups_match_events(url: str) -> None:
             ).fetchall()
             assert raw, "no counted usage to compare"
             assert sorted(map(repr, rollup)) == sorted(map(repr, raw)), table
+        # The budget check's per-scope hours, where the writer keeps them (not on community).
+        if conn.execute("SELECT to_regclass('tokenscale.usage_scope_hourly')").fetchone() != (None,):
+            raw = conn.execute(
+                f"SELECT date_trunc('hour', time, 'UTC'), tenant, k.scope, k.value, {raw_sums} "
+                "FROM tokenscale.usage_events CROSS JOIN LATERAL (VALUES ('tool', tool), ('model', model), "
+                "('user', coalesce(user_email, user_id))) AS k (scope, value) "
+                "WHERE counted AND k.value IS NOT NULL GROUP BY 1, 2, 3, 4"
+            ).fetchall()
+            rollup = conn.execute(
+                f"SELECT hour, tenant, scope, scope_value, {rollup_sums} FROM tokenscale.usage_scope_hourly "
+                "GROUP BY 1, 2, 3, 4 HAVING sum(events) <> 0"
+            ).fetchall()
+            assert sorted(map(repr, rollup)) == sorted(map(repr, raw)), "usage_scope_hourly"

@@ -12,16 +12,22 @@ What each scope counts (counted usage events of the tenant only):
   :mod:`tokenscale.api.budgets`) applies as a tenant window with budget id ``company``;
 * ``team``: events whose attributes (resource or record/point) hold the team attribute
   (``team.id`` by default, the ``budget_team_attribute`` setting) with this string value;
-* ``user``: events whose ``user_email`` or ``user_id`` is the value;
+* ``user``: events whose user is the value: its ``user_email``, or its ``user_id`` when it has no
+  email;
 * ``tool``: events of this tool (``claude_code``, ``gemini_cli``, ``codex``, or the service name);
 * ``model``: events of this model (as stored: normalised, e.g. ``claude-sonnet-4-5``).
 
 Tokens are input + cache reads + cache writes + output (reasoning is part of output); USD is the
 events' priced cost (an unpriced event adds nothing to a USD window).
 
-Reads: tenant windows take whole UTC hours from ``usage_hourly`` and the two partial edge hours
-from ``usage_events``; the other scopes read their events in the window from ``usage_events``
-(one scan per scope for all its windows, through the indexes of migration 0071).
+Reads, in one transaction: the budgets that apply through the index on (tenant, scope,
+scope_value); then the whole UTC hours of every window in one query (tenant windows from
+``usage_hourly``, tool, model and user windows from ``usage_scope_hourly``, which the writer keeps
+exact like the other rollups), and the partial first hour of each window and the partial last hour
+they share in one scan of ``usage_events``. A check thus reads one row per hour of each window and
+at most a few hours of the tenant's events, however much usage the windows hold. Team windows (an
+attribute, not a rollup key) and, on TimescaleDB community (no ``usage_scope_hourly``), tool,
+model and user windows read their events in the window from ``usage_events``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -417,34 +423,59 @@ _HOURLY_TOKENS: Final = sql.SQL(
     "(h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens)"
 )
 
-# A tenant window: whole UTC hours from usage_hourly, the partial first and last hours from
-# usage_events (bounds are parameters, so the planner prunes usage_events to the edge hours).
-_TENANT_WINDOW: Final = sql.SQL(
-    """SELECT
-  (SELECT coalesce(sum({htokens}), 0) FROM tokenscale.usage_hourly h
-    WHERE h.tenant = %(tenant)s AND h.hour >= %(lo_hour)s AND h.hour < %(hi_hour)s)
-  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e
-    WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time < %(lo_hour)s)
-  + (SELECT coalesce(sum({tokens}), 0) FROM tokenscale.usage_events e
-    WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(hi_hour)s AND e.time <= %(hi)s),
-  (SELECT coalesce(sum(h.cost_usd), 0) FROM tokenscale.usage_hourly h
-    WHERE h.tenant = %(tenant)s AND h.hour >= %(lo_hour)s AND h.hour < %(hi_hour)s)
-  + (SELECT coalesce(sum(e.cost_usd), 0) FROM tokenscale.usage_events e
-    WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time < %(lo_hour)s)
-  + (SELECT coalesce(sum(e.cost_usd), 0) FROM tokenscale.usage_events e
-    WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(hi_hour)s AND e.time <= %(hi)s)"""
-).format(tokens=_TOKENS, htokens=_HOURLY_TOKENS)
+#: Scopes whose whole hours usage_scope_hourly keeps (where the writer keeps rollups).
+_ROLLUP_SCOPES: Final = frozenset({"tool", "model", "user"})
 
-_SCOPE_FILTERS: Final[dict[str, sql.Composable]] = {
-    "user": sql.SQL("(e.user_email = %(value)s OR e.user_id = %(value)s)"),
-    "tool": sql.SQL("e.tool = %(value)s"),
-    "model": sql.SQL("e.model = %(value)s"),
-    "team": sql.SQL("e.attributes @> jsonb_build_object(%(team_key)s::text, %(value)s::text)"),
+# The events of one scope value, as usage_scope_hourly groups them.
+_SCOPE_FILTERS: Final[dict[str, sql.SQL]] = {
+    "user": sql.SQL("coalesce(e.user_email, e.user_id) = {}"),
+    "tool": sql.SQL("e.tool = {}"),
+    "model": sql.SQL("e.model = {}"),
+    "team": sql.SQL("e.attributes @> jsonb_build_object({}::text, {}::text)"),
 }
 
+# Whole UTC hours of every window at once: tool, model and user windows from usage_scope_hourly,
+# tenant windows from usage_hourly (one index range per window, one row per hour).
+_WHOLE_HOURS: Final = sql.SQL(
+    """SELECT s.i, coalesce(sum({htokens}), 0), coalesce(sum(h.cost_usd), 0)
+FROM unnest(%(scopes)s::text[], %(values)s::text[], %(lo_hours)s::timestamptz[]) WITH ORDINALITY
+    AS s (scope, value, lo_hour, i)
+LEFT JOIN tokenscale.usage_scope_hourly h ON h.tenant = %(tenant)s AND h.scope = s.scope
+    AND h.scope_value = s.value AND h.hour >= s.lo_hour AND h.hour < %(hi_hour)s
+WHERE s.scope <> 'tenant'
+GROUP BY s.i
+UNION ALL
+SELECT s.i, coalesce(sum({htokens}), 0), coalesce(sum(h.cost_usd), 0)
+FROM unnest(%(scopes)s::text[], %(lo_hours)s::timestamptz[]) WITH ORDINALITY AS s (scope, lo_hour, i)
+LEFT JOIN tokenscale.usage_hourly h ON h.tenant = %(tenant)s AND h.hour >= s.lo_hour AND h.hour < %(hi_hour)s
+WHERE s.scope = 'tenant'
+GROUP BY s.i"""
+).format(htokens=_HOURLY_TOKENS)
 
-def _scope_window_sql(scope: str, starts: int) -> sql.Composed:
-    """Tokens and USD of one scope's events since each of ``starts`` window starts, in one scan."""
+
+def _edges_sql(filters: Sequence[sql.Composable], lo_count: int) -> sql.Composed:
+    """The partial first hour of each window and the partial last hour they share, in one scan of
+    usage_events: tokens and USD per window (``filters[i]`` selects window i's edge events)."""
+    columns: list[sql.Composable] = []
+    for condition in filters:
+        columns.append(sql.SQL("coalesce(sum({t}) FILTER (WHERE {w}), 0)").format(t=_TOKENS, w=condition))
+        columns.append(sql.SQL("coalesce(sum(e.cost_usd) FILTER (WHERE {w}), 0)").format(w=condition))
+    ranges: list[sql.Composable] = [sql.SQL("(e.time >= %(hi_hour)s AND e.time <= %(hi)s)")]
+    ranges += [
+        sql.SQL("(e.time >= {lo} AND e.time < {lo_hour})").format(
+            lo=sql.Placeholder(f"lo{i}"), lo_hour=sql.Placeholder(f"lo_hour{i}")
+        )
+        for i in range(lo_count)
+    ]
+    return sql.SQL(
+        "SELECT {cols} FROM tokenscale.usage_events e "
+        "WHERE e.tenant = %(tenant)s AND e.counted AND ({ranges})"
+    ).format(cols=sql.SQL(", ").join(columns), ranges=sql.SQL(" OR ").join(ranges))
+
+
+def _raw_sql(scope: str, starts: int) -> sql.Composed:
+    """Tokens and USD of one scope value's events since each of ``starts`` window starts (the
+    longest first), in one scan of usage_events."""
     columns = []
     for i in range(starts):
         lo = sql.Placeholder(f"lo{i}")
@@ -452,18 +483,20 @@ def _scope_window_sql(scope: str, starts: int) -> sql.Composed:
             sql.SQL("coalesce(sum({t}) FILTER (WHERE e.time >= {lo}), 0)").format(t=_TOKENS, lo=lo)
         )
         columns.append(sql.SQL("coalesce(sum(e.cost_usd) FILTER (WHERE e.time >= {lo}), 0)").format(lo=lo))
+    value = sql.Placeholder("value")
+    condition = (
+        _SCOPE_FILTERS[scope].format(sql.Placeholder("team_key"), value)
+        if scope == "team"
+        else _SCOPE_FILTERS[scope].format(value)
+    )
     return sql.SQL(
         "SELECT {cols} FROM tokenscale.usage_events e "
         "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s AND {filter}"
-    ).format(cols=sql.SQL(", ").join(columns), filter=_SCOPE_FILTERS[scope])
+    ).format(cols=sql.SQL(", ").join(columns), filter=condition)
 
 
-@dataclass(slots=True)
-class _Windows:
-    """The windows found for one (scope, value), and their usage once read."""
-
-    seconds: set[int] = field(default_factory=set)
-    usage: dict[int, tuple[Decimal, Decimal]] = field(default_factory=dict)
+#: (scope, scope value or None, window seconds): one window's usage is read once per check.
+_Key = tuple[str, str | None, int]
 
 
 def check_budgets(
@@ -481,7 +514,7 @@ def check_budgets(
     tightest window first (largest fraction used, then least remaining), ``allowed`` false when any
     window is exceeded (used >= limit). The tenant's company budget (``tokenscale.budgets``, else
     ``company_budget``) is one more tenant window, id :data:`COMPANY_BUDGET_ID`. ``now`` defaults
-    to the database's clock.
+    to the database's clock. Every read is in one transaction (one snapshot).
     """
     keys: list[tuple[str, str]] = [("tenant", "")]
     for scope in SCOPES[1:]:
@@ -490,12 +523,14 @@ def check_budgets(
             keys.append((scope, value))
     query = sql.SQL(_APPLYING).format(keys=sql.SQL(", ").join(sql.SQL("(%s::text, %s::text)") for _ in keys))
     with conn.transaction():
-        if now is None:
-            now_row = conn.execute("SELECT now()").fetchone()
-            assert now_row is not None
-            now = now_row[0]
-        assert now is not None
-        now = now.astimezone(UTC)
+        first = conn.execute(
+            "SELECT now(), to_regclass('tokenscale.usage_scope_hourly') IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM pg_matviews WHERE schemaname = 'tokenscale' "
+            "AND matviewname = 'usage_scope_hourly')"
+        ).fetchone()
+        assert first is not None
+        now = (first[0] if now is None else now).astimezone(UTC)
+        rollup = bool(first[1])
         rows = conn.execute(query, [tenant, *[p for key in keys for p in key]]).fetchall()
         company = get_budget(conn, tenant) or company_budget
         found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
@@ -512,14 +547,12 @@ def check_budgets(
                     company.window_days * 86400,
                 )
             )
-        per_scope: dict[tuple[str, str | None], _Windows] = {}
-        for _, scope_name, value, _, _, seconds in found:
-            per_scope.setdefault((scope_name, value), _Windows()).seconds.add(seconds)
-        for (scope_key, value), windows in per_scope.items():
-            _read_usage(conn, tenant, scope_key, value, windows, now, team_attribute)
+        usage = _read_usage(
+            conn, tenant, {(f[1], f[2], f[5]) for f in found}, now, team_attribute, rollup=rollup
+        )
     statuses = []
     for budget_id, scope, value, unit, limit, seconds in found:
-        tokens, usd = per_scope[(scope, value)].usage[seconds]
+        tokens, usd = usage[(scope, value, seconds)]
         statuses.append(
             WindowStatus(
                 budget_id,
@@ -544,33 +577,78 @@ def check_budgets(
 def _read_usage(
     conn: Connection,
     tenant: str,
-    scope: str,
-    value: str | None,
-    windows: _Windows,
+    keys: set[_Key],
     now: datetime,
     team_attribute: str,
-) -> None:
-    if scope == "tenant":
-        for seconds in windows.seconds:
-            row = conn.execute(_TENANT_WINDOW, {"tenant": tenant, **_bounds(now, seconds)}).fetchone()
-            assert row is not None
-            windows.usage[seconds] = (Decimal(row[0]), Decimal(row[1]))
-        return
-    ordered = sorted(windows.seconds, reverse=True)  # the longest first: lo0 bounds the scan
-    params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}
-    for i, seconds in enumerate(ordered):
-        params[f"lo{i}"] = now - timedelta(seconds=seconds)
-    row = conn.execute(_scope_window_sql(scope, len(ordered)), params).fetchone()
-    assert row is not None
-    for i, seconds in enumerate(ordered):
-        windows.usage[seconds] = (Decimal(row[2 * i]), Decimal(row[2 * i + 1]))
+    *,
+    rollup: bool,
+) -> dict[_Key, tuple[Decimal, Decimal]]:
+    """Tokens and USD of each (scope, value, window seconds) in the windows ending ``now``.
 
-
-def _bounds(now: datetime, seconds: int) -> dict[str, datetime]:
-    hi = now.astimezone(UTC)
-    lo = hi - timedelta(seconds=seconds)
-    hi_hour = hi.replace(minute=0, second=0, microsecond=0)
-    lo_hour = lo.replace(minute=0, second=0, microsecond=0)
-    if lo_hour < lo:
-        lo_hour += timedelta(hours=1)
-    return {"lo": lo, "hi": hi, "lo_hour": lo_hour, "hi_hour": hi_hour}
+    Hour-bucketed: whole hours from the rollups plus the partial edge hours from usage_events
+    (tenant windows always; tool, model and user windows where ``rollup``). Raw: the window's events
+    from usage_events (team windows; tool, model and user windows on TimescaleDB community).
+    """
+    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
+    bucketed = sorted(
+        (k for k in keys if k[0] == "tenant" or (rollup and k[0] in _ROLLUP_SCOPES)),
+        key=lambda k: (k[0], k[1] or "", k[2]),
+    )
+    raw: dict[tuple[str, str | None], list[int]] = {}
+    for key in keys:
+        if key not in bucketed:
+            raw.setdefault((key[0], key[1]), []).append(key[2])
+    if bucketed:
+        hi = now
+        hi_hour = hi.replace(minute=0, second=0, microsecond=0)
+        params: dict[str, Any] = {"tenant": tenant, "hi": hi, "hi_hour": hi_hour}
+        lo_hours = []
+        starts = sorted({k[2] for k in bucketed})
+        for i, seconds in enumerate(starts):
+            lo = hi - timedelta(seconds=seconds)
+            lo_hour = lo.replace(minute=0, second=0, microsecond=0)
+            if lo_hour < lo:
+                lo_hour += timedelta(hours=1)
+            params[f"lo{i}"], params[f"lo_hour{i}"] = lo, lo_hour
+        for _, _, seconds in bucketed:
+            lo_hours.append(params[f"lo_hour{starts.index(seconds)}"])
+        whole = conn.execute(
+            _WHOLE_HOURS,
+            {
+                "tenant": tenant,
+                "hi_hour": hi_hour,
+                "scopes": [k[0] for k in bucketed],
+                "values": [k[1] or "" for k in bucketed],
+                "lo_hours": lo_hours,
+            },
+        ).fetchall()
+        whole_by = {int(r[0]) - 1: (Decimal(r[1]), Decimal(r[2])) for r in whole}
+        filters: list[sql.Composable] = []
+        for j, (scope, value, seconds) in enumerate(bucketed):
+            i = starts.index(seconds)
+            params[f"v{j}"] = value
+            condition = (
+                sql.SQL("TRUE")
+                if scope == "tenant"
+                else _SCOPE_FILTERS[scope].format(sql.Placeholder(f"v{j}"))
+            )
+            filters.append(
+                sql.SQL("{c} AND ((e.time >= {lo} AND e.time < {lo_hour}) OR e.time >= %(hi_hour)s)").format(
+                    c=condition, lo=sql.Placeholder(f"lo{i}"), lo_hour=sql.Placeholder(f"lo_hour{i}")
+                )
+            )
+        edges = conn.execute(_edges_sql(filters, len(starts)), params).fetchone()
+        assert edges is not None
+        for j, key in enumerate(bucketed):
+            tokens, usd = whole_by[j]
+            usage[key] = (tokens + Decimal(edges[2 * j]), usd + Decimal(edges[2 * j + 1]))
+    for (scope, value), seconds_list in raw.items():
+        ordered = sorted(seconds_list, reverse=True)  # the longest first: lo0 bounds the scan
+        raw_params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}
+        for i, seconds in enumerate(ordered):
+            raw_params[f"lo{i}"] = now - timedelta(seconds=seconds)
+        row = conn.execute(_raw_sql(scope, len(ordered)), raw_params).fetchone()
+        assert row is not None
+        for i, seconds in enumerate(ordered):
+            usage[(scope, value, seconds)] = (Decimal(row[2 * i]), Decimal(row[2 * i + 1]))
+    return usage

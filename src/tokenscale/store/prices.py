@@ -327,6 +327,33 @@ FROM tokenscale_reprice_hourly s
 WHERE h.hour = s.hour AND h.tenant = s.tenant
 """
 
+# usage_scope_hourly (tool, model, user per hour): the cost and unpriced count of every group a
+# repriced row belongs to, summed again from its counted rows (after _APPLY).
+_ROLLUP_SCOPED: Final = """
+WITH touched AS (
+    SELECT DISTINCT date_trunc('hour', e.time) AS hour, e.tenant, k.scope, k.value
+    FROM tokenscale_reprice r
+    JOIN tokenscale.usage_events e ON e.dedupe_key = r.dedupe_key AND e.time = r.time
+    CROSS JOIN LATERAL (VALUES ('tool', e.tool), ('model', e.model),
+                               ('user', coalesce(e.user_email, e.user_id))) AS k (scope, value)
+    WHERE e.counted AND k.value IS NOT NULL
+), fresh AS (
+    SELECT t.hour, t.tenant, t.scope, t.value, sum(e.cost_usd) AS cost_usd,
+           sum(CASE WHEN e.cost_usd IS NULL AND e.cost_source IS NULL
+                         AND e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens > 0
+                    THEN greatest(e.requests, 1) ELSE 0 END) AS unpriced
+    FROM touched t
+    JOIN tokenscale.usage_events e ON e.tenant = t.tenant AND e.counted
+        AND e.time >= t.hour AND e.time < t.hour + INTERVAL '1 hour'
+        AND CASE t.scope WHEN 'tool' THEN e.tool = t.value WHEN 'model' THEN e.model = t.value
+                         ELSE coalesce(e.user_email, e.user_id) = t.value END
+    GROUP BY 1, 2, 3, 4
+)
+UPDATE tokenscale.usage_scope_hourly h SET cost_usd = f.cost_usd, unpriced_events = f.unpriced
+FROM fresh f
+WHERE h.tenant = f.tenant AND h.scope = f.scope AND h.scope_value = f.value AND h.hour = f.hour
+"""
+
 
 def _stored(value: float | None) -> Decimal | None:
     """A computed cost as usage_events stores it (the writer's conversion)."""
@@ -488,6 +515,7 @@ def _write_changes(
                 copy.write_row((*group_key, delta, moved))
     conn.execute(_ROLLUP_DAILY)
     conn.execute(_ROLLUP_HOURLY)
+    conn.execute(_ROLLUP_SCOPED)
 
 
 # --- unpriced usage ------------------------------------------------------------------------------

@@ -242,8 +242,10 @@ class _Rollup:
 
 _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "provider", "model"))
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
+#: Per hour and tool, model or user (email, else id): the budget check's whole hours.
+_SCOPED: Final = _Rollup("usage_scope_hourly", "hour", ("tenant", "scope", "scope_value"))
 #: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups).
-_ROLLUP_STAGES: Final = (_DAILY.stage(), _HOURLY.stage())
+_ROLLUP_STAGES: Final = (_DAILY.stage(), _SCOPED.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
 _CREATE_ROLLUP_STAGES: Final = sql.SQL("; ").join([stage.create for stage in _ROLLUP_STAGES])
 
@@ -749,6 +751,7 @@ class _Row:
             None if self.cost is None else sign * self.cost,
             sign * unpriced,
             sign,
+            self.user_id,
         )
 
 
@@ -766,6 +769,7 @@ class _Entry:
     cost: Decimal | None
     unpriced: int
     events: int
+    user_id: str | None = None
 
 
 def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
@@ -1252,12 +1256,20 @@ def _add_to_rollups(conn: psycopg.Connection[Any], entries: list[_Entry]) -> Non
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
+    scoped: dict[tuple[Any, ...], list[Any]] = {}
     for e in entries:
         day = e.time_ns // _NS_PER_DAY * _NS_PER_DAY
+        hour = e.time_ns // _NS_PER_HOUR * _NS_PER_HOUR
+        user = e.user_email or e.user_id
         for groups, key in (
             (daily, (day, e.tenant, e.tool, e.user_email, e.provider, e.model)),
-            (hourly, (e.time_ns // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant)),
+            (scoped, (hour, e.tenant, "tool", e.tool)),
+            (scoped, (hour, e.tenant, "model", e.model)),
+            (scoped, (hour, e.tenant, "user", user)),
+            (hourly, (hour, e.tenant)),
         ):
+            if groups is scoped and key[-1] is None:  # no model or no user: nothing for that scope
+                continue
             g = groups.get(key)
             if g is None:
                 groups[key] = [*e.vec, e.cost, e.unpriced, e.events]
@@ -1269,11 +1281,12 @@ def _add_to_rollups(conn: psycopg.Connection[Any], entries: list[_Entry]) -> Non
             g[7] += e.unpriced
             g[8] += e.events
     conn.execute(_CREATE_ROLLUP_STAGES)
-    for stage, groups in zip(_ROLLUP_STAGES, (daily, hourly), strict=True):
+    for stage, groups in zip(_ROLLUP_STAGES, (daily, scoped, hourly), strict=True):
         _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
     if any(e.events < 0 for e in entries):
         tenants = sorted({e.tenant for e in entries if e.events < 0})
         conn.execute(_DAILY.drop_empty_sql(), (tenants,))
+        conn.execute(_SCOPED.drop_empty_sql(), (tenants,))
         conn.execute(_HOURLY.drop_empty_sql(), (tenants,))
