@@ -156,3 +156,17 @@ def test_durations_read_as_people_say_them() -> None:
     assert describe_duration(9 * 3600 + 600) == "9 h"
     assert describe_duration(76 * 3600) == "3 d 4 h"
     assert describe_duration(72 * 3600) == "3 d"
+
+
+def test_a_first_bucket_from_the_first_use_keeps_the_rate_exact() -> None:
+    # 1,000 tokens an hour since 2.5 hours ago: the first hour's bucket starts at the first use.
+    first = NOW - timedelta(hours=2, minutes=30)
+    exact = [
+        UsageBucket(first, 500.0, 1800),
+        UsageBucket(NOW - 2 * HOUR, 1000.0),
+        UsageBucket(NOW - HOUR, 1000.0),
+    ]
+    assert burn_rate(exact, window_seconds=86400, now=NOW) * 3600 == pytest.approx(1000.0)
+    # The same usage in whole hours reads as spread over 3 hours.
+    whole = [UsageBucket(NOW - 3 * HOUR, 500.0), *exact[1:]]
+    assert burn_rate(whole, window_seconds=86400, now=NOW) * 3600 == pytest.approx(2500 / 3)

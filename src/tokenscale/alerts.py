@@ -151,7 +151,8 @@ def _events_by_hour(scope: str, starts: int) -> sql.Composed:
     )
     return sql.SQL(
         "SELECT date_trunc('hour', e.time) AS hour, {inside} AS inside, "
-        "coalesce(sum({tokens}), 0), coalesce(sum(e.cost_usd), 0) FROM tokenscale.usage_events e "
+        "coalesce(sum({tokens}), 0), coalesce(sum(e.cost_usd), 0), min(e.time) "
+        "FROM tokenscale.usage_events e "
         "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s AND {filter} "
         "GROUP BY 1, 2"
     ).format(inside=inside, tokens=_TOKENS, filter=_SCOPE_FILTERS[scope])
@@ -167,19 +168,51 @@ _TENANT_SPAN: Final = sql.SQL(
     "SELECT coalesce(sum({tokens}), 0), coalesce(sum(e.cost_usd), 0) FROM tokenscale.usage_events e "
     "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time < %(hi)s"
 ).format(tokens=_TOKENS)
+_TENANT_FIRST: Final = sql.SQL(
+    "SELECT min(e.time) FROM tokenscale.usage_events e "
+    "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time <= %(hi)s"
+)
 _TENANT_TAIL: Final = sql.SQL(
     "SELECT coalesce(sum({tokens}), 0), coalesce(sum(e.cost_usd), 0) FROM tokenscale.usage_events e "
     "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo)s AND e.time <= %(hi)s"
 ).format(tokens=_TOKENS)
 
-_Usage = dict[datetime, tuple[Decimal, Decimal]]  # hour -> (tokens, usd), within one window
+
+@dataclass(slots=True)
+class WindowUsage:
+    """One window's usage per UTC hour (tokens, USD) and its first use."""
+
+    hours: dict[datetime, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    first_use: datetime | None = None
+
+    def add(self, hour: datetime, tokens: Any, usd: Any) -> None:
+        tokens0, usd0 = self.hours.get(hour, (Decimal(0), Decimal(0)))
+        self.hours[hour] = (tokens0 + Decimal(tokens), usd0 + Decimal(usd))
+
+    def used(self, unit: str) -> Decimal:
+        part = 0 if unit == "tokens" else 1
+        return sum((amounts[part] for amounts in self.hours.values()), Decimal(0))
+
+    def buckets(self, unit: str) -> tuple[UsageBucket, ...]:
+        """The forecast's buckets: the hours with usage, the first one from the first use on."""
+        part = 0 if unit == "tokens" else 1
+        out = []
+        for hour, amounts in sorted(self.hours.items()):
+            if not amounts[part]:
+                continue
+            if self.first_use is not None and hour <= self.first_use < hour + timedelta(hours=1):
+                rest = (hour + timedelta(hours=1) - self.first_use).total_seconds()
+                out.append(UsageBucket(self.first_use, float(amounts[part]), max(rest, 1.0)))
+            else:
+                out.append(UsageBucket(hour, float(amounts[part])))
+        return tuple(out)
 
 
 def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _scope_usage(
+def scope_usage(
     conn: Connection,
     tenant: str,
     scope: str,
@@ -187,10 +220,10 @@ def _scope_usage(
     seconds: Sequence[int],
     now: datetime,
     team: str,
-) -> dict[int, _Usage]:
+) -> dict[int, WindowUsage]:
     """Usage per hour of one scope within each window of ``seconds`` ending ``now``."""
     ordered = sorted(set(seconds), reverse=True)
-    out: dict[int, _Usage] = {s: {} for s in ordered}
+    out: dict[int, WindowUsage] = {s: WindowUsage() for s in ordered}
     if scope == "tenant":
         hi_hour = _hour(now)
         for s in ordered:
@@ -200,7 +233,7 @@ def _scope_usage(
             for hour, tokens, usd in conn.execute(
                 _TENANT_HOURS, {"tenant": tenant, "lo": lo_hour, "hi": hi_hour}
             ).fetchall():
-                usage[hour] = (Decimal(tokens), Decimal(usd))
+                usage.add(hour, tokens, usd)
             for start, lo_t, hi_t, query in (
                 (_hour(lo), lo, lo_hour, _TENANT_SPAN),
                 (hi_hour, hi_hour, now, _TENANT_TAIL),
@@ -208,17 +241,21 @@ def _scope_usage(
                 row = conn.execute(query, {"tenant": tenant, "lo": lo_t, "hi": hi_t}).fetchone()
                 assert row is not None
                 if row[0] or row[1]:
-                    tokens0, usd0 = usage.get(start, (Decimal(0), Decimal(0)))
-                    usage[start] = (tokens0 + Decimal(row[0]), usd0 + Decimal(row[1]))
+                    usage.add(start, row[0], row[1])
+            first = conn.execute(_TENANT_FIRST, {"tenant": tenant, "lo": lo, "hi": now}).fetchone()
+            usage.first_use = None if first is None else first[0]
         return out
     params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team, "hi": now}
     for i, s in enumerate(ordered):
         params[f"lo{i}"] = now - timedelta(seconds=s)
-    for hour, inside, tokens, usd in conn.execute(_events_by_hour(scope, len(ordered)), params).fetchall():
+    rows = conn.execute(_events_by_hour(scope, len(ordered)), params).fetchall()
+    for hour, inside, tokens, usd, first in rows:
         for i, s in enumerate(ordered):
             if inside >= i + 1:
-                tokens0, usd0 = out[s].get(hour, (Decimal(0), Decimal(0)))
-                out[s][hour] = (tokens0 + Decimal(tokens), usd0 + Decimal(usd))
+                usage = out[s]
+                usage.add(hour, tokens, usd)
+                if usage.first_use is None or first < usage.first_use:
+                    usage.first_use = first
     return out
 
 
@@ -255,19 +292,14 @@ def read_windows(
     for t, _, scope, value, _, _, seconds in found:
         per_scope.setdefault((t, scope, value), []).append(seconds)
     usage = {
-        key: _scope_usage(conn, key[0], key[1], key[2], seconds, now, team_attribute)
+        key: scope_usage(conn, key[0], key[1], key[2], seconds, now, team_attribute)
         for key, seconds in per_scope.items()
     }
     readings = []
     for t, budget_id, scope, value, unit, limit, seconds in found:
-        hours = usage[(t, scope, value)][seconds]
-        part = 0 if unit == "tokens" else 1
-        buckets = tuple(
-            UsageBucket(hour, float(amounts[part]))
-            for hour, amounts in sorted(hours.items())
-            if amounts[part]
-        )
-        used = sum((amounts[part] for amounts in hours.values()), Decimal(0))
+        window = usage[(t, scope, value)][seconds]
+        buckets = window.buckets(unit)
+        used = window.used(unit)
         readings.append(
             WindowReading(
                 t,

@@ -37,10 +37,12 @@ MIN_LOOKBACK_SECONDS: Final = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class UsageBucket:
-    """Usage (tokens or USD) in the hour starting ``start`` (only its part inside the window)."""
+    """Usage (tokens or USD) from ``start`` for ``seconds`` (an hour; less for the window's first
+    bucket when its first use is known), only its part inside the window."""
 
     start: datetime
     amount: float
+    seconds: float = BUCKET_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ def _segments(
     end = (now - window_start).total_seconds()
     for bucket in buckets:
         lo = max(0.0, (bucket.start - window_start).total_seconds())
-        hi = min(end, (bucket.start - window_start).total_seconds() + BUCKET_SECONDS)
+        hi = min(end, (bucket.start - window_start).total_seconds() + bucket.seconds)
         if hi <= lo:
             # Usage at the very instant ``now`` (an empty span): it rolls out last.
             if bucket.amount > 0 and lo <= end:
