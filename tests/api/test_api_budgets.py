@@ -79,8 +79,11 @@ def test_budget_check_endpoint_and_the_instrumentation_client(api: ApiServers) -
     assert api.http("GET", f"/api/budgets/check?company_id={acme.upper()}", key).json() == check.json()
     assert api.http("GET", "/api/budgets/check", key).json() == check.json()
     guard = BudgetGuard(api.base, api_key=key, company_id="acme", cache_seconds=0)
-    status = guard.status()
-    assert status is not None and (status.token_limit, status.is_within_budget) == (500, True)
+    status = guard.status()  # /v1/budgets/check: the company budget is one tenant window
+    assert status is not None and status.allowed is True
+    assert [(w.budget_id, w.scope, w.limit, w.used) for w in status.windows] == [
+        ("company", "tenant", 500, 0)
+    ]
     guard.check()
     api.http("POST", "/assistant/ai-chat/usage", key, json={"TokensUsed": 500})
     spent = api.http("GET", "/api/budgets/check?company_id=acme", key).json()

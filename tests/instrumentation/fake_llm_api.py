@@ -104,16 +104,34 @@ class BudgetAnswer:
     """What the fake budget endpoint answers next: a JSON body, or an HTTP status only."""
 
     status: int = 200
-    body: Any = field(
-        default_factory=lambda: {
-            "TokensUsed": 10,
-            "TokenLimit": 1000,
-            "TokensRemaining": 990,
-            "IsWithinBudget": True,
-            "WindowDays": 30,
-        }
-    )
+    body: Any = field(default_factory=lambda: budget_answer(10, 1000))
     delay: float = 0.0
+
+
+def budget_answer(
+    used: int, limit: int, *, scope: str = "user", value: str | None = "ana@example.com"
+) -> Any:
+    """An answer of ``GET /v1/budgets/check`` with one 30-day token window."""
+    return {
+        "allowed": used < limit,
+        "checkedAt": "2026-12-03T12:00:00.000000Z",
+        "windows": [
+            {
+                "budgetId": "7d1c3f4e-0000-4000-8000-000000000001",
+                "scope": scope,
+                "scopeValue": value,
+                "unit": "tokens",
+                "limit": limit,
+                "used": used,
+                "remaining": max(0, limit - used),
+                "fraction": used / limit if limit else 1.0,
+                "windowSeconds": 30 * 86400,
+                "windowStart": "2026-11-03T12:00:00.000000Z",
+                "windowEnd": "2026-12-03T12:00:00.000000Z",
+                "exceeded": used >= limit,
+            }
+        ],
+    }
 
 
 class FakeLLMAPI:
@@ -206,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parse_qs(parts.query),
             )
         )
-        if parts.path != "/api/budgets/check":
+        if parts.path != "/v1/budgets/check":
             self._json(404, {"error": "not found"})
             return
         answer = self.fake.budget

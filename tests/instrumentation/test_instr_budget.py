@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from fake_llm_api import BudgetAnswer, FakeLLMAPI
+from fake_llm_api import BudgetAnswer, FakeLLMAPI, budget_answer
 from instr_support import Telemetry
 
 from tokenscale.errors import TokenscaleError
@@ -21,20 +21,13 @@ from tokenscale.instrumentation import (
     BudgetExceededError,
     BudgetExceededWarning,
     BudgetGuard,
-    BudgetStatus,
     OpenAIInstrumentor,
     usage_context,
 )
-from tokenscale.instrumentation._budget import BUDGET_CHECK_PATH
+from tokenscale.instrumentation._budget import V1_BUDGET_CHECK_PATH as BUDGET_CHECK_PATH
 
 MODEL = "gpt-5-mini"
-SPENT = {
-    "TokensUsed": 1200,
-    "TokenLimit": 1000,
-    "TokensRemaining": 0,
-    "IsWithinBudget": False,
-    "WindowDays": 30,
-}
+SPENT = budget_answer(1200, 1000)
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +75,7 @@ def chat(client: openai.OpenAI) -> None:
 def test_within_budget_the_call_goes_ahead(openai_client: openai.OpenAI, fake_api: FakeLLMAPI) -> None:
     chat(openai_client)
     (check,) = fake_api.requests_to(BUDGET_CHECK_PATH)
-    assert check.body == {"company_id": ["acme"]}
+    assert check.body == {"model": [MODEL]}  # the call's model; the tenant is the API key's
     assert check.headers["authorization"] == "Bearer ts-key"
     assert len(fake_api.requests_to("/v1/chat/completions")) == 1
 
@@ -96,7 +89,11 @@ def test_spent_budget_raises_before_the_call(
         chat(openai_client)
     assert isinstance(caught.value, TokenscaleError)
     assert caught.value.company_id == "acme"
-    assert caught.value.status == BudgetStatus(1200, 1000, 0, False, 30)
+    assert caught.value.check.allowed is False
+    assert [(w.scope, w.scope_value, w.used, w.limit) for w in caught.value.windows] == [
+        ("user", "ana@example.com", 1200.0, 1000.0)
+    ]
+    assert str(caught.value) == "budget spent (user ana@example.com: 1200 of 1000 tokens in the last 30 days)"
     assert fake_api.requests_to("/v1/chat/completions") == []
     assert telemetry.only_span().attributes["error.type"] == "BudgetExceededError"
 
@@ -124,15 +121,20 @@ def test_answers_are_cached(openai_client: openai.OpenAI, fake_api: FakeLLMAPI, 
         assert len(checks(fake_api)) == 2
 
 
-def test_company_from_usage_context_tenant(
+def test_identity_from_usage_context_and_guard(
     openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
 ) -> None:
-    for _ in instrument_with(BudgetGuard(fake_api.url), telemetry):
-        chat(openai_client)  # no company anywhere: no check
-        assert checks(fake_api) == []
-        with usage_context(tenant="t9"):
-            chat(openai_client)
-        assert checks(fake_api) == [{"company_id": ["t9"]}]
+    guard = BudgetGuard(fake_api.url, tool="faq-bot", user="fallback@example.com")
+    for _ in instrument_with(guard, telemetry):
+        chat(openai_client)  # the guard's user and tool, the call's model
+        with usage_context(user="ana@example.com", tenant="t9", team="search"):
+            chat(openai_client)  # the context's user and team win
+        with usage_context(user="ana@example.com", tenant="t9", team="search"):
+            chat(openai_client)  # cached for this identity: no second check
+    assert checks(fake_api) == [
+        {"user": ["fallback@example.com"], "tool": ["faq-bot"], "model": [MODEL]},
+        {"user": ["ana@example.com"], "team": ["search"], "tool": ["faq-bot"], "model": [MODEL]},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -141,10 +143,10 @@ def test_company_from_usage_context_tenant(
         BudgetAnswer(status=500),
         BudgetAnswer(status=404),
         BudgetAnswer(body=["not", "an", "object"]),
-        BudgetAnswer(body={"TokensUsed": 5}),
-        BudgetAnswer(body={**SPENT, "TokensUsed": "many"}),
+        BudgetAnswer(body={"windows": []}),
+        BudgetAnswer(body={**SPENT, "windows": [{**SPENT["windows"][0], "used": "many"}]}),
     ],
-    ids=["http-500", "http-404", "not-an-object", "no-IsWithinBudget", "bad-number"],
+    ids=["http-500", "http-404", "not-an-object", "no-allowed", "bad-number"],
 )
 def test_fail_open_on_bad_answers(
     answer: BudgetAnswer, openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
@@ -227,12 +229,16 @@ def test_guard_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         BudgetGuard("http://x", on_exceeded="explode")  # type: ignore[arg-type]
     monkeypatch.setenv("TOKENSCALE_API_URL", "https://ts.example.com/")
     monkeypatch.setenv("TOKENSCALE_COMPANY_ID", "env-co")
-    guard = BudgetGuard()
+    guard = BudgetGuard(team="a b&c")
     assert guard.resolve_company() == "env-co"
-    assert guard.check_url("a b&c") == "https://ts.example.com/api/budgets/check?company_id=a+b%26c"
-    with usage_context(tenant="ctx-co"):
+    assert guard.check_url() == "https://ts.example.com/v1/budgets/check?team=a+b%26c"
+    assert guard.check_url(model="o3") == "https://ts.example.com/v1/budgets/check?team=a+b%26c&model=o3"
+    with usage_context(tenant="ctx-co", user="ana@example.com"):
         assert guard.resolve_company() == "ctx-co"
         assert guard.resolve_company("arg-co") == "arg-co"
+        assert (
+            guard.check_url() == "https://ts.example.com/v1/budgets/check?user=ana%40example.com&team=a+b%26c"
+        )
 
 
 def test_no_warning_when_within_budget(

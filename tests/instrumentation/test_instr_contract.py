@@ -208,15 +208,18 @@ def test_telemetry_failure_never_breaks_the_call(telemetry: Telemetry) -> None:
 def test_public_surface() -> None:
     assert sorted(instrumentation.__all__) == [
         "AnthropicInstrumentor",
+        "BudgetCheck",
         "BudgetExceededError",
         "BudgetExceededWarning",
         "BudgetGuard",
         "BudgetStatus",
+        "BudgetWindowStatus",
         "InstrumentationHandle",
         "OpenAIInstrumentor",
         "UsageContext",
         "UsageScope",
         "bind_context",
+        "check_budgets",
         "current_usage_context",
         "instrument",
         "usage_context",

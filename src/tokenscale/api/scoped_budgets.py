@@ -45,6 +45,7 @@ from psycopg import sql
 
 from tokenscale.api._errors import InvalidRequestError, NotFoundError
 from tokenscale.api.budgets import Budget, get_budget
+from tokenscale.mapping import normalise_model
 
 __all__ = [
     "COMPANY_BUDGET_ID",
@@ -252,6 +253,8 @@ def _scope(scope: object, value: object) -> tuple[Scope, str | None]:
         raise InvalidRequestError(
             f"scopeValue: at most {MAX_SCOPE_VALUE_CHARS} characters", field="scopeValue"
         )
+    if scope == "model":  # as the mapping stores it: claude-opus-4-8[1m] is claude-opus-4-8
+        value = normalise_model(value) or value
     return scope, value
 
 

@@ -41,6 +41,7 @@ from tokenscale.api.scoped_budgets import (
 from tokenscale.api.tool_metrics import ToolMetric, store_tool_metrics
 from tokenscale.api.usage_records import list_usage_records, usage_series
 from tokenscale.auth import AuthenticationError, AuthPolicy, PermissionDeniedError, Principal
+from tokenscale.mapping import normalise_model
 from tokenscale.pipeline import ResultWriter
 from tokenscale.tenants import TenantIds
 
@@ -71,6 +72,8 @@ def identity_from_query(query: Mapping[str, str]) -> Identity:
         if value is not None and len(value) > MAX_SCOPE_VALUE_CHARS:
             raise InvalidRequestError(f"{name}: at most {MAX_SCOPE_VALUE_CHARS} characters", field=name)
         values[name] = value
+    # As the mapping stores it: claude-opus-4-8[1m] is claude-opus-4-8.
+    values["model"] = normalise_model(values["model"])
     return Identity(**values)
 
 

@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 from tokenscale.instrumentation._budget import (
+    BudgetCheck,
     BudgetExceededError,
     BudgetExceededWarning,
     BudgetGuard,
     BudgetStatus,
+    BudgetWindowStatus,
+    check_budgets,
 )
 from tokenscale.instrumentation._context import (
     UsageContext,
@@ -27,15 +30,18 @@ from tokenscale.instrumentation.openai import OpenAIInstrumentor
 
 __all__ = [
     "AnthropicInstrumentor",
+    "BudgetCheck",
     "BudgetExceededError",
     "BudgetExceededWarning",
     "BudgetGuard",
     "BudgetStatus",
+    "BudgetWindowStatus",
     "InstrumentationHandle",
     "OpenAIInstrumentor",
     "UsageContext",
     "UsageScope",
     "bind_context",
+    "check_budgets",
     "current_usage_context",
     "instrument",
     "usage_context",

@@ -43,9 +43,10 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-# --- the server's contract: the read-only check endpoint (kept here, and only here) -------------
+# --- the server's contract: the read-only check endpoints (kept here, and only here) ------------
 
-#: ``GET {base}/api/budgets/check?company_id=...`` answers a JSON object with the fields below.
+#: ``GET {base}/api/budgets/check?company_id=...`` (the Bookmore seed's company budget, parsed by
+#: :class:`BudgetStatus`) answers a JSON object with the fields below.
 BUDGET_CHECK_PATH: Final = "/api/budgets/check"
 BUDGET_CHECK_COMPANY_PARAM: Final = "company_id"
 FIELD_TOKENS_USED: Final = "TokensUsed"
@@ -65,7 +66,7 @@ V1_BUDGET_CHECK_PARAMS: Final = ("user", "team", "tool", "model")
 ENV_API_URL: Final = "TOKENSCALE_API_URL"
 #: API key sent as ``authorization: Bearer <key>``.
 ENV_API_KEY: Final = "TOKENSCALE_API_KEY"
-#: Company whose budget is checked when neither the guard nor the usage context names one.
+#: Company named in budget errors when neither the guard nor the usage context names one.
 ENV_COMPANY_ID: Final = "TOKENSCALE_COMPANY_ID"
 DEFAULT_CACHE_SECONDS: Final = 5.0
 DEFAULT_TIMEOUT_SECONDS: Final = 2.0
@@ -75,7 +76,7 @@ OnExceeded = Literal["raise", "warn"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
-    """One answer of the budget check endpoint."""
+    """One answer of the Bookmore seed's company budget check (``/api/budgets/check``)."""
 
     tokens_used: int
     #: ``None``: the company has no budget (unlimited).
@@ -256,32 +257,45 @@ def check_budgets(
 
 
 class BudgetExceededError(TokenscaleError):
-    """The company's token budget is spent; raised before the AI call is sent."""
+    """A budget that applies to the call is spent; raised before the AI call is sent.
 
-    def __init__(self, company_id: str, status: BudgetStatus) -> None:
-        super().__init__(
-            f"token budget of company {company_id!r} is spent: {status.tokens_used} of "
-            f"{status.token_limit} tokens used in the last {status.window_days} days"
-        )
+    ``check`` is the whole answer of the budget check; ``windows`` the spent windows, tightest
+    first; ``company_id`` the company the guard checked for (``None`` when none was named).
+    """
+
+    def __init__(self, company_id: str | None, check: BudgetCheck) -> None:
+        spent = check.exceeded
+        described = "; ".join(w.describe() for w in spent) or "a budget is spent"
+        super().__init__(f"budget spent ({described})")
         self.company_id = company_id
-        self.status = status
+        self.check = check
+        self.windows = spent
 
 
 class BudgetExceededWarning(UserWarning):
     """Issued instead of :class:`BudgetExceededError` by a guard with ``on_exceeded="warn"``."""
 
 
-class BudgetGuard:
-    """Checks the tokenscale budget endpoint before each instrumented AI call.
+#: (company, user, team, tool, model): what one cached answer is for.
+_CacheKey = tuple[str | None, str | None, str | None, str | None, str | None]
 
-    The answer is cached per company for ``cache_seconds``. The guard FAILS OPEN: when the server
+
+class BudgetGuard:
+    """Asks the tokenscale budget check (:func:`check_budgets`) before each instrumented AI call.
+
+    The check answers every budget of the API key's tenant that applies to the call: the tenant's,
+    and those of its user (the usage context's ``user``, else the guard's ``user``), team (the
+    usage context's ``team`` metadata, else the guard's ``team``), tool (the guard's ``tool``) and
+    model (the call's). When any of them is spent the call raises :class:`BudgetExceededError`
+    (``on_exceeded="warn"``: a :class:`BudgetExceededWarning`, and the call goes ahead).
+
+    The answer is cached per identity for ``cache_seconds``. The guard FAILS OPEN: when the server
     is unreachable, slow (past ``timeout``), answers an HTTP error or a body it cannot parse, the
     call goes ahead, a warning is logged once per outage, and that "unknown" answer is cached
-    too, so an outage costs at most one timeout per ``cache_seconds``. Only the standard library
-    is used for the HTTP call.
+    too, so an outage costs at most one timeout per ``cache_seconds``.
 
-    The company is ``company_id`` given to :meth:`check`, else the guard's ``company_id``, else
-    the current usage context's tenant, else ``$TOKENSCALE_COMPANY_ID``; with none, no check.
+    ``company_id`` (else the usage context's tenant, else ``$TOKENSCALE_COMPANY_ID``) names the
+    company in errors; the tenant checked is always the API key's.
     """
 
     def __init__(
@@ -293,6 +307,9 @@ class BudgetGuard:
         on_exceeded: OnExceeded = "raise",
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        user: str | None = None,
+        team: str | None = None,
+        tool: str | None = None,
     ) -> None:
         url = base_url if base_url is not None else os.environ.get(ENV_API_URL)
         if not url:
@@ -301,16 +318,19 @@ class BudgetGuard:
             raise ValueError(f"on_exceeded must be 'raise' or 'warn', not {on_exceeded!r}")
         self.base_url = url.rstrip("/")
         self.company_id = company_id
+        self.user = user
+        self.team = team
+        self.tool = tool
         self.on_exceeded: OnExceeded = on_exceeded
         self.cache_seconds = cache_seconds
         self.timeout = timeout
         self._api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-        self._cache: dict[str, tuple[float, BudgetStatus | None]] = {}
+        self._cache: dict[_CacheKey, tuple[float, BudgetCheck | None]] = {}
         self._lock = threading.Lock()
         self._failing = False
 
     def resolve_company(self, company_id: str | None = None) -> str | None:
-        """The company a check is for, following the order in the class docstring."""
+        """The company named in errors, following the order in the class docstring."""
         return (
             company_id
             or self.company_id
@@ -319,74 +339,85 @@ class BudgetGuard:
             or None
         )
 
-    def check_url(self, company_id: str) -> str:
-        """The full URL of the check for ``company_id``."""
-        return f"{self.base_url}{BUDGET_CHECK_PATH}?{urlencode({BUDGET_CHECK_COMPANY_PARAM: company_id})}"
+    def _key(self, company_id: str | None, model: str | None) -> _CacheKey:
+        context = current_usage_context()
+        team = context.meta.get("team") or self.team
+        return (
+            self.resolve_company(company_id),
+            context.user or self.user,
+            None if team is None else str(team),
+            self.tool,
+            model or None,
+        )
 
-    def status(self, company_id: str | None = None) -> BudgetStatus | None:
-        """The (cached) budget status; ``None`` when unknown (no company, or the server failed)."""
-        company = self.resolve_company(company_id)
-        if company is None:
-            return None
-        cached = self._cached(company)
+    def check_url(self, company_id: str | None = None, *, model: str | None = None) -> str:
+        """The full URL of the check for the current identity."""
+        _, user, team, tool, model = self._key(company_id, model)
+        return budget_check_url(self.base_url, user=user, team=team, tool=tool, model=model)
+
+    def status(self, company_id: str | None = None, *, model: str | None = None) -> BudgetCheck | None:
+        """The (cached) check answer; ``None`` when unknown (the server failed)."""
+        key = self._key(company_id, model)
+        cached = self._cached(key)
         if cached is not None:
             return cached[1]
-        return self._store(company, self._fetch(company))
+        return self._store(key, self._fetch(key))
 
-    async def status_async(self, company_id: str | None = None) -> BudgetStatus | None:
+    async def status_async(
+        self, company_id: str | None = None, *, model: str | None = None
+    ) -> BudgetCheck | None:
         """:meth:`status` that does its HTTP call in a worker thread, off the event loop."""
-        company = self.resolve_company(company_id)
-        if company is None:
-            return None
-        cached = self._cached(company)
+        key = self._key(company_id, model)
+        cached = self._cached(key)
         if cached is not None:
             return cached[1]
-        return self._store(company, await asyncio.to_thread(self._fetch, company))
+        return self._store(key, await asyncio.to_thread(self._fetch, key))
 
-    def check(self, company_id: str | None = None) -> None:
-        """Raise :class:`BudgetExceededError` (or warn) when the budget is known to be spent."""
-        company = self.resolve_company(company_id)
-        if company is not None:
-            self._enforce(company, self.status(company))
+    def check(self, company_id: str | None = None, *, model: str | None = None) -> None:
+        """Raise :class:`BudgetExceededError` (or warn) when a budget that applies is known to be spent."""
+        self._enforce(self.resolve_company(company_id), self.status(company_id, model=model))
 
-    async def check_async(self, company_id: str | None = None) -> None:
+    async def check_async(self, company_id: str | None = None, *, model: str | None = None) -> None:
         """:meth:`check` for coroutines."""
-        company = self.resolve_company(company_id)
-        if company is not None:
-            self._enforce(company, await self.status_async(company))
+        self._enforce(self.resolve_company(company_id), await self.status_async(company_id, model=model))
 
     def clear_cache(self) -> None:
         """Forget every cached answer."""
         with self._lock:
             self._cache.clear()
 
-    def _enforce(self, company: str, status: BudgetStatus | None) -> None:
-        if status is None or status.is_within_budget:
+    def _enforce(self, company: str | None, check: BudgetCheck | None) -> None:
+        if check is None or check.allowed:
             return
-        error = BudgetExceededError(company, status)
+        error = BudgetExceededError(company, check)
         if self.on_exceeded == "raise":
             raise error
         warnings.warn(str(error), BudgetExceededWarning, stacklevel=2)
 
-    def _cached(self, company: str) -> tuple[float, BudgetStatus | None] | None:
+    def _cached(self, key: _CacheKey) -> tuple[float, BudgetCheck | None] | None:
         with self._lock:
-            entry = self._cache.get(company)
+            entry = self._cache.get(key)
         if entry is None or entry[0] <= time.monotonic():
             return None
         return entry
 
-    def _store(self, company: str, status: BudgetStatus | None) -> BudgetStatus | None:
+    def _store(self, key: _CacheKey, check: BudgetCheck | None) -> BudgetCheck | None:
         with self._lock:
-            self._cache[company] = (time.monotonic() + self.cache_seconds, status)
-        return status
+            self._cache[key] = (time.monotonic() + self.cache_seconds, check)
+        return check
 
-    def _fetch(self, company: str) -> BudgetStatus | None:
-        request = urllib.request.Request(self.check_url(company), headers={"accept": "application/json"})
-        if self._api_key:
-            request.add_header("authorization", f"Bearer {self._api_key}")
+    def _fetch(self, key: _CacheKey) -> BudgetCheck | None:
+        _, user, team, tool, model = key
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status = BudgetStatus.from_json(json.loads(response.read()))
+            answer = check_budgets(
+                self.base_url,
+                api_key=self._api_key or "",
+                user=user,
+                team=team,
+                tool=tool,
+                model=model,
+                timeout=self.timeout,
+            )
         except (OSError, ValueError) as exc:
             # Fail open: URLError, HTTPError, timeouts and connection resets are OSErrors;
             # bad JSON or a body of the wrong shape is a ValueError.
@@ -397,4 +428,4 @@ class BudgetGuard:
         if self._failing:
             _LOG.info("tokenscale budget check answers again")
         self._failing = False
-        return status
+        return answer

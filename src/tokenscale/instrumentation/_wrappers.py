@@ -68,6 +68,12 @@ def parsed_result(result: object) -> object:
     return result.parse()  # type: ignore[attr-defined]  # cached: the caller's parse() gets the same
 
 
+def _model_of(kwargs: Mapping[str, Any]) -> str | None:
+    """The model a call asks for (its budget check includes that model's budgets)."""
+    model = kwargs.get("model")
+    return model if isinstance(model, str) and model else None
+
+
 def _start(
     telemetry: Telemetry, extractor: Extractor, instance: Any, kwargs: Mapping[str, Any]
 ) -> Invocation | None:
@@ -106,7 +112,7 @@ def sync_call_wrapper(telemetry: Telemetry, extractor: Extractor) -> Wrapper:
         token = otel_context.attach(trace.set_span_in_context(invocation.span))
         try:
             if telemetry.budget_guard is not None:
-                telemetry.budget_guard.check()
+                telemetry.budget_guard.check(model=_model_of(kwargs))
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             invocation.fail(error)
@@ -132,7 +138,7 @@ def async_call_wrapper(telemetry: Telemetry, extractor: Extractor) -> Wrapper:
         token = otel_context.attach(trace.set_span_in_context(invocation.span))
         try:
             if telemetry.budget_guard is not None:
-                await telemetry.budget_guard.check_async()
+                await telemetry.budget_guard.check_async(model=_model_of(kwargs))
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
             invocation.fail(error)
@@ -156,7 +162,7 @@ def deferred_sync_stream(
         token = otel_context.attach(trace.set_span_in_context(invocation.span))
         try:
             if telemetry.budget_guard is not None:
-                telemetry.budget_guard.check()
+                telemetry.budget_guard.check(model=request.model)
             stream = api_request()
         except BaseException as error:
             invocation.fail(error)
@@ -178,7 +184,7 @@ async def deferred_async_stream(
     token = otel_context.attach(trace.set_span_in_context(invocation.span))
     try:
         if telemetry.budget_guard is not None:
-            await telemetry.budget_guard.check_async()
+            await telemetry.budget_guard.check_async(model=request.model)
         stream = await api_request
     except BaseException as error:
         invocation.fail(error)
