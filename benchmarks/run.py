@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "reports": "benchmarks.bench_reports",
     "budget": "benchmarks.bench_budget",
     "soak": "benchmarks.bench_soak",
+    "alerts": "benchmarks.bench_alerts",
 }
 
 

@@ -394,3 +394,63 @@ def test_the_alerts_command(db_url: str, hook: WebhookReceiver, capsys: pytest.C
     assert main(["alerts", "webhooks", "remove", hook_id, *db]) == 0
     assert main(["alerts", "webhooks", "remove", hook_id, *db]) == 1
     assert [body["text"][:40] for _, body in hook.requests] == [":warning: tokenscale budget alert: user "]
+
+
+def test_every_scope_reads_what_the_budget_check_answers(pool: ConnectionPool) -> None:
+    t0 = base_time()
+
+    def event(at: datetime, tokens: int, cost: float, **fields: Any) -> UsageEvent:
+        _n[0] += 1
+        time_ns = int(at.timestamp() * 10**9)
+        return UsageEvent(
+            time_ns=time_ns,
+            tenant=TENANT,
+            carrier="gen_ai.span",
+            rank=1,
+            tool=fields.pop("tool", "claude_code"),
+            stream=f"s{_n[0]}",
+            service_name="svc",
+            dedupe_key=hashlib.blake2b(f"e{_n[0]}/{time_ns}".encode(), digest_size=16).digest(),
+            requests=1,
+            input_tokens=tokens,
+            cost_usd=cost,
+            **fields,
+        )
+
+    events = [
+        event(
+            t0 - timedelta(minutes=30), 100, 0.5, user_email=USER, model="m1", attributes={"team.id": "core"}
+        ),
+        # matched by user id; the team attribute is a number: no team budget counts it
+        event(t0 - timedelta(hours=5), 200, 1.0, user_id=USER, model="m2", attributes={"team.id": 7}),
+        event(t0 - timedelta(hours=30), 400, 2.0, user_email="bob@example.com", tool="codex", model="m1"),
+        event(
+            t0 - timedelta(minutes=59), 800, 4.0, user_email="bob@example.com", attributes={"team.id": "7"}
+        ),
+        # counted once for ana although both columns name her
+        event(t0 - timedelta(minutes=10), 1600, 8.0, user_email=USER, user_id=USER, tool="codex"),
+    ]
+    UsageWriter(pool).write(MappingResult(events=events))
+    windows = [
+        BudgetWindow("tokens", Decimal(100000), 3600),
+        BudgetWindow("usd", Decimal(1000), 6 * 3600),
+        BudgetWindow("tokens", Decimal(100000), 48 * 3600),
+    ]
+    scopes = [("user", USER), ("user", "bob@example.com"), ("team", "core"), ("team", "7"), ("tool", "codex"),
+              ("model", "m1"), ("tenant", None)]  # fmt: skip
+    with pool.connection() as conn:
+        for scope, value in scopes:
+            create_budget(conn, TENANT, scope, value, windows)
+        readings = read_windows(conn, t0)
+        got = {(r.scope, r.scope_value, r.unit, r.window_seconds): r.used for r in readings}
+        for identity in (
+            Identity(user=USER, team="core", tool="codex", model="m1"),
+            Identity(user="bob@example.com", team="7"),
+        ):
+            for w in check_budgets(conn, TENANT, identity, now=t0)["windows"]:
+                key = (w["scope"], w["scopeValue"], w["unit"], w["windowSeconds"])
+                assert got[key] == Decimal(str(w["used"])), key
+    assert got[("user", USER, "tokens", 3600)] == 1700
+    assert got[("user", USER, "usd", 6 * 3600)] == Decimal("9.5")
+    assert got[("team", "7", "tokens", 48 * 3600)] == 800
+    assert got[("tenant", None, "tokens", 48 * 3600)] == 3100

@@ -133,31 +133,6 @@ _TOKENS: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_
 _HOURLY_TOKENS: Final = sql.SQL(
     "(h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens)"
 )
-# What each scope counts: the same as the budget check (tokenscale.api.scoped_budgets).
-_SCOPE_FILTERS: Final[dict[str, sql.Composable]] = {
-    "tenant": sql.SQL("true"),
-    "user": sql.SQL("(e.user_email = %(value)s OR e.user_id = %(value)s)"),
-    "tool": sql.SQL("e.tool = %(value)s"),
-    "model": sql.SQL("e.model = %(value)s"),
-    "team": sql.SQL("e.attributes @> jsonb_build_object(%(team_key)s::text, %(value)s::text)"),
-}
-
-
-def _events_by_hour(scope: str, starts: int) -> sql.Composed:
-    """One scope's events since the earliest window start, per UTC hour and per how many of the
-    window starts (longest window first) they are at or after: the hours of every window in one scan."""
-    inside = sql.SQL(" + ").join(
-        sql.SQL("(e.time >= {})::int").format(sql.Placeholder(f"lo{i}")) for i in range(starts)
-    )
-    return sql.SQL(
-        "SELECT date_trunc('hour', e.time) AS hour, {inside} AS inside, "
-        "coalesce(sum({tokens}), 0), coalesce(sum(e.cost_usd), 0), min(e.time) "
-        "FROM tokenscale.usage_events e "
-        "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s AND {filter} "
-        "GROUP BY 1, 2"
-    ).format(inside=inside, tokens=_TOKENS, filter=_SCOPE_FILTERS[scope])
-
-
 # The tenant scope reads whole hours from usage_hourly (as the check does) and only the partial
 # hours at the windows' edges from usage_events.
 _TENANT_HOURS: Final = sql.SQL(
@@ -245,14 +220,65 @@ def scope_usage(
             first = conn.execute(_TENANT_FIRST, {"tenant": tenant, "lo": lo, "hi": now}).fetchone()
             usage.first_use = None if first is None else first[0]
         return out
-    params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team, "hi": now}
+    assert value is not None
+    return scope_usage_many(conn, tenant, scope, {value: set(ordered)}, now, team)[value]
+
+
+# Several values of one scope in one scan of the tenant's events in the longest window: the values
+# are joined by equality (hash-joinable), one branch per column a user is matched on.
+_VALUE_JOINS: Final[dict[str, list[sql.Composable]]] = {
+    "user": [
+        sql.SQL("e.user_email = v.value"),
+        sql.SQL("e.user_id = v.value AND e.user_email IS DISTINCT FROM v.value"),
+    ],
+    "tool": [sql.SQL("e.tool = v.value")],
+    "model": [sql.SQL("e.model = v.value")],
+    # Equal to the check's `attributes @> {key: value}` for a string value.
+    "team": [
+        sql.SQL(
+            "e.attributes ->> %(team_key)s::text = v.value "
+            "AND jsonb_typeof(e.attributes -> %(team_key)s::text) = 'string'"
+        )
+    ],
+}
+
+
+def _values_by_hour(scope: str, starts: int) -> sql.Composed:
+    inside = sql.SQL(" + ").join(
+        sql.SQL("(e.time >= {})::int").format(sql.Placeholder(f"lo{i}")) for i in range(starts)
+    )
+    branches = [
+        sql.SQL(
+            "SELECT v.value, date_trunc('hour', e.time), {inside}, coalesce(sum({tokens}), 0), "
+            "coalesce(sum(e.cost_usd), 0), min(e.time) "
+            "FROM unnest(%(values)s::text[]) AS v(value) JOIN tokenscale.usage_events e ON {join} "
+            "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s "
+            "GROUP BY 1, 2, 3"
+        ).format(inside=inside, tokens=_TOKENS, join=join)
+        for join in _VALUE_JOINS[scope]
+    ]
+    return sql.SQL(" UNION ALL ").join(branches)
+
+
+def scope_usage_many(
+    conn: Connection,
+    tenant: str,
+    scope: str,
+    windows: dict[str, set[int]],
+    now: datetime,
+    team: str,
+) -> dict[str, dict[int, WindowUsage]]:
+    """Usage per hour of each value of one scope (not the tenant) within each of its windows ending
+    ``now`` (``windows``: value -> window lengths), in one query."""
+    ordered = sorted({s for seconds in windows.values() for s in seconds}, reverse=True)
+    index = {s: i for i, s in enumerate(ordered)}
+    out = {value: {s: WindowUsage() for s in seconds} for value, seconds in windows.items()}
+    params: dict[str, Any] = {"tenant": tenant, "values": sorted(windows), "team_key": team, "hi": now}
     for i, s in enumerate(ordered):
         params[f"lo{i}"] = now - timedelta(seconds=s)
-    rows = conn.execute(_events_by_hour(scope, len(ordered)), params).fetchall()
-    for hour, inside, tokens, usd, first in rows:
-        for i, s in enumerate(ordered):
-            if inside >= i + 1:
-                usage = out[s]
+    for value, hour, inside, tokens, usd, first in conn.execute(_values_by_hour(scope, len(ordered)), params):
+        for s, usage in out[value].items():
+            if inside >= index[s] + 1:
                 usage.add(hour, tokens, usd)
                 if usage.first_use is None or first < usage.first_use:
                     usage.first_use = first
@@ -288,13 +314,20 @@ def read_windows(
             )
         )
     thresholds = get_thresholds(conn, tenant)
-    per_scope: dict[tuple[str, str, str | None], list[int]] = {}
+    # One read per tenant window set, one per (tenant, scope) for all the scope's values.
+    per_scope: dict[tuple[str, str], dict[str | None, set[int]]] = {}
     for t, _, scope, value, _, _, seconds in found:
-        per_scope.setdefault((t, scope, value), []).append(seconds)
-    usage = {
-        key: scope_usage(conn, key[0], key[1], key[2], seconds, now, team_attribute)
-        for key, seconds in per_scope.items()
-    }
+        per_scope.setdefault((t, scope), {}).setdefault(value, set()).add(seconds)
+    usage: dict[tuple[str, str, str | None], dict[int, WindowUsage]] = {}
+    for (t, scope), values in per_scope.items():
+        if scope == "tenant":
+            usage[(t, scope, None)] = scope_usage(
+                conn, t, scope, None, sorted(values[None]), now, team_attribute
+            )
+            continue
+        named = {str(v): s for v, s in values.items()}
+        for value, windows in scope_usage_many(conn, t, scope, named, now, team_attribute).items():
+            usage[(t, scope, value)] = windows
     readings = []
     for t, budget_id, scope, value, unit, limit, seconds in found:
         window = usage[(t, scope, value)][seconds]
@@ -474,10 +507,42 @@ _STATE_KEY: Final = (
 
 def evaluate_windows(conn: Connection, readings: Sequence[WindowReading]) -> list[Alert]:
     """Compare each reading with its thresholds' state; fire (store, queue for the tenant's webhooks)
-    one alert per window whose thresholds were newly crossed. Each window in its own transaction."""
+    one alert per window whose thresholds were newly crossed. Each window in its own transaction.
+
+    The stored state is read once first: a window whose thresholds all stay as they are costs no
+    further query (a window that does change is decided by conditional updates, whatever was read)."""
     fired: list[Alert] = []
+    tenants = sorted({r.tenant for r in readings})
+    above: dict[tuple[str, str, str, int, Decimal], bool] = {
+        (r[0], r[1], r[2], int(r[3]), Decimal(r[4])): bool(r[5])
+        for r in conn.execute(
+            "SELECT tenant, budget_id, unit, window_seconds, percent, above FROM tokenscale.alert_state "
+            "WHERE tenant = ANY(%s)",
+            (tenants,),
+        )
+    }
+    missing = [
+        (r.tenant, r.budget_id, r.unit, r.window_seconds, p)
+        for r in readings
+        for p in r.percents
+        if (r.tenant, r.budget_id, r.unit, r.window_seconds, p) not in above
+    ]
+    if missing:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO tokenscale.alert_state "
+                "(tenant, budget_id, unit, window_seconds, percent, changed_at) "
+                "VALUES (%s, %s, %s, %s, %s, '-infinity') ON CONFLICT DO NOTHING",
+                missing,
+            )
     for reading in readings:
         percent = reading.percent_used
+        state = [
+            above.get((reading.tenant, reading.budget_id, reading.unit, reading.window_seconds, p), False)
+            for p in reading.percents
+        ]
+        if not any((p <= percent) != is_above for p, is_above in zip(reading.percents, state, strict=True)):
+            continue
         key = {
             "tenant": reading.tenant,
             "budget": reading.budget_id,
@@ -488,16 +553,6 @@ def evaluate_windows(conn: Connection, readings: Sequence[WindowReading]) -> lis
             "now": reading.window_end,
         }
         with conn.transaction():
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO tokenscale.alert_state "
-                    "(tenant, budget_id, unit, window_seconds, percent, changed_at) "
-                    "VALUES (%s, %s, %s, %s, %s, '-infinity') ON CONFLICT DO NOTHING",
-                    [
-                        (reading.tenant, reading.budget_id, reading.unit, reading.window_seconds, p)
-                        for p in reading.percents
-                    ],
-                )
             # A reading older than the state's last change (a slow evaluator) changes nothing.
             conn.execute(
                 "UPDATE tokenscale.alert_state SET above = false, changed_at = %(now)s "
