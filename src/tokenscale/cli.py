@@ -513,9 +513,13 @@ def _alert_task(
 
     pool = open_pool(url, max_size=2, connect_timeout=settings.connect_timeout)
     stack.callback(pool.close)
+    from tokenscale.api.scoped_budgets import DEFAULT_TEAM_ATTRIBUTE  # noqa: PLC0415
+
     service = AlertService(
         pool,
         interval=settings.alert_interval_seconds,
+        # the budget check's team attribute, once that setting exists
+        team_attribute=getattr(settings, "budget_team_attribute", DEFAULT_TEAM_ATTRIBUTE),
         policy=DeliveryPolicy(
             retry_seconds=settings.alert_retry_seconds, max_attempts=settings.alert_max_attempts
         ),

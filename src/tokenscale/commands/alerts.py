@@ -21,7 +21,7 @@ from tokenscale.alerts import (
     remove_webhook,
     set_thresholds,
 )
-from tokenscale.api.scoped_budgets import iso
+from tokenscale.api.scoped_budgets import DEFAULT_TEAM_ATTRIBUTE, iso
 from tokenscale.errors import TokenscaleError
 
 __all__ = ["add_subcommands", "run_alerts"]
@@ -133,7 +133,8 @@ def run_alerts(args: argparse.Namespace, conninfo: str, out: TextIO, settings: A
         )
     pool = open_pool(conninfo, max_size=2)
     try:
-        report = AlertService(pool, policy=policy).run_once()
+        team = getattr(settings, "budget_team_attribute", DEFAULT_TEAM_ATTRIBUTE)
+        report = AlertService(pool, policy=policy, team_attribute=team).run_once()
     finally:
         pool.close()
     if not report.evaluated:
