@@ -171,11 +171,12 @@ class WindowUsage:
     def buckets(self, unit: str) -> tuple[UsageBucket, ...]:
         """The forecast's buckets: the hours with usage, the first one from the first use on."""
         part = 0 if unit == "tokens" else 1
+        first_hour = None if self.first_use is None else _hour(self.first_use)
         out = []
         for hour, amounts in sorted(self.hours.items()):
             if not amounts[part]:
                 continue
-            if self.first_use is not None and hour <= self.first_use < hour + timedelta(hours=1):
+            if hour == first_hour and self.first_use is not None:
                 rest = (hour + timedelta(hours=1) - self.first_use).total_seconds()
                 out.append(UsageBucket(self.first_use, float(amounts[part]), max(rest, 1.0)))
             else:
