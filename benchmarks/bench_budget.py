@@ -15,7 +15,14 @@ full scale, see :mod:`benchmarks.bench_reports`) are generated, a 30-day budget 
   ``WINDOW_DAYS + 5`` days ago, outside the budget's window, so they add contention (CPU, I/O, WAL,
   locks) but neither change the answer nor the rows a check reads.
 
-This times the function behind the endpoint on one database connection, not the HTTP layer.
+The same is done for the scoped check (:func:`tokenscale.api.scoped_budgets.check_budgets`, behind
+``GET /v1/budgets/check``) with **10,000 budgets defined** (:data:`SCOPED_BUDGETS`: a tenant
+budget, one per tool and per model, and user budgets for every user of the data set and for users
+without usage, each with a 5-hour token, a 7-day USD and a 30-day token window): each call checks a
+user, one of the tools and one of the models (16 windows), rotating over the data set's users. Its
+answers are compared with raw sums of ``usage_events`` per window.
+
+This times the functions behind the endpoints on one database connection, not the HTTP layer.
 It skips with a message while the budget module (:data:`CANDIDATE_MODULES`) does not exist.
 """
 
@@ -23,10 +30,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 import psycopg
@@ -41,7 +50,7 @@ from benchmarks._common import (
 )
 from benchmarks._servers import DbServer, database
 from benchmarks.bench_ingest import GenArgs, load_generator, serving, sizes_for
-from benchmarks.bench_reports import TENANT, dataset, generate
+from benchmarks.bench_reports import MODELS, TENANT, TOOLS, dataset, generate
 
 __all__ = ["CANDIDATE_MODULES", "NAME", "run"]
 
@@ -56,6 +65,16 @@ THREADS: Final = 4
 LOAD_SHARE: Final = 0.5
 #: Under load: budget checks per second (one connection, paced).
 CHECKS_PER_S: Final = 20.0
+
+#: Budgets defined for the scoped check (all of the benchmark's tenant).
+SCOPED_BUDGETS: Final = 10_000
+_SCOPED_TOKENS: Final = "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens"
+_SCOPED_FILTERS: Final = {
+    "tenant": "TRUE",
+    "user": "coalesce(user_email, user_id) = %(v)s",
+    "tool": "tool = %(v)s",
+    "model": "model = %(v)s",
+}
 
 _RAW_WINDOW: Final = (
     "SELECT coalesce(sum(input_tokens + cache_read_tokens + cache_write_tokens + output_tokens), 0) "
@@ -75,6 +94,68 @@ def _budget_module() -> Any | None:
         if hasattr(module, "budget_status") and hasattr(module, "set_budget"):
             return module
     return None
+
+
+def define_scoped_budgets(url: str, count: int) -> int:
+    """``count`` budgets of ``TENANT``, three windows each; how many were made."""
+    from tokenscale.api.scoped_budgets import BudgetWindow, create_budget  # noqa: PLC0415
+
+    windows = [
+        BudgetWindow("tokens", Decimal(10**12), 5 * 3600),
+        BudgetWindow("usd", Decimal(10**9), 7 * 86400),
+        BudgetWindow("tokens", Decimal(10**12), 30 * 86400),
+    ]
+    specs: list[tuple[str, str | None]] = [("tenant", None)]
+    specs += [("tool", t) for t in TOOLS] + [("model", m) for m in MODELS]
+    specs += [("user", f"user{u}@example.com") for u in range(count - len(specs))]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for scope, value in specs:
+            create_budget(conn, TENANT, scope, value, windows)
+        conn.execute("ANALYZE tokenscale.scoped_budgets; ANALYZE tokenscale.scoped_budget_windows")
+    return len(specs)
+
+
+def _identity(i: int, users: int) -> Any:
+    from tokenscale.api.scoped_budgets import Identity  # noqa: PLC0415
+
+    return Identity(
+        user=f"user{i % users}@example.com", tool=TOOLS[i % len(TOOLS)], model=MODELS[i % len(MODELS)]
+    )
+
+
+def scoped_check(conn: psycopg.Connection[Any], i: int, users: int) -> dict[str, Any]:
+    """One scoped check (the ``i``-th identity of the rotation)."""
+    from tokenscale.api.scoped_budgets import check_budgets  # noqa: PLC0415
+
+    return check_budgets(conn, TENANT, _identity(i, users))
+
+
+def scoped_equal_to_raw(conn: psycopg.Connection[Any], i: int, users: int) -> bool:
+    """Whether the ``i``-th check's every window equals the raw sum of usage_events (one snapshot)."""
+    from tokenscale.api.scoped_budgets import check_budgets  # noqa: PLC0415
+
+    identity = _identity(i, users)
+    with conn.transaction():
+        answer = check_budgets(conn, TENANT, identity)
+        now = conn.execute("SELECT now()").fetchone()
+        assert now is not None
+        for w in answer["windows"]:
+            row = conn.execute(
+                f"SELECT coalesce(sum({_SCOPED_TOKENS}), 0), coalesce(sum(cost_usd), 0) "
+                "FROM tokenscale.usage_events WHERE tenant = %(t)s AND counted "
+                "AND time >= %(lo)s AND time <= %(hi)s AND " + _SCOPED_FILTERS[w["scope"]],
+                {
+                    "t": TENANT,
+                    "v": w["scopeValue"],
+                    "lo": now[0] - timedelta(seconds=w["windowSeconds"]),
+                    "hi": now[0],
+                },
+            ).fetchone()
+            assert row is not None
+            raw = int(row[0]) if w["unit"] == "tokens" else float(Decimal(row[1]))
+            if w["used"] != raw:
+                return False
+    return len(answer["windows"]) == 13
 
 
 def _time_calls(fn: Any, n: int) -> list[float]:
@@ -123,7 +204,9 @@ def _count_day(url: str, day: datetime) -> int:
     return int(row[0]) if row else 0
 
 
-def under_load(ctx: Context, server: DbServer, url: str, budgets: Any, today: datetime) -> dict[str, Any]:
+def under_load(
+    ctx: Context, server: DbServer, url: str, budgets: Any, today: datetime, users: int
+) -> dict[str, Any]:
     """``budget_status`` latency while a receiver ingests spans at ``LOAD_SHARE`` of its full rate.
 
     The receiver and the load generator are bench_ingest's (``serving``, ``load_generator``): GenAI
@@ -170,6 +253,7 @@ def under_load(ctx: Context, server: DbServer, url: str, budgets: Any, today: da
         # Counters of their own: the full-rate run's records again would be dropped as duplicates.
         throttled = replace(args, duration=plan.load_seconds, rate=target, first_counter=0x0100_0000)
         latencies: list[float] = []
+        scoped_latencies: list[float] = []
         with psycopg.connect(url, autocommit=True) as conn, load_generator(throttled) as gen:
             warm_rows += gen.warm_rows
             warm_errors += gen.warm_errors
@@ -182,6 +266,7 @@ def under_load(ctx: Context, server: DbServer, url: str, budgets: Any, today: da
                 status = budgets.budget_status(conn, TENANT)
                 raw = conn.execute(_RAW_WINDOW, {"tenant": TENANT, "days": WINDOW_DAYS}).fetchone()
             equal = raw is not None and int(raw[0]) == int(status.tokens_used)
+            scoped_equal = scoped_equal_to_raw(conn, 7, users)
             cpu_r0, cpu_p0 = cpu_seconds(receiver_pid), postgres_cpu_seconds(server.postmaster_pid)
             t0 = time.monotonic()
             stop_at = t_go + plan.load_seconds - 0.5  # every timed check falls inside the throttled run
@@ -192,6 +277,9 @@ def under_load(ctx: Context, server: DbServer, url: str, budgets: Any, today: da
                 t_call = time.perf_counter()
                 budgets.budget_status(conn, TENANT)
                 latencies.append((time.perf_counter() - t_call) * 1000)
+                t_call = time.perf_counter()
+                scoped_check(conn, len(scoped_latencies), users)
+                scoped_latencies.append((time.perf_counter() - t_call) * 1000)
                 next_at += 1 / CHECKS_PER_S
             window = time.monotonic() - t0
             cpu_r1, cpu_p1 = cpu_seconds(receiver_pid), postgres_cpu_seconds(server.postmaster_pid)
@@ -212,6 +300,8 @@ def under_load(ctx: Context, server: DbServer, url: str, budgets: Any, today: da
         "target_exports_per_s": target,
         "loaded": loaded,
         "latencies_ms": latencies,
+        "scoped_latencies_ms": scoped_latencies,
+        "scoped_equal_to_raw": scoped_equal,
         "checks_per_s": len(latencies) / window if window > 0 else float("nan"),
         "receiver_cores": (cpu_r1 - cpu_r0) / window if window > 0 else float("nan"),
         "postgres_cores": (cpu_p1 - cpu_p0) / window if window > 0 else float("nan"),
@@ -265,7 +355,13 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
             thread.join()
         elapsed = time.monotonic() - t0
         ctx.log(f"[budget/{server.backend}] budget_status under ingest")
-        load = under_load(ctx, server, url, budgets, today)
+        defined = define_scoped_budgets(url, 500 if ctx.quick else SCOPED_BUDGETS)
+        with psycopg.connect(url, autocommit=True) as conn:
+            scoped_check(conn, 0, ds.users)  # warm-up, untimed
+            scoped_equal = scoped_equal_to_raw(conn, 3, ds.users)
+            rotation = itertools.count(1)
+            scoped_single = _time_calls(lambda: scoped_check(conn, next(rotation), ds.users), calls)
+        load = under_load(ctx, server, url, budgets, today, ds.users)
     concurrent = [x for values in per_thread for x in values]
     events = gen["sizes"]["usage_events"]["rows"]
     common = {"backend": server.backend, "events (60 days)": events}
@@ -316,6 +412,31 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
             "answer equal to raw": equal,
         }
     )
+    scoped_lat = load["scoped_latencies_ms"]
+    for label, values, same in (
+        (f"check_budgets, {defined:,} budgets, 1 connection", scoped_single, scoped_equal),
+        (
+            f"check_budgets, {defined:,} budgets, {CHECKS_PER_S:.0f}/s, ingest at {LOAD_SHARE:.0%} of full",
+            scoped_lat,
+            load["scoped_equal_to_raw"],
+        ),
+    ):
+        out.rows.append(
+            {
+                **common,
+                "check": label,
+                "p50 ms": percentile(values, 50),
+                "p95 ms": percentile(values, 95),
+                "p99 ms": percentile(values, 99),
+                "checks/s": len(values) / (sum(values) / 1000),
+                "answer equal to raw": same,
+            }
+        )
+    out.notes.append(
+        f"{server.backend}: check_budgets answers 13 windows per call (tenant, a user, a tool and a model, "
+        f"3 windows each, plus the company budget's 30 days) with {defined:,} budgets defined, "
+        "each answer equal to the raw sums of usage_events"
+    )
     out.notes.append(
         f"{server.backend}: {budgets.__name__}.budget_status over a {WINDOW_DAYS}-day rolling window; "
         f"{ds.users} users x {ds.days} days, {events:,} events"
@@ -324,10 +445,12 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
         out.notes.append(f"{server.backend}: budget_status and the raw sum disagree ({status} vs {raw})")
     full, loaded = load["full"], load["loaded"]
     load_errors = load["warm_up_errors"][:3] + full["error_samples"] + loaded["error_samples"]
-    if ctx.quick and not (load["rows_ok"] and load["answer_equal_to_raw"]):  # the smoke test checks answers
+    answers_ok = load["answer_equal_to_raw"] and load["scoped_equal_to_raw"] and scoped_equal
+    if ctx.quick and not (load["rows_ok"] and answers_ok):  # the smoke test checks answers
         raise RuntimeError(
             f"budget under load: {load['rows_stored']} rows stored of {load['rows_expected']} sent, "
-            f"answer equal to raw: {load['answer_equal_to_raw']}, errors: "
+            f"answers equal to raw: {load['answer_equal_to_raw']}, {scoped_equal}, "
+            f"{load['scoped_equal_to_raw']}, errors: "
             f"{load_errors}"
         )
     out.notes.append(

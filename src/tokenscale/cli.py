@@ -460,7 +460,12 @@ def _service(
         auth = AuthPolicy.for_bind(
             read_pool, settings.host, require_auth=settings.require_auth, timeout=settings.export_timeout / 4
         )
-        api = UsageApiService(read_pool, auth, UsageWriter(pool, on_commit=on_commit))
+        api = UsageApiService(
+            read_pool,
+            auth,
+            UsageWriter(pool, on_commit=on_commit),
+            team_attribute=settings.budget_team_attribute,
+        )
         receiver = Receiver(
             pipeline,
             host=settings.host,
@@ -513,13 +518,10 @@ def _alert_task(
 
     pool = open_pool(url, max_size=2, connect_timeout=settings.connect_timeout)
     stack.callback(pool.close)
-    from tokenscale.api.scoped_budgets import DEFAULT_TEAM_ATTRIBUTE  # noqa: PLC0415
-
     service = AlertService(
         pool,
         interval=settings.alert_interval_seconds,
-        # the budget check's team attribute, once that setting exists
-        team_attribute=getattr(settings, "budget_team_attribute", DEFAULT_TEAM_ATTRIBUTE),
+        team_attribute=settings.budget_team_attribute,
         policy=DeliveryPolicy(
             retry_seconds=settings.alert_retry_seconds, max_attempts=settings.alert_max_attempts
         ),

@@ -89,6 +89,8 @@ class Settings:
     #: Bytes of exports kept on disk (``data_dir/spool``) while the database is unreachable, replayed
     #: when it is back; 0: no spool (such exports are answered UNAVAILABLE / 503).
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: Attribute (resource or record/point) naming a usage event's team, for team budgets.
+    budget_team_attribute: str = "team.id"
     #: Seconds between two evaluations of the budget alerts (thresholds, forecasts); 0: no alerts.
     alert_interval_seconds: float = 30.0
     #: Seconds before a failed alert webhook delivery is tried again; each further retry waits twice

@@ -345,12 +345,19 @@ def _budgets(rows: Iterable[Sequence[Any]]) -> list[ScopedBudget]:
             r[1],
             r[2],
             r[3] or None,
-            tuple(BudgetWindow(u, lim, s) for u, lim, s in zip(r[6], r[7], r[8], strict=True)),
+            tuple(
+                BudgetWindow(u, _stored_limit(lim, u), s) for u, lim, s in zip(r[6], r[7], r[8], strict=True)
+            ),
             r[4],
             r[5],
         )
         for r in rows
     ]
+
+
+def _stored_limit(limit: Decimal, unit: str) -> Decimal:
+    """A limit as read from numeric(24, 10): whole tokens, USD without trailing zeros."""
+    return Decimal(int(limit)) if unit == "tokens" else limit.normalize()
 
 
 def list_scoped_budgets(
@@ -537,7 +544,7 @@ def check_budgets(
         rows = conn.execute(query, [tenant, *[p for key in keys for p in key]]).fetchall()
         company = get_budget(conn, tenant) or company_budget
         found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
-            (str(r[0]), r[1], r[2] or None, r[3], Decimal(r[4]), int(r[5])) for r in rows
+            (str(r[0]), r[1], r[2] or None, r[3], _stored_limit(Decimal(r[4]), r[3]), int(r[5])) for r in rows
         ]
         if company is not None:
             found.append(

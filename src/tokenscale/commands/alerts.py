@@ -133,7 +133,7 @@ def run_alerts(args: argparse.Namespace, conninfo: str, out: TextIO, settings: A
         )
     pool = open_pool(conninfo, max_size=2)
     try:
-        team = getattr(settings, "budget_team_attribute", DEFAULT_TEAM_ATTRIBUTE)
+        team = settings.budget_team_attribute if settings is not None else DEFAULT_TEAM_ATTRIBUTE
         report = AlertService(pool, policy=policy, team_attribute=team).run_once()
     finally:
         pool.close()
