@@ -454,3 +454,32 @@ def test_every_scope_reads_what_the_budget_check_answers(pool: ConnectionPool) -
     assert got[("user", USER, "usd", 6 * 3600)] == Decimal("9.5")
     assert got[("team", "7", "tokens", 48 * 3600)] == 800
     assert got[("tenant", None, "tokens", 48 * 3600)] == 3100
+
+
+def test_a_window_hovering_at_a_threshold_fires_once(pool: ConnectionPool, hook: WebhookReceiver) -> None:
+    user_budget(pool, 1000, 1)
+    with pool.connection() as conn:
+        set_thresholds(conn, TENANT, list_windows_budget(conn), [80])
+        add_webhook(conn, TENANT, hook.url, "json")
+    service = AlertService(pool, policy=FAST)
+    t0 = base_time()
+    write(pool, t0 - timedelta(minutes=50), 500)
+    write(pool, t0 - timedelta(minutes=20), 310)
+    fired = [len(service.run_once(t0).fired)]  # 810: 81%
+    write(pool, t0 + timedelta(minutes=5), 480)
+    fired.append(len(service.run_once(t0 + timedelta(minutes=9)).fired))  # 1,290: 129%
+    # The first 500 roll out: 790 (79%, below 80% but not below 76%), then 20 more: 81% again.
+    fired.append(len(service.run_once(t0 + timedelta(minutes=11)).fired))
+    write(pool, t0 + timedelta(minutes=12), 20)
+    fired.append(len(service.run_once(t0 + timedelta(minutes=13)).fired))
+    # The 310 roll out: 500 (50%) re-arms; 320 more (82%) fires again.
+    fired.append(len(service.run_once(t0 + timedelta(minutes=41)).fired))
+    write(pool, t0 + timedelta(minutes=42), 320)
+    fired.append(len(service.run_once(t0 + timedelta(minutes=43)).fired))
+    assert fired == [1, 0, 0, 0, 0, 1]
+    assert [b["threshold"] for _, b in hook.requests] == [80, 80]
+
+
+def list_windows_budget(conn: psycopg.Connection[Any]) -> str:
+    [reading] = read_windows(conn, datetime.now(UTC))
+    return reading.budget_id

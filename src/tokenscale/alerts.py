@@ -5,8 +5,9 @@ Every ``alert_interval_seconds`` the service reads every budget window (the scop
 compares the share used with the budget's thresholds (50, 80 and 100 percent unless set). State is in
 the database (``tokenscale.alert_state``): a threshold is *above* once crossed, and only the flip from
 below to above fires an alert, in one conditional UPDATE, so an alert fires once per crossing however
-many processes evaluate and across restarts. Usage rolling out of the window below a threshold re-arms
-it; crossing it again fires again. When one evaluation finds several thresholds newly crossed, one
+many processes evaluate and across restarts. Usage rolling out of the window re-arms a threshold once
+it is below 95% of it (so a window hovering at a threshold does not fire at every turn); crossing it
+again fires again. When one evaluation finds several thresholds newly crossed, one
 alert is fired, for the highest, naming the others.
 
 Each alert carries the window's forecast (:mod:`tokenscale.forecast`) and is queued for each of its
@@ -77,6 +78,9 @@ Format = Literal["json", "slack"]
 
 #: Thresholds of a budget that has none set, in percent of its limit.
 DEFAULT_PERCENTS: Final = (Decimal(50), Decimal(80), Decimal(100))
+#: A crossed threshold is re-armed once usage falls below this share of it (80%: below 76%), so a
+#: window hovering at a threshold does not fire at every turn.
+REARM_BELOW: Final = Decimal("0.95")
 FORMATS: Final[tuple[Format, ...]] = ("json", "slack")
 MAX_THRESHOLDS: Final = 20
 MAX_PERCENT: Final = Decimal(1000)
@@ -542,7 +546,10 @@ def evaluate_windows(conn: Connection, readings: Sequence[WindowReading]) -> lis
             above.get((reading.tenant, reading.budget_id, reading.unit, reading.window_seconds, p), False)
             for p in reading.percents
         ]
-        if not any((p <= percent) != is_above for p, is_above in zip(reading.percents, state, strict=True)):
+        if not any(
+            (not is_above and p <= percent) or (is_above and p * REARM_BELOW > percent)
+            for p, is_above in zip(reading.percents, state, strict=True)
+        ):
             continue
         key = {
             "tenant": reading.tenant,
@@ -551,13 +558,16 @@ def evaluate_windows(conn: Connection, readings: Sequence[WindowReading]) -> lis
             "seconds": reading.window_seconds,
             "percent": percent,
             "percents": list(reading.percents),
+            "rearm": REARM_BELOW,
             "now": reading.window_end,
         }
         with conn.transaction():
             # A reading older than the state's last change (a slow evaluator) changes nothing.
             conn.execute(
                 "UPDATE tokenscale.alert_state SET above = false, changed_at = %(now)s "
-                "WHERE " + _STATE_KEY + " AND above AND percent > %(percent)s AND changed_at <= %(now)s",
+                "WHERE "
+                + _STATE_KEY
+                + " AND above AND percent * %(rearm)s > %(percent)s AND changed_at <= %(now)s",
                 key,
             )
             crossed = conn.execute(
