@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -483,3 +484,30 @@ def test_a_window_hovering_at_a_threshold_fires_once(pool: ConnectionPool, hook:
 def list_windows_budget(conn: psycopg.Connection[Any]) -> str:
     [reading] = read_windows(conn, datetime.now(UTC))
     return reading.budget_id
+
+
+def test_an_unreachable_database_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pool = open_pool(f"postgresql://nobody@127.0.0.1:{port}/none", connect_timeout=2)
+    service = AlertService(pool, interval=0.2, policy=DeliveryPolicy(retry_seconds=0.2, timeout=0.3))
+
+    async def briefly() -> None:
+        task = asyncio.create_task(service.run())
+        await asyncio.sleep(3)
+        task.cancel()
+
+    try:
+        caplog.set_level("INFO", logger="tokenscale.alerts")
+        started = time.monotonic()
+        asyncio.run(briefly())
+        assert time.monotonic() - started < 6  # no thread left waiting on the database at the end
+    finally:
+        pool.close(timeout=1)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tokenscale.alerts"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("budget alerts: the database is unavailable (")

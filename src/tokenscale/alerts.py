@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tokenscale.api.budgets import list_budgets
 from tokenscale.api.scoped_budgets import (
@@ -748,7 +748,7 @@ class DeliveryPolicy:
     retry_seconds: float = 10.0
     #: Attempts before a delivery counts as failed.
     max_attempts: int = 8
-    #: Seconds one POST may take.
+    #: Seconds one POST may take (and a database connection may be waited for).
     timeout: float = 10.0
     #: Seconds a leased delivery is left to its sender before another may try it.
     lease_seconds: float = 120.0
@@ -828,7 +828,7 @@ def deliver_due(
     """Post every delivery that is due (leased first, so no other process posts it meanwhile) and
     record each answer."""
     report = DeliveryReport()
-    with pool.connection() as conn, conn.transaction():
+    with pool.connection(timeout=policy.timeout) as conn, conn.transaction():
         due = conn.execute(
             "SELECT " + _ALERT_COLUMNS + ", w.id, w.url, w.format, d.attempts "
             "FROM tokenscale.alert_deliveries d JOIN tokenscale.alerts a ON a.id = d.alert_id "
@@ -859,7 +859,7 @@ def deliver_due(
             error = None if 200 <= status < 300 else f"HTTP {status}"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-        with pool.connection() as conn:
+        with pool.connection(timeout=policy.timeout) as conn:
             if error is None:
                 conn.execute(
                     "UPDATE tokenscale.alert_deliveries SET status = 'delivered', attempts = %s, "
@@ -989,7 +989,7 @@ class AlertService:
     def evaluate(self, now: datetime | None = None) -> CycleReport:
         """One evaluation of every budget window (at ``now``, default the database's clock)."""
         report = CycleReport()
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=self.policy.timeout) as conn:
             conn.autocommit = True
             try:
                 with _evaluation_lock(conn) as got:
@@ -1019,6 +1019,7 @@ class AlertService:
         """Evaluate every ``interval`` seconds and deliver due alerts every few seconds, until cancelled."""
         tick = max(0.5, min(5.0, self.interval, self.policy.retry_seconds))
         next_evaluation = 0.0
+        failing = False
         while True:
             try:
                 if time.monotonic() >= next_evaluation:
@@ -1033,6 +1034,16 @@ class AlertService:
                             len(report.fired),
                         )
                 await asyncio.to_thread(deliver_due, self.pool, self.policy, post=self.post)
+                if failing:
+                    log.info("budget alerts: running again")
+                    failing = False
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # The database is away (the receiver spools meanwhile): said once, not every tick.
+                if not failing:
+                    log.warning("budget alerts: the database is unavailable (%s); trying again", exc)
+                failing = True
+                next_evaluation = 0.0
             except Exception:
                 log.exception("budget alerts: evaluation or delivery failed; trying again")
+                failing = True
             await asyncio.sleep(tick)
