@@ -339,8 +339,9 @@ def test_webhooks_are_per_tenant_and_their_urls_are_redacted(pool: ConnectionPoo
         hook = add_webhook(conn, TENANT, secret, "slack")
         assert add_webhook(conn, TENANT, secret, "slack").id == hook.id  # again: the same one
         add_webhook(conn, "globex", "http://127.0.0.1:9/x", "json")
-        with pytest.raises(ValueError, match="http"):
-            add_webhook(conn, TENANT, "ftp://example.com/x", "json")
+        for bad in ("ftp://example.com/x", "https://example.com/\x00x", "https://example.com/a b"):
+            with pytest.raises(ValueError, match="http"):
+                add_webhook(conn, TENANT, bad, "json")
         with pytest.raises(ValueError, match="format"):
             add_webhook(conn, TENANT, "https://example.com/x", "xml")
         assert [w.url for w in list_webhooks(conn, TENANT)] == [secret]

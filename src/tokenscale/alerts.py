@@ -697,7 +697,7 @@ def add_webhook(conn: Connection, tenant: str, url: str, fmt: str = "json") -> W
     if (
         not url.startswith(("http://", "https://"))
         or len(url) > MAX_URL_CHARS
-        or any(c.isspace() for c in url)
+        or any(c.isspace() or not c.isprintable() for c in url)
     ):
         raise ValueError(f"not an http(s) URL of at most {MAX_URL_CHARS} characters: {url[:80]!r}")
     conn.execute(
