@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "soak": "benchmarks.bench_soak",
     "writer": "benchmarks.bench_writer",
     "ledger": "benchmarks.bench_ledger",
+    "alerts": "benchmarks.bench_alerts",
 }
 
 

@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from tokenscale.api.commands import add_subcommands as add_key_and_budget_commands  # noqa: PLC0415
     from tokenscale.commands import add_subcommands  # noqa: PLC0415
+    from tokenscale.commands.alerts import add_subcommands as add_alert_commands  # noqa: PLC0415
     from tokenscale.commands.prices import add_subcommands as add_price_commands  # noqa: PLC0415
 
     add_subcommands(sub, _add_database_options)
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a coding assistant's hook: block or warn when a budget is spent (fails open)",
         add_help=False,
     )
+    add_alert_commands(sub, _add_database_options)
     return parser
 
 
@@ -232,6 +234,14 @@ def _cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
     with _database(settings) as url:
         _migrate(url)
         return (run_reprice if args.command == "reprice" else run_prices)(args, url)
+
+
+def _cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenscale.commands.alerts import run_alerts  # noqa: PLC0415
+
+    with _database(settings) as url:
+        _migrate(url)
+        return run_alerts(args, url, sys.stdout, settings)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -382,10 +392,11 @@ def _service(
     settings: Settings, url: str, backend: Any, *, worker: int | None = None
 ) -> Iterator[tuple[Any, Callable[[], Coroutine[Any, Any, None]] | None]]:
     """Everything ``serve`` serves, composed on ``url`` (already migrated): the receiver (not yet
-    started) with every route and service, and the hourly retention task if one is due.
+    started) with every route and service, and its background task: the hourly retention (if one
+    is due) and the budget alerts (unless ``alert_interval_seconds`` is 0).
 
     ``worker`` is the index of one of several processes of ``serve --workers N``: its receiver binds
-    with SO_REUSEPORT, its ``/metrics`` names it, and only worker 1 runs the retention task.
+    with SO_REUSEPORT, its ``/metrics`` names it, and only worker 1 runs the background tasks.
     On TimescaleDB community each process runs a refresher of the continuous aggregates its exports
     touch. The refresher and the database pools are closed when the block ends."""
     from tokenscale.api.grpc_service import UsageApiServicer  # noqa: PLC0415
@@ -493,9 +504,16 @@ def _service(
         receiver.http_app.router.routes.extend(
             create_dashboard_routes(read_pool, auth=auth, admin_tenant=settings.admin_tenant)
         )
-        retention: Callable[[], Coroutine[Any, Any, None]] | None = None
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         if settings.retention_days and backend.keeps_rollups and worker in (None, 1):
-            retention = functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
+            background.append(
+                functools.partial(_enforce_retention_hourly, pool, backend, settings.retention_days)
+            )
+        if settings.alert_interval_seconds and worker in (None, 1):
+            background.append(_alert_task(settings, url, stack))
+        retention: Callable[[], Coroutine[Any, Any, None]] | None = None
+        if background:
+            retention = functools.partial(_run_together, background)
         if spool is not None:
             spool.start(exports.replay)
         yield receiver, retention
@@ -505,6 +523,31 @@ def _service(
         stack.close()
         read_pool.close()
         pool.close()
+
+
+def _alert_task(
+    settings: Settings, url: str, stack: contextlib.ExitStack
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The budget alerts' task (evaluation and webhook delivery) on its own small pool."""
+    from tokenscale.alerts import AlertService, DeliveryPolicy  # noqa: PLC0415
+    from tokenscale.store.writer import open_pool  # noqa: PLC0415
+
+    pool = open_pool(url, max_size=2, connect_timeout=settings.connect_timeout)
+    stack.callback(pool.close)
+    service = AlertService(
+        pool,
+        interval=settings.alert_interval_seconds,
+        team_attribute=settings.budget_team_attribute,
+        policy=DeliveryPolicy(
+            retry_seconds=settings.alert_retry_seconds, max_attempts=settings.alert_max_attempts
+        ),
+    )
+    return service.run
+
+
+async def _run_together(tasks: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run the service's background tasks side by side until cancelled."""
+    await asyncio.gather(*(task() for task in tasks))
 
 
 async def _serve(receiver: Any, background: Coroutine[Any, Any, None] | None = None) -> None:
@@ -626,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budgets": _cmd_keys_or_budgets,
         "prices": _cmd_prices,
         "reprice": _cmd_prices,
+        "alerts": _cmd_alerts,
     }
     try:
         return commands[args.command](settings, args)

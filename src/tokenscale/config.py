@@ -94,6 +94,13 @@ class Settings:
     spool_max_bytes: int = 1024 * 1024 * 1024
     #: Attribute (resource or record/point) naming a usage event's team, for team budgets.
     budget_team_attribute: str = "team.id"
+    #: Seconds between two evaluations of the budget alerts (thresholds, forecasts); 0: no alerts.
+    alert_interval_seconds: float = 30.0
+    #: Seconds before a failed alert webhook delivery is tried again; each further retry waits twice
+    #: as long (at most an hour).
+    alert_retry_seconds: float = 10.0
+    #: Attempts of an alert webhook delivery before it counts as failed.
+    alert_max_attempts: int = 8
     #: Log level: debug, info, warning or error.
     log_level: str = "info"
     #: Log format: ``text`` for people, ``json`` (one object per line) for log pipelines.
@@ -225,6 +232,12 @@ def load_settings(
             f"({settings.late_data_days}): raw usage events may be dropped only once they are older than "
             "the late-data horizon, where no more usage can arrive and the aggregates are final"
         )
+    if settings.alert_interval_seconds < 0:
+        raise ConfigError("setting 'alert_interval_seconds': must not be negative")
+    if settings.alert_retry_seconds <= 0:
+        raise ConfigError("setting 'alert_retry_seconds': must be greater than 0")
+    if settings.alert_max_attempts < 1:
+        raise ConfigError("setting 'alert_max_attempts': must be at least 1")
     if settings.workers < 1:
         raise ConfigError("setting 'workers': must be at least 1")
     for name in ("grpc_port", "http_port"):

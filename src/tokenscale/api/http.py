@@ -64,9 +64,12 @@ def create_api_routes(
     With a pool, ``auth`` is required; ``writer`` (recorded chat turns) defaults to a
     :class:`tokenscale.store.writer.UsageWriter` on the same pool.
     """
+    from tokenscale.api.alerts import create_alert_routes  # noqa: PLC0415 - it imports tokenscale.alerts
+
     service = _service(pool, auth, writer, default_budget)
     api = _HttpApi(service, max_body_bytes)
     routes: list[BaseRoute] = [
+        *create_alert_routes(service),  # before /v1/budgets/{budget_id}: /v1/budgets/forecast
         Route("/openapi.json", api.openapi, methods=["GET"], name="api_openapi"),
         Route("/api/aiToolMetrics.push", api.push, methods=["POST"], name="api_tool_metrics_push"),
         Route("/api/aiToolMetrics.pushAll", api.push_all, methods=["POST"], name="api_tool_metrics_push_all"),

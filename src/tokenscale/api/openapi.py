@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from tokenscale import __version__
+from tokenscale.api._budget_openapi import budget_paths, budget_schemas
 from tokenscale.api.ai_metrics import (
     COLLECTIONS,
     DEFAULT_PAGE_SIZE,
@@ -559,7 +560,7 @@ def _components() -> dict[str, Any]:
         "UsageSeries": _series(),
     }
     return {
-        "schemas": schemas,
+        "schemas": {**schemas, **budget_schemas()},
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key (tsk_...)."},
             "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
@@ -697,6 +698,6 @@ def openapi_document() -> dict[str, Any]:
             "description": "Push, query and budget AI usage. See docs/api.md.",
         },
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
-        "paths": {**_paths(), **_dashboard_paths()},
+        "paths": {**_paths(), **budget_paths(), **_dashboard_paths()},
         "components": _components(),
     }

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal
 
 import psycopg
@@ -221,8 +221,8 @@ def _window(unit: object, limit: object, seconds: object, where: str) -> BudgetW
         raise InvalidRequestError(
             f"{where}.limit: a token limit must be a whole number", field=f"{where}.limit"
         )
-    if unit == "usd" and value != value.quantize(_USD_QUANTUM):
-        raise InvalidRequestError(f"{where}.limit: at most 10 decimal places", field=f"{where}.limit")
+    if isinstance(seconds, float) and seconds.is_integer():
+        seconds = int(seconds)
     if isinstance(seconds, bool) or not isinstance(seconds, int):
         raise InvalidRequestError(
             f"{where}.windowSeconds: must be an integer", field=f"{where}.windowSeconds"
@@ -233,7 +233,13 @@ def _window(unit: object, limit: object, seconds: object, where: str) -> BudgetW
             f"({MIN_WINDOW_SECONDS} to {MAX_WINDOW_SECONDS}, a multiple of 3600), not {seconds}",
             field=f"{where}.windowSeconds",
         )
-    return BudgetWindow(unit, value.normalize() if unit == "usd" else value.to_integral_value(), seconds)
+    # USD limits are kept to 10 decimal places (numeric(24, 10)), rounded half up.
+    kept = (
+        value.quantize(_USD_QUANTUM, ROUND_HALF_UP).normalize()
+        if unit == "usd"
+        else value.to_integral_value()
+    )
+    return BudgetWindow(unit, kept, seconds)
 
 
 def _scope(scope: object, value: object) -> tuple[Scope, str | None]:
@@ -444,43 +450,20 @@ _SCOPE_FILTERS: Final[dict[str, sql.SQL]] = {
     "team": sql.SQL("e.attributes @> jsonb_build_object({}::text, {}::text)"),
 }
 
-# Whole UTC hours of every window at once: tool, model and user windows from usage_scope_hourly,
-# tenant windows from usage_hourly (one index range per window, one row per hour).
-_WHOLE_HOURS: Final = sql.SQL(
-    """SELECT s.i, coalesce(sum({htokens}), 0), coalesce(sum(h.cost_usd), 0)
-FROM unnest(%(scopes)s::text[], %(values)s::text[], %(lo_hours)s::timestamptz[]) WITH ORDINALITY
-    AS s (scope, value, lo_hour, i)
-LEFT JOIN tokenscale.usage_scope_hourly h ON h.tenant = %(tenant)s AND h.scope = s.scope
-    AND h.scope_value = s.value AND h.hour >= s.lo_hour AND h.hour < %(hi_hour)s
-WHERE s.scope <> 'tenant'
-GROUP BY s.i
-UNION ALL
-SELECT s.i, coalesce(sum({htokens}), 0), coalesce(sum(h.cost_usd), 0)
-FROM unnest(%(scopes)s::text[], %(lo_hours)s::timestamptz[]) WITH ORDINALITY AS s (scope, lo_hour, i)
-LEFT JOIN tokenscale.usage_hourly h ON h.tenant = %(tenant)s AND h.hour >= s.lo_hour AND h.hour < %(hi_hour)s
-WHERE s.scope = 'tenant'
-GROUP BY s.i"""
-).format(htokens=_HOURLY_TOKENS)
 
-
-def _edges_sql(filters: Sequence[sql.Composable], lo_count: int) -> sql.Composed:
-    """The partial first hour of each window and the partial last hour they share, in one scan of
-    usage_events: tokens and USD per window (``filters[i]`` selects window i's edge events)."""
-    columns: list[sql.Composable] = []
-    for condition in filters:
-        columns.append(sql.SQL("coalesce(sum({t}) FILTER (WHERE {w}), 0)").format(t=_TOKENS, w=condition))
-        columns.append(sql.SQL("coalesce(sum(e.cost_usd) FILTER (WHERE {w}), 0)").format(w=condition))
-    ranges: list[sql.Composable] = [sql.SQL("(e.time >= %(hi_hour)s AND e.time <= %(hi)s)")]
-    ranges += [
-        sql.SQL("(e.time >= {lo} AND e.time < {lo_hour})").format(
-            lo=sql.Placeholder(f"lo{i}"), lo_hour=sql.Placeholder(f"lo_hour{i}")
-        )
-        for i in range(lo_count)
+def _sums(condition: sql.Composable, tokens: sql.Composable, cost: sql.Composable) -> list[sql.Composable]:
+    """Tokens and USD of the rows matching ``condition`` (two aggregate columns)."""
+    return [
+        sql.SQL("coalesce(sum({t}) FILTER (WHERE {c}), 0)").format(t=tokens, c=condition),
+        sql.SQL("coalesce(sum({u}) FILTER (WHERE {c}), 0)").format(u=cost, c=condition),
     ]
-    return sql.SQL(
-        "SELECT {cols} FROM tokenscale.usage_events e "
-        "WHERE e.tenant = %(tenant)s AND e.counted AND ({ranges})"
-    ).format(cols=sql.SQL(", ").join(columns), ranges=sql.SQL(" OR ").join(ranges))
+
+
+def _one_row(parts: Sequence[sql.Composable]) -> sql.Composed:
+    """One row of every column of ``parts`` (aggregate subqueries of one row each)."""
+    return sql.SQL("SELECT * FROM ") + sql.SQL(" CROSS JOIN ").join(
+        sql.SQL("({}) AS p{}").format(part, sql.Literal(i)) for i, part in enumerate(parts)
+    )
 
 
 def _raw_sql(scope: str, starts: int) -> sql.Composed:
@@ -584,6 +567,137 @@ def check_budgets(
     }
 
 
+_Shape = tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...]]
+_BUCKETED_CACHE: dict[_Shape, tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]] = {}
+
+
+def _bucketed_sql(
+    conn: Connection, shape: _Shape
+) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]:
+    """The statement of :func:`_read_bucketed` for one shape (each scope value's scope and window
+    indexes, and which windows have a partial first hour), composed once and kept; with the
+    (group, window index) of each pair of columns of its whole hours and of its edges."""
+    cached = _BUCKETED_CACHE.get(shape)
+    if cached is not None:
+        return cached
+    groups, edge_starts = shape
+    # Whole hours: one range of each scope value's hours, a pair of columns per window.
+    whole: list[sql.Composable] = []
+    whole_cols: list[tuple[int, int]] = []
+    for g, (scope, indexes) in enumerate(groups):
+        first = sql.Placeholder(f"lo_hour{max(indexes)}")  # the longest window starts first
+        source: sql.Composable
+        if scope == "tenant":
+            source = sql.SQL("tokenscale.usage_hourly h WHERE h.tenant = %(tenant)s")
+        else:
+            source = sql.SQL(
+                "tokenscale.usage_scope_hourly h WHERE h.tenant = %(tenant)s AND h.scope = {s} "
+                "AND h.scope_value = {v}"
+            ).format(s=sql.Literal(scope), v=sql.Placeholder(f"v{g}"))
+        columns: list[sql.Composable] = []
+        for i in indexes:
+            hour = sql.SQL("h.hour >= {}").format(sql.Placeholder(f"lo_hour{i}"))
+            columns += _sums(hour, _HOURLY_TOKENS, sql.SQL("h.cost_usd"))
+            whole_cols.append((g, i))
+        whole.append(
+            sql.SQL("SELECT {cols} FROM {source} AND h.hour >= {first} AND h.hour < %(hi_hour)s").format(
+                cols=sql.SQL(", ").join(columns), source=source, first=first
+            )
+        )
+    # Edge hours: the partial current hour (shared), and the partial first hour of each length.
+    conditions = [
+        sql.SQL("TRUE") if scope == "tenant" else _SCOPE_FILTERS[scope].format(sql.Placeholder(f"v{g}"))
+        for g, (scope, _) in enumerate(groups)
+    ]
+    edges: list[sql.Composable] = []
+    edge_cols: list[tuple[int, int | None]] = []
+    columns = []
+    for g, condition in enumerate(conditions):
+        columns += _sums(condition, _TOKENS, sql.SQL("e.cost_usd"))
+        edge_cols.append((g, None))
+    edges.append(
+        sql.SQL(
+            "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
+            "AND e.time >= %(hi_hour)s AND e.time <= %(hi)s"
+        ).format(cols=sql.SQL(", ").join(columns))
+    )
+    for i in edge_starts:
+        columns = []
+        for g, (_, indexes) in enumerate(groups):
+            if i in indexes:
+                columns += _sums(conditions[g], _TOKENS, sql.SQL("e.cost_usd"))
+                edge_cols.append((g, i))
+        edges.append(
+            sql.SQL(
+                "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
+                "AND e.time >= {lo} AND e.time < {lo_hour}"
+            ).format(
+                cols=sql.SQL(", ").join(columns),
+                lo=sql.Placeholder(f"lo{i}"),
+                lo_hour=sql.Placeholder(f"lo_hour{i}"),
+            )
+        )
+    built = (_one_row([*whole, *edges]).as_bytes(conn), whole_cols, edge_cols)
+    if len(_BUCKETED_CACHE) < 1024:
+        _BUCKETED_CACHE[shape] = built
+    return built
+
+
+def _read_bucketed(
+    conn: Connection, tenant: str, keys: Sequence[_Key], now: datetime
+) -> dict[_Key, tuple[Decimal, Decimal]]:
+    """Whole hours from the rollups, edge hours from usage_events, each in one statement.
+
+    Every part is a plain index range (one scope value's hours; one edge's events), so each is
+    planned and pruned on its own; several windows of a scope value share its scans (FILTER).
+    """
+    hi = now
+    hi_hour = hi.replace(minute=0, second=0, microsecond=0)
+    params: dict[str, Any] = {"tenant": tenant, "hi": hi, "hi_hour": hi_hour}
+    starts = sorted({k[2] for k in keys})
+    for i, seconds in enumerate(starts):
+        lo = hi - timedelta(seconds=seconds)
+        lo_hour = lo.replace(minute=0, second=0, microsecond=0)
+        if lo_hour < lo:
+            lo_hour += timedelta(hours=1)
+        params[f"lo{i}"], params[f"lo_hour{i}"] = lo, lo_hour
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for scope, value, seconds in keys:
+        groups.setdefault((scope, value), []).append(starts.index(seconds))
+    for g, (_, value) in enumerate(groups):
+        params[f"v{g}"] = value or ""
+    edge_starts = tuple(i for i in range(len(starts)) if params[f"lo{i}"] != params[f"lo_hour{i}"])
+    shape = (tuple((scope, tuple(sorted(indexes))) for (scope, _), indexes in groups.items()), edge_starts)
+    query, whole_shape, edge_shape = _bucketed_sql(conn, shape)
+    keys_of_group = list(groups)
+    whole_cols = [(keys_of_group[g][0], keys_of_group[g][1], starts[i]) for g, i in whole_shape]
+    edge_cols: list[tuple[str, str | None, int | None]] = [
+        (keys_of_group[g][0], keys_of_group[g][1], None if i is None else starts[i]) for g, i in edge_shape
+    ]
+    row = conn.execute(query, params, prepare=False).fetchone()
+    assert row is not None
+    values = [Decimal(v) for v in row]
+    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
+    n = 0
+    for key in whole_cols:
+        usage[key] = (values[n], values[n + 1])
+        n += 2
+    hi_edge: dict[tuple[str, str | None], tuple[Decimal, Decimal]] = {}
+    for scope, value, length in edge_cols:
+        pair = (values[n], values[n + 1])
+        n += 2
+        if length is None:
+            hi_edge[(scope, value)] = pair
+        else:
+            tokens, usd = usage[(scope, value, length)]
+            usage[(scope, value, length)] = (tokens + pair[0], usd + pair[1])
+    for scope, value, seconds in whole_cols:
+        tokens, usd = usage[(scope, value, seconds)]
+        edge_tokens, edge_usd = hi_edge[(scope, value)]
+        usage[(scope, value, seconds)] = (tokens + edge_tokens, usd + edge_usd)
+    return usage
+
+
 def _read_usage(
     conn: Connection,
     tenant: str,
@@ -609,49 +723,7 @@ def _read_usage(
         if key not in bucketed:
             raw.setdefault((key[0], key[1]), []).append(key[2])
     if bucketed:
-        hi = now
-        hi_hour = hi.replace(minute=0, second=0, microsecond=0)
-        params: dict[str, Any] = {"tenant": tenant, "hi": hi, "hi_hour": hi_hour}
-        lo_hours = []
-        starts = sorted({k[2] for k in bucketed})
-        for i, seconds in enumerate(starts):
-            lo = hi - timedelta(seconds=seconds)
-            lo_hour = lo.replace(minute=0, second=0, microsecond=0)
-            if lo_hour < lo:
-                lo_hour += timedelta(hours=1)
-            params[f"lo{i}"], params[f"lo_hour{i}"] = lo, lo_hour
-        for _, _, seconds in bucketed:
-            lo_hours.append(params[f"lo_hour{starts.index(seconds)}"])
-        whole = conn.execute(
-            _WHOLE_HOURS,
-            {
-                "tenant": tenant,
-                "hi_hour": hi_hour,
-                "scopes": [k[0] for k in bucketed],
-                "values": [k[1] or "" for k in bucketed],
-                "lo_hours": lo_hours,
-            },
-        ).fetchall()
-        whole_by = {int(r[0]) - 1: (Decimal(r[1]), Decimal(r[2])) for r in whole}
-        filters: list[sql.Composable] = []
-        for j, (scope, value, seconds) in enumerate(bucketed):
-            i = starts.index(seconds)
-            params[f"v{j}"] = value
-            condition = (
-                sql.SQL("TRUE")
-                if scope == "tenant"
-                else _SCOPE_FILTERS[scope].format(sql.Placeholder(f"v{j}"))
-            )
-            filters.append(
-                sql.SQL("{c} AND ((e.time >= {lo} AND e.time < {lo_hour}) OR e.time >= %(hi_hour)s)").format(
-                    c=condition, lo=sql.Placeholder(f"lo{i}"), lo_hour=sql.Placeholder(f"lo_hour{i}")
-                )
-            )
-        edges = conn.execute(_edges_sql(filters, len(starts)), params).fetchone()
-        assert edges is not None
-        for j, key in enumerate(bucketed):
-            tokens, usd = whole_by[j]
-            usage[key] = (tokens + Decimal(edges[2 * j]), usd + Decimal(edges[2 * j + 1]))
+        usage.update(_read_bucketed(conn, tenant, bucketed, now))
     for (scope, value), seconds_list in raw.items():
         ordered = sorted(seconds_list, reverse=True)  # the longest first: lo0 bounds the scan
         raw_params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}

@@ -207,7 +207,7 @@ class UsageApiService:
         unknown = sorted(set(query) - {"scope"})
         if unknown:
             raise InvalidRequestError(f"{unknown[0]}: unknown query parameter", field=unknown[0])
-        scope = query.get("scope") or None
+        scope = query.get("scope")
         if scope is not None and scope not in ("tenant", "team", "user", "tool", "model"):
             raise InvalidRequestError("scope: must be one of tenant, team, user, tool, model", field="scope")
         with self.pool.connection(timeout=self.timeout) as conn:

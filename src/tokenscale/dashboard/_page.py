@@ -173,6 +173,12 @@ _BODY: Final = """
       <span class="hint">rolling windows, tokens = input + cache + output</span></div>
     <div id="budgets"></div>
   </section>
+  <section class="card" id="alerts-card">
+    <div class="head"><h2>Budget alerts</h2>
+      <span class="hint">thresholds crossed, and when each window runs out at its recent rate</span></div>
+    <div id="forecasts"></div>
+    <div id="alerts"></div>
+  </section>
 </main>
 <footer id="footer">Reading tokenscale.usage_daily&hellip;</footer>
 """
@@ -426,6 +432,48 @@ _JS: Final = r"""
     });
   }
 
+  function windowLabel(seconds) {
+    return seconds % 86400 === 0 ? (seconds / 86400) + "-day" : (seconds / 3600) + "-hour";
+  }
+
+  function amount(n, unit) { return unit === "usd" ? usd(n) : full(n) + " tokens"; }
+
+  function when(iso) {
+    return iso ? iso.replace("T", " ").slice(0, 16) + " UTC" : "";
+  }
+
+  function renderAlerts(d) {
+    var a = d.alerts, fbox = clear($("forecasts")), abox = clear($("alerts"));
+    if (!a || !a.available) {
+      abox.appendChild(el("div", { class: "empty", id: "no-alerts", text: "Alerts need tokenscale migrate" }));
+      return;
+    }
+    if (a.forecasts.length) {
+      fbox.appendChild(table(a.forecasts, [
+        { title: "Budget", render: function (f) {
+            return (f.scopeValue ? f.scope + " " + f.scopeValue : "tenant " + f.tenant) + ", " +
+              windowLabel(f.windowSeconds); } },
+        { title: "Used", num: true, render: function (f) {
+            return amount(f.used, f.unit) + " of " + amount(f.limit, f.unit) + " (" + f.percentUsed + "%)"; } },
+        { title: "Rate", num: true, render: function (f) { return amount(f.ratePerHour, f.unit) + "/h"; } },
+        { title: "Runs out", render: function (f) {
+            return f.forecastExhaustedAt ? when(f.forecastExhaustedAt) : "not at this rate"; } },
+      ]));
+    } else if (a.forecasts_skipped) {
+      fbox.appendChild(el("div", { class: "muted", text: "Many budget windows: see GET /v1/budgets/forecast" }));
+    }
+    if (!a.items.length) {
+      abox.appendChild(el("div", { class: "empty", id: "no-alerts",
+        text: "No alerts yet (webhooks: tokenscale alerts webhooks add TENANT URL)" }));
+      return;
+    }
+    abox.appendChild(table(a.items, [
+      { title: "Fired", render: function (x) { return when(x.firedAt); } },
+      { title: "Alert", render: function (x) { return x.message; } },
+      { title: "Delivery", render: function (x) { return x.delivery; } },
+    ]));
+  }
+
   function renderTenants(d) {
     var select = $("tenant"), current = d.tenant || "";
     clear(select).appendChild(el("option", { value: "", text: "All tenants" }));
@@ -506,6 +554,7 @@ _JS: Final = r"""
         renderChart();
         renderTables(d);
         renderBudgets(d);
+        renderAlerts(d);
         $("footer").textContent = "tokenscale.usage_daily \u00b7 " + d.since + " to " + d.until +
           " (UTC) \u00b7 " + (d.tenant ? "tenant " + d.tenant : "all tenants") +
           (d.admin ? " (admin view)" : "") + " \u00b7 updated " +

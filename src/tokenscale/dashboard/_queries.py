@@ -10,6 +10,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from tokenscale.dashboard._alerts import alerts_panel
+
 __all__ = [
     "DIMENSIONS",
     "MAX_DAYS",
@@ -256,6 +258,7 @@ def summary(
         "by_model": dims["model"].as_json("model"),
         "top_users": users["rows"][:_TOP_USERS],
         "budgets": budgets(conn, tenant),
+        "alerts": alerts_panel(conn, tenant),
     }
 
 

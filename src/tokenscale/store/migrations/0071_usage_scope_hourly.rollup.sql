@@ -18,8 +18,10 @@ CREATE TABLE tokenscale.usage_scope_hourly (
     unpriced_events    bigint           NOT NULL,
     events             bigint           NOT NULL
 );
--- The writer's upserts and the check's range reads (one scope value, a range of hours).
-CREATE UNIQUE INDEX usage_scope_hourly_key ON tokenscale.usage_scope_hourly (tenant, scope, scope_value, hour);
+-- The writer's upserts and the check's range reads (one scope value, a range of hours): the
+-- check's sums are included, so its reads are index-only scans of one scope value's hours.
+CREATE UNIQUE INDEX usage_scope_hourly_key ON tokenscale.usage_scope_hourly (tenant, scope, scope_value, hour)
+    INCLUDE (input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, cost_usd);
 
 -- Usage recorded before this version.
 INSERT INTO tokenscale.usage_scope_hourly
