@@ -44,6 +44,7 @@ from tokenscale.mapping import (
 from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
+from tokenscale.mapping.rules import AGENT_SPAN
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -56,6 +57,8 @@ _NS_PER_HOUR: Final = 3_600 * 10**9
 _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
 _COST_QUANTUM: Final = Decimal("1e-10")  # usage_events.cost_usd is numeric(20, 10)
+#: Listed rows (spans of agents and tools): stored uncounted, never a request or a view.
+LISTED_CARRIER: Final = AGENT_SPAN.carrier
 
 
 def _wire_types(types: Iterable[str]) -> list[str]:
@@ -338,7 +341,8 @@ class UsageWriter:
                         # In a transaction of its own: creating a partition locks the parent table, which
                         # inside the export's transaction (holding series and stream row locks) could
                         # deadlock with another receiver's export.
-                        times = {e.time_ns for e in result.events} | {p.time_ns for p in result.cumulative}
+                        times = {e.time_ns for e in (*result.events, *result.listed)}
+                        times |= {p.time_ns for p in result.cumulative}
                         with conn.transaction():
                             self._ensure_partitions(conn, times)
                     with conn.transaction():
@@ -373,6 +377,7 @@ class UsageWriter:
         book = None if self._prices is None else self._prices.current()
         if events and book is not None:
             book.apply(events)
+        events += result.listed  # stored uncounted and unpriced: what the span reports
         if events:
             touched = self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
         if activity:
@@ -413,7 +418,8 @@ class UsageWriter:
         book: PriceBook | None = None,
     ) -> list[int]:
         events = _unique(events)
-        counted, amendments = _resolve_requests(conn, [e for e in events if not e.aggregate])
+        records = [e for e in events if not e.aggregate and e.carrier != LISTED_CARRIER]
+        counted, amendments = _resolve_requests(conn, records)
         flags = [id(e) in counted for e in events]
         rows = _event_rows(events, flags)
         try:
