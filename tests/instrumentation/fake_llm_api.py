@@ -467,16 +467,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _images(self, body: dict[str, Any]) -> None:
         count = int(body.get("n") or 1)
-        self._json(
-            200,
-            {
-                "created": CREATED,
-                "data": [{"b64_json": base64.b64encode(b"png").decode()} for _ in range(count)],
-                "size": body.get("size", "1024x1024"),
-                "quality": body.get("quality", "high"),
-                "usage": IMAGES_USAGE,
-            },
-        )
+        answer = {
+            "created": CREATED,
+            "data": [{"b64_json": base64.b64encode(b"png").decode()} for _ in range(count)],
+            "size": body.get("size", "1024x1024"),
+            "quality": body.get("quality", "high"),
+            "usage": IMAGES_USAGE,
+        }
+        if str(body.get("model", "")).startswith("dall-e"):
+            del answer["usage"]  # DALL-E is billed per image and reports no tokens
+        self._json(200, answer)
 
     def _transcription(self, body: dict[str, Any]) -> None:
         usage = (

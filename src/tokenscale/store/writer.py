@@ -44,7 +44,7 @@ from tokenscale.mapping import (
 from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
-from tokenscale.mapping.rules import AGENT_SPAN
+from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -613,8 +613,10 @@ _ROW_COLUMNS: Final = (
     "time, tenant, tool, stream, user_email, user_id, session_id, provider, model, requests, input_tokens, "
     "cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
 )
+#: Whether a stored row counts billable units (:attr:`_Row.units`).
+_HAS_UNITS: Final = "e.attributes ?| ARRAY[{}]".format(", ".join(f"'{k}'" for k in sorted(UNIT_USAGE_KEYS)))
 _LOCK_RECORDS: Final = f"""
-SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_key
+SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, {_HAS_UNITS}, e.dedupe_key
 FROM tokenscale.usage_events e
 JOIN unnest(%s::bytea[], %s::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
@@ -733,6 +735,8 @@ class _Row:
     vec: tuple[int, int, int, int, int, int]  # requests, input, cache read, cache write, output, reasoning
     cost: Decimal | None
     cost_source: str | None
+    #: It counts billable units (``UNIT_USAGE_KEYS``): without a cost it is unpriced, tokens or not.
+    units: bool = False
 
     @property
     def subkey(self) -> SubKey:
@@ -742,7 +746,11 @@ class _Row:
         """Its contribution to the rollups (``sign`` -1: its removal)."""
         inp, cr, cw, out = self.vec[1:5]
         # unpriced_events counts requests (at least one per row: a residual may not know its count)
-        priced = self.cost is not None or self.cost_source is not None or inp + cr + cw + out == 0
+        priced = (
+            self.cost is not None
+            or self.cost_source is not None
+            or (inp + cr + cw + out == 0 and not self.units)
+        )
         unpriced = 0 if priced else max(self.vec[0], 1)
         return _Entry(
             self.time_ns,
@@ -795,6 +803,7 @@ def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
         ),
         cost,
         e.cost_source,
+        any(k in e.attributes for k in UNIT_USAGE_KEYS),
     )
 
 
@@ -802,8 +811,8 @@ def _ns(value: datetime) -> int:
     return (value - _UNIX_EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _stored_row(r: Sequence[Any]) -> _Row:
-    """A ``_Row`` of a row selected as ``_ROW_COLUMNS``."""
+def _stored_row(r: Sequence[Any], units: bool = False) -> _Row:
+    """A ``_Row`` of a row selected as ``_ROW_COLUMNS`` (``units``: see :attr:`_Row.units`)."""
     return _Row(
         _ns(r[0]),
         r[1],
@@ -817,6 +826,7 @@ def _stored_row(r: Sequence[Any]) -> _Row:
         (r[9], r[10], r[11], r[12], r[13], r[14]),
         r[15],
         r[16],
+        units,
     )
 
 
@@ -833,7 +843,7 @@ def _amend(conn: psycopg.Connection[Any], amendments: list[_Amendment]) -> tuple
         # UPDATE moves the batches it touches out of the columnstore first, then they can be.
         conn.execute(_DECOMPRESS_RECORDS, keys)
         locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
-    before = {bytes(r[-1]): _stored_row(r) for r in locked}
+    before = {bytes(r[-1]): _stored_row(r, r[-2]) for r in locked}
     after: list[_Row] = []
     params = []
     for a in amendments:
