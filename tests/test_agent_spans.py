@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from api.api_servers import ApiServers
 from otlp_clients import background_loop, running
+from tokenscale.api.gen.tokenscale.v1 import usage_api_pb2 as pb
 from tokenscale.auth import create_key
 from tokenscale.mapping import map_request
 from tokenscale.mapping.limits import enforce_limits
@@ -207,6 +208,17 @@ def test_agent_tool_and_chat_spans_list_three_rows_and_count_the_chat_only(
             "AGENT",
             "TOOL_CALL",
             "CHAT",
+        ]
+        # The same rows over gRPC, with the agent and tool fields.
+        request = pb.ListAiMetricsRequest(team_id=str(tenant), sort=["timestamp,asc"])
+        reply = servers.stub.ListAiMetrics(request, metadata=servers.metadata(key))
+        assert [
+            (i.operation_type, i.span_id, i.agent_name, i.tool_name, i.HasField("total_cost"))
+            for i in reply.items
+        ] == [
+            ("CHAT", "", "", "", True),
+            ("TOOL_CALL", span_ids["execute_tool"], "", "get_weather", False),
+            ("AGENT", span_ids["invoke_agent"], "planner", "", False),
         ]
         # The usage records (counted requests only) have the chat request alone; the budget check
         # counts its tokens alone.

@@ -15,6 +15,7 @@ from fake_llm_api import TRANSCRIPTION_DURATION_USAGE, FakeLLMAPI
 import tokenscale
 from api.api_servers import ApiServers
 from otlp_clients import background_loop, running
+from tokenscale.api.gen.tokenscale.v1 import usage_api_pb2 as pb
 from tokenscale.auth import create_key
 from tokenscale.mapping.pricebook import CustomPrice
 from tokenscale.pipeline import ExportPipeline
@@ -34,6 +35,7 @@ DALLE_PRICES = {
 }
 WHISPER_PER_SECOND = Decimal("0.0001")  # $0.006 per minute
 TTS_PER_CHARACTER = Decimal("0.000015")  # $15 per million characters
+SORA_PER_SECOND = Decimal("0.10")
 
 
 @pytest.fixture
@@ -58,6 +60,15 @@ def receiver(db_url: str) -> Iterator[Receiver]:
                 input=Decimal(0),
                 output=Decimal(0),
                 units={"gen_ai.usage.text.characters": TTS_PER_CHARACTER},
+            ),
+        )
+        set_price(
+            conn,
+            CustomPrice(
+                "sora-2",
+                input=Decimal(0),
+                output=Decimal(0),
+                units={"gen_ai.usage.video.seconds": SORA_PER_SECOND},
             ),
         )
         # A price for tts-1-hd's tokens only: nothing for its characters, so it stays unpriced.
@@ -134,6 +145,66 @@ def test_unit_billed_requests_cost_their_units_at_the_price_books_unit_prices(
             ("whisper-1", float(TRANSCRIPTION_DURATION_USAGE["seconds"]), None, float(whisper)),
             ("tts-1", None, len(speech_text), float(tts)),
             ("tts-1-hd", None, len(speech_text), None),
+        ]
+    finally:
+        servers.stop()
+
+
+def test_a_generated_video_is_one_request_of_its_seconds_however_often_it_is_polled(
+    receiver: Receiver, db_url: str, fake_api: FakeLLMAPI
+) -> None:
+    handle = tokenscale.instrument(f"http://127.0.0.1:{receiver.grpc_port}", service_name="studio")
+    try:
+        fake_api.unique_ids = True  # two jobs, two ids: two requests
+        oa = openai.OpenAI(base_url=fake_api.openai_base_url, api_key="k", max_retries=0)
+        # create_and_poll: one create and two retrieves (in_progress, completed) of the same job.
+        video = oa.videos.create_and_poll(
+            model="sora-2", prompt="a fox", seconds="8", size="1280x720", poll_interval_ms=1
+        )
+        assert video.status == "completed"
+        short = oa.videos.create(model="sora-2", prompt="a cat", seconds="4")
+        assert handle.force_flush()
+    finally:
+        fake_api.unique_ids = False
+        handle.shutdown()
+
+    with psycopg.connect(db_url) as conn:
+        [tenant] = conn.execute("SELECT DISTINCT tenant FROM tokenscale.usage_events").fetchone() or [None]
+        carriers = conn.execute(
+            "SELECT request_id, count(*), count(*) FILTER (WHERE counted) FROM tokenscale.usage_events "
+            "GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        totals = conn.execute("SELECT sum(requests), sum(cost_usd) FROM tokenscale.usage_daily").fetchone()
+        key = create_key(conn, str(tenant), ["read"])
+    # Every span of a job names it (its id): 3 carriers of the first job, 1 counted; 1 of the second.
+    assert carriers == [(video.id, 3, 1), (short.id, 1, 1)]
+    long_cost, short_cost = 8 * SORA_PER_SECOND, 4 * SORA_PER_SECOND
+    assert totals == (2, long_cost + short_cost)
+    assert_rollups_match_events(db_url)
+
+    servers = ApiServers(db_url).start()
+    try:
+        path = f"/v2/api/sources/metrics/ai/video?teamId={tenant}&sort=timestamp,asc"
+        listed = servers.http("GET", path, key).json()["_embedded"]["aIVideoMetricResourceList"]
+        fields = (
+            "metricType",
+            "operationType",
+            "model",
+            "videoSeconds",
+            "videoCount",
+            "videoSize",
+            "totalCost",
+        )
+        assert [tuple(v[f] for f in fields) for v in listed] == [
+            ("VIDEO", "VIDEO", "sora-2", 8.0, 1, "1280x720", float(long_cost)),
+            ("VIDEO", "VIDEO", "sora-2", 4.0, 1, "720x1280", float(short_cost)),
+        ]
+        assert [v["transactionId"] for v in listed] == [video.id, short.id]
+        request = pb.ListAiMetricsRequest(team_id=str(tenant), sort=["timestamp,asc"])
+        reply = servers.stub.ListAiVideoMetrics(request, metadata=servers.metadata(key))
+        assert [(v.video_seconds, v.video_count, v.video_size) for v in reply.items] == [
+            (8.0, 1, "1280x720"),
+            (4.0, 1, "720x1280"),
         ]
     finally:
         servers.stop()

@@ -149,6 +149,7 @@ MODALITY_FIELDS: Final[dict[str, tuple[tuple[str, str, type], ...]]] = {
     "video": (
         ("videoSeconds", "gen_ai.usage.video.seconds", float),
         ("videoCount", "gen_ai.usage.video.count", int),
+        ("videoSize", "gen_ai.request.video.size", str),
     ),
     "images": (
         ("imageCount", "gen_ai.usage.image.count", int),
