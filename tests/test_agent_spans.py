@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,6 +33,7 @@ from tokenscale.mapping.limits import enforce_limits
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.receiver.server import Receiver
 from tokenscale.store import migrate
+from tokenscale.store.prices import reprice
 from tokenscale.store.writer import UsageWriter, open_pool
 from usage_db import assert_rollups_match_events, daily_by_model
 
@@ -244,7 +246,7 @@ def test_a_retried_export_of_agent_spans_is_stored_once(receiver: Receiver, db_u
         ("gen_ai.agent_span", False, "execute_tool"),
         ("gen_ai.agent_span", False, "invoke_agent"),
     ]
-    assert daily_by_model(db_url) == {
+    expected = {
         "gpt-4o-mini": {
             "requests": 1,
             "input_tokens": 70,
@@ -254,6 +256,17 @@ def test_a_retried_export_of_agent_spans_is_stored_once(receiver: Receiver, db_u
             "reasoning_tokens": 0,
         }
     }
+    assert daily_by_model(db_url) == expected
+    # Re-pricing reads the request alone: the agent span (of a priced model) stays unpriced.
+    start = datetime.fromtimestamp(T0 / 1e9, UTC)
+    report = reprice(db_url, start - timedelta(hours=1), start + timedelta(hours=1))
+    assert (report.rows, report.changed) == (1, 0)
+    with psycopg.connect(db_url) as conn:
+        costs = conn.execute(
+            "SELECT operation, cost_usd IS NULL FROM tokenscale.usage_events ORDER BY operation"
+        ).fetchall()
+    assert costs == [("chat", False), ("execute_tool", True), ("invoke_agent", True)]
+    assert daily_by_model(db_url) == expected
 
 
 def _kv(key: str, value: str | int) -> KeyValue:
@@ -269,7 +282,11 @@ def _trace_request() -> ExportTraceServiceRequest:
     scope = rs.scope_spans.add()
     for index, attributes in enumerate(
         [
-            [_kv("gen_ai.operation.name", "invoke_agent"), _kv("gen_ai.usage.input_tokens", 70)],
+            [
+                _kv("gen_ai.operation.name", "invoke_agent"),
+                _kv("gen_ai.request.model", "gpt-4o-mini"),
+                _kv("gen_ai.usage.input_tokens", 70),
+            ],
             [_kv("gen_ai.operation.name", "execute_tool"), _kv("gen_ai.tool.name", "search")],
             [
                 _kv("gen_ai.operation.name", "chat"),

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from tokenscale.mapping.model import UsageEvent
 from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, PriceBook, parse_unit_key
 from tokenscale.mapping.pricing import price_event
-from tokenscale.mapping.rules import UNIT_USAGE_KEYS
+from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
 from tokenscale.store.backend import recorded_backend
 
 __all__ = [
@@ -308,7 +308,7 @@ SELECT time, dedupe_key, tenant, source, rank, counted, tool, stream, service_na
        reasoning_tokens, cost_usd, cost_source, attributes, recorded_cost_usd, recorded_cost_source,
        repriced_at
 FROM tokenscale.usage_events
-WHERE time >= %(since)s AND time < %(until)s
+WHERE time >= %(since)s AND time < %(until)s AND source <> %(listed)s
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
   AND (%(model)s::text IS NULL OR model = %(model)s)
 """
@@ -414,7 +414,8 @@ def reprice(
     """
     if until <= since:
         raise ValueError("the range is empty: --to must be after --from")
-    params = {"since": since, "until": until, "tenant": tenant, "model": model}
+    # Listed rows (agent and tool spans) are never priced: their usage is their requests'.
+    params = {"since": since, "until": until, "tenant": tenant, "model": model, "listed": AGENT_SPAN.carrier}
     changes: list[tuple[datetime, bytes, Decimal | None, str | None]] = []
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
