@@ -4,6 +4,7 @@ its exact cost in the modality listings and the usage totals; a model without a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -208,3 +209,59 @@ def test_a_generated_video_is_one_request_of_its_seconds_however_often_it_is_pol
         ]
     finally:
         servers.stop()
+
+
+def test_an_unpriced_unit_billed_record_amended_by_a_better_carrier_is_counted_unpriced_once(
+    receiver: Receiver, db_url: str
+) -> None:
+    """An SDK's own span of a speech request (rank 3) arrives before tokenscale's (rank 2): the
+    record takes the better carrier's values; the rollups take the old record out and the new in."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: PLC0415
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: PLC0415
+
+    def kv(key: str, value: str | int) -> KeyValue:
+        if isinstance(value, str):
+            return KeyValue(key=key, value=AnyValue(string_value=value))
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+
+    start = (time.time_ns() // 10**9 - 600) * 10**9
+    for scope, span_id, characters in (
+        ("openai.sdk", b"2" * 8, 11),
+        ("tokenscale.instrumentation.openai", b"1" * 8, 12),
+    ):
+        request = ExportTraceServiceRequest()
+        rs = request.resource_spans.add()
+        rs.resource.attributes.append(kv("service.name", "voice"))
+        scope_spans = rs.scope_spans.add()
+        scope_spans.scope.name = scope
+        span = scope_spans.spans.add(
+            name="speech tts-1-hd",
+            trace_id=b"t" * 16,
+            span_id=span_id,
+            start_time_unix_nano=start,
+            end_time_unix_nano=start + 10**9,
+        )
+        span.attributes.extend(
+            [
+                kv("gen_ai.operation.name", "speech"),
+                kv("gen_ai.request.model", "tts-1-hd"),
+                kv("gen_ai.response.id", "speech-1"),
+                kv("gen_ai.usage.text.characters", characters),
+            ]
+        )
+        assert receiver.pipeline.export("traces", request, "default").rejected == 0
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT source, counted, attributes->'gen_ai.usage.text.characters', amended_at IS NOT NULL "
+            "FROM tokenscale.usage_events ORDER BY counted DESC"
+        ).fetchall()
+        daily = conn.execute(
+            "SELECT sum(requests), sum(unpriced_events), sum(events) FROM tokenscale.usage_daily"
+        ).fetchone()
+    # The record (first stored from the SDK's span) now holds tokenscale's values; the carrier is kept.
+    assert rows == [
+        ("tokenscale.instrumentation", True, 12, True),
+        ("tokenscale.instrumentation", False, 12, False),
+    ]
+    assert daily == (1, 1, 1)
+    assert_rollups_match_events(db_url)
