@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from otlp_clients import background_loop, running
 from tokenscale.cli import main
 from tokenscale.mapping.model import UsageEvent
-from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, PriceBook, TokenCounts
+from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, PriceBook, TokenCounts, parse_unit_key
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.receiver.server import Receiver
 from tokenscale.store import migrate
@@ -124,6 +125,92 @@ def test_parse_prices_json_and_csv() -> None:
         parse_prices(f"model,input\n{PRIVATE},1\n")
     with pytest.raises(ValueError, match="not a price"):
         parse_prices(f"model,input,output\n{PRIVATE},-1,1\n")
+
+
+IMAGES = "gen_ai.usage.image.count"
+
+
+def test_unit_prices_by_request_parameters_pick_the_most_specific_match() -> None:
+    assert parse_unit_key(f" {IMAGES}[size=1024x1792, quality=hd] ") == (
+        IMAGES,
+        (("gen_ai.request.image.quality", "hd"), ("gen_ai.request.image.size", "1024x1792")),
+    )
+    assert parse_unit_key("my.count[my.tier=gold]") == ("my.count", (("my.tier", "gold"),))
+    for bad, message in (
+        (f"{IMAGES}[size]", "'size' is not param=value"),
+        (f"{IMAGES}[size=]", "is not param=value"),
+        ("my.count[tier=gold]", "'tier' names no attribute"),
+        (f"{IMAGES}[size=1]x", "give NAME or NAME"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_unit_key(bad)
+    price = CustomPrice(
+        "dall-e-3",
+        input=Decimal(0),
+        output=Decimal(0),
+        units={
+            IMAGES: Decimal("0.04"),
+            f"{IMAGES}[quality=hd]": Decimal("0.08"),
+            f"{IMAGES}[size=1024x1792]": Decimal("0.08"),
+            f"{IMAGES}[quality=hd,size=1024x1792]": Decimal("0.12"),
+        },
+    )
+
+    def cost(count: int, **request: str) -> Decimal:
+        attributes = {f"gen_ai.request.image.{k}": v for k, v in request.items()}
+        return price.cost(TokenCounts(units={IMAGES: count}, attributes=attributes))
+
+    assert cost(3, size="1024x1792", quality="hd") == Decimal("0.36")  # 3 x 0.12
+    assert cost(3, size="1024x1792", quality="standard") == Decimal("0.24")  # 3 x 0.08 (size)
+    assert cost(1, size="1024x1024", quality="hd") == Decimal("0.08")  # quality
+    assert cost(2, size="1024x1024") == Decimal("0.08")  # 2 x 0.04: the key without parameters
+    assert cost(2) == Decimal("0.08")
+
+
+def test_a_unit_billed_request_without_a_price_for_its_units_stays_unpriced() -> None:
+    book = PriceBook(
+        [
+            CustomPrice(
+                "tts-1",
+                input=Decimal(0),
+                output=Decimal(0),
+                units={"gen_ai.usage.text.characters": Decimal("0.000015")},
+            ),
+            CustomPrice("tts-1-hd", input=Decimal(1), output=Decimal(2)),
+            CustomPrice(
+                "dall-e-2",
+                input=Decimal(0),
+                output=Decimal(0),
+                units={f"{IMAGES}[size=512x512]": Decimal("0.018")},
+            ),
+        ]
+    )
+    speech = _event(model="tts-1", requests=1, attributes={"gen_ai.usage.text.characters": 11})
+    assert book.price(speech) and (speech.cost_usd, speech.cost_source) == (0.000165, "price_book")
+    hd = _event(model="tts-1-hd", requests=1, attributes={"gen_ai.usage.text.characters": 11})
+    assert not book.price(hd) and (hd.cost_usd, hd.cost_source) == (None, None)
+    # Only a price for another size: this image has none.
+    big = _event(
+        model="dall-e-2", requests=1, attributes={IMAGES: 1, "gen_ai.request.image.size": "1024x1024"}
+    )
+    assert not book.price(big) and big.cost_usd is None
+    small = _event(
+        model="dall-e-2", requests=1, attributes={IMAGES: 2, "gen_ai.request.image.size": "512x512"}
+    )
+    assert book.price(small) and small.cost_usd == 0.036
+
+
+def test_a_price_of_units_only_needs_no_token_prices() -> None:
+    [price] = parse_prices(
+        json.dumps([{"model": "whisper-1", "units": {"gen_ai.usage.audio.seconds": "0.0001"}}])
+    )
+    assert (price.input, price.output, price.units) == (
+        Decimal(0),
+        Decimal(0),
+        {"gen_ai.usage.audio.seconds": Decimal("0.0001")},
+    )
+    with pytest.raises(ValueError, match="is not param=value"):
+        parse_prices(json.dumps([{"model": "dall-e-3", "units": {f"{IMAGES}[hd]": "0.08"}}]))
 
 
 # --- ingest, `prices`, `reprice` on real databases -------------------------------------------------
@@ -267,3 +354,26 @@ def test_custom_price_at_ingest_and_reprice_of_past_usage(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("model\ttenant\tprovider")
     assert out[1].startswith(f"{PRIVATE}\t*\t*\talways\tinput 0.5, output 1.5, cache read 0.05")
+
+
+def test_prices_set_takes_unit_prices_by_request_parameters(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrate(db_url)
+    db = ["--database-url", db_url]
+    hd_tall = "gen_ai.usage.image.count[size=1024x1792,quality=hd]"
+    assert (
+        main(["prices", "set", "dall-e-3", "--unit", f"{IMAGES}=0.04", "--unit", f"{hd_tall}=0.12", *db]) == 0
+    )
+    capsys.readouterr()
+    assert main(["prices", "list", "--json", *db]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert (listed["model"], listed["input"], listed["output"]) == ("dall-e-3", "0", "0")
+    assert listed["units"] == {IMAGES: "0.04", hd_tall: "0.12"}
+    with pytest.raises(SystemExit):
+        main(["prices", "set", "dall-e-3", "--unit", f"{IMAGES}[hd]=0.08", *db])
+    assert "'hd' is not param=value" in capsys.readouterr().err
+    assert main(["prices", "set", "acme-ft", *db]) == 2  # neither token prices nor unit prices
+    assert "input: a price is required" in capsys.readouterr().err
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM tokenscale.prices").fetchone() == (1,)

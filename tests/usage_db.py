@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from ground_truth import CACHE_SPLIT_UNREPORTED, TOKEN_KINDS, ground_truth
+from tokenscale.mapping.rules import UNIT_USAGE_KEYS
 
 __all__ = [
     "assert_rollups_match_events",
@@ -101,7 +102,10 @@ _ROLLUP_SUMS = (
 )
 _UNPRICED = (
     "CASE WHEN cost_usd IS NULL AND cost_source IS NULL "
-    "AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 "
+    "AND (input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 "
+    # billable units without tokens (speech, whisper, images); the community edition's continuous
+    # aggregates count only requests with tokens
+    "OR (attributes ?| ARRAY[{units}] AND NOT {community})) "
     "THEN greatest(requests, 1) ELSE 0 END"
 )
 
@@ -116,7 +120,9 @@ def assert_rollups_match_events(url: str, *, run_policies: bool = True) -> None:
 
 
 def _assert_rollups_match_events(url: str) -> None:
-    raw_sums = _ROLLUP_SUMS.format(unpriced=_UNPRICED, events="1")
+    units = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
+    unpriced = _UNPRICED.format(units=units, community=str(is_community(url)).lower())
+    raw_sums = _ROLLUP_SUMS.format(unpriced=unpriced, events="1")
     rollup_sums = _ROLLUP_SUMS.format(unpriced="unpriced_events", events="events")
     checks = {  # rollup -> (its keys computed from raw events, its own key columns)
         "usage_daily": (

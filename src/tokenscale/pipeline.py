@@ -73,13 +73,16 @@ def _reject_older(result: MappingResult, late_data_days: int, now_ns: int) -> No
     events = [e for e in result.events if e.time_ns >= cutoff]
     activity = [a for a in result.activity if a.time_ns >= cutoff]
     cumulative = [p for p in result.cumulative if p.time_ns >= cutoff]
+    listed = [e for e in result.listed if e.time_ns >= cutoff]
     old = (
         len(result.events) - len(events)
         + len(result.activity) - len(activity)
         + len(result.cumulative) - len(cumulative)
+        + len(result.listed) - len(listed)
     )  # fmt: skip
     if old:
         result.events, result.activity, result.cumulative = events, activity, cumulative
+        result.listed = listed
         since = datetime.fromtimestamp(cutoff / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         result.reject(
             f"{old} item(s) older than the late-data horizon of {late_data_days} days "
@@ -126,7 +129,7 @@ class ExportPipeline:
         database.
         """
         result = self._map(signal, request, tenant)
-        if result.events or result.activity or result.cumulative:
+        if result.has_rows:
             # The database failed a moment ago: spool at once rather than wait for it again (an export
             # after a few seconds tries it again; a successful replay from the spool ends this).
             if (
@@ -152,7 +155,7 @@ class ExportPipeline:
     def replay(self, signal: Signal, request: Any, tenant: str) -> ExportResult:
         """:meth:`export` without the spool: for exports the spool hands back."""
         result = self._map(signal, request, tenant)
-        if result.events or result.activity or result.cumulative:
+        if result.has_rows:
             self._writer.write(result)
             self._down_until = 0.0  # the database is back
         return ExportResult(result.rejected, result.error_message)

@@ -537,8 +537,8 @@ class InstrumentedWriter:
             raise
         finally:
             m.write_seconds.labels(signal).observe(time.perf_counter() - started)
-        if result.events:
-            m.rows_written.labels("usage_events").inc(len(result.events))
+        if result.events or result.listed:
+            m.rows_written.labels("usage_events").inc(len(result.events) + len(result.listed))
         if result.activity:
             m.rows_written.labels("activity_events").inc(len(result.activity))
         if result.cumulative:

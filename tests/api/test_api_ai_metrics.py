@@ -122,6 +122,12 @@ def test_default_listing_is_the_paged_envelope_newest_first(seeded: tuple[ApiSer
         "totalCost": 0.5,
         "billingSkipped": False,
         "isCodingAssistant": False,
+        # Agent and tool rows' fields (tests/test_agent_spans.py): null on a request's row.
+        "spanId": None,
+        "agentName": None,
+        "agentId": None,
+        "toolName": None,
+        "toolCallId": None,
     }
     assert len(chat["id"]) == 32 and chat["requestTime"].endswith("Z")
     everything = api.http("GET", f"{PATH}?teamId=acme&includeCodingAssistants=true", key).json()

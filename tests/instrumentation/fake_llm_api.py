@@ -66,6 +66,7 @@ TRANSCRIPTION_TOKENS_USAGE: dict[str, Any] = {
 }
 TRANSCRIPTION_DURATION_USAGE: dict[str, Any] = {"type": "duration", "seconds": 14}
 SPEECH_BYTES = b"ID3fake-mp3-audio"
+VIDEO_ID = "video_fake0001"
 
 EMBEDDING = (0.25, -0.5, 0.125)
 EMBEDDINGS_USAGE: dict[str, Any] = {"prompt_tokens": 8, "total_tokens": 8}
@@ -144,6 +145,9 @@ class FakeLLMAPI:
         self.unique_ids = False
         self._answered = 0
         self.budget = BudgetAnswer()
+        #: Video jobs by id: each retrieve moves a job on (queued -> in_progress -> completed, or
+        #: failed for a prompt containing "fail").
+        self.videos: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -224,6 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
                 parse_qs(parts.query),
             )
         )
+        if parts.path.startswith("/v1/videos/"):
+            self._retrieve_video(parts.path.rsplit("/", 1)[1])
+            return
         if parts.path != "/v1/budgets/check":
             self._json(404, {"error": "not found"})
             return
@@ -260,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/audio/transcriptions": self._transcription,
             "/v1/audio/translations": self._transcription,
             "/v1/audio/speech": self._speech,
+            "/v1/videos": self._create_video,
         }.get(path)
         if route is None:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
@@ -485,22 +493,57 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _images(self, body: dict[str, Any]) -> None:
         count = int(body.get("n") or 1)
-        self._json(
-            200,
-            {
-                "created": CREATED,
-                "data": [{"b64_json": base64.b64encode(b"png").decode()} for _ in range(count)],
-                "size": body.get("size", "1024x1024"),
-                "quality": body.get("quality", "high"),
-                "usage": IMAGES_USAGE,
-            },
-        )
+        answer = {
+            "created": CREATED,
+            "data": [{"b64_json": base64.b64encode(b"png").decode()} for _ in range(count)],
+            "size": body.get("size", "1024x1024"),
+            "quality": body.get("quality", "high"),
+            "usage": IMAGES_USAGE,
+        }
+        if str(body.get("model", "")).startswith("dall-e"):
+            del answer["usage"]  # DALL-E is billed per image and reports no tokens
+        self._json(200, answer)
 
     def _transcription(self, body: dict[str, Any]) -> None:
         usage = (
             TRANSCRIPTION_DURATION_USAGE if body.get("model") == "whisper-1" else TRANSCRIPTION_TOKENS_USAGE
         )
         self._json(200, {"text": "Hello from the fake.", "usage": usage})
+
+    def _create_video(self, body: dict[str, Any]) -> None:
+        video_id = self.fake.response_id(VIDEO_ID)
+        job = {
+            "id": video_id,
+            "object": "video",
+            "created_at": CREATED,
+            "model": body.get("model", "sora-2"),
+            "prompt": body.get("prompt"),
+            "seconds": str(body.get("seconds", "4")),
+            "size": body.get("size", "720x1280"),
+            "status": "queued",
+            "progress": 0,
+        }
+        with self.fake._lock:
+            self.fake.videos[video_id] = job
+        self._json(200, job)
+
+    def _retrieve_video(self, video_id: str) -> None:
+        with self.fake._lock:
+            job = self.fake.videos.get(video_id)
+            if job is None:
+                answer = None
+            else:
+                if job["status"] == "queued":
+                    job.update(status="in_progress", progress=50)
+                elif job["status"] == "in_progress" and "fail" in (job["prompt"] or ""):
+                    job.update(status="failed", error={"code": "moderation_blocked", "message": "blocked"})
+                elif job["status"] == "in_progress":
+                    job.update(status="completed", progress=100, completed_at=CREATED + 60)
+                answer = dict(job)
+        if answer is None:
+            self._json(404, {"error": {"message": f"no video {video_id}", "type": "not_found"}})
+        else:
+            self._json(200, answer)
 
     def _speech(self, body: dict[str, Any]) -> None:
         self.send_response(200)

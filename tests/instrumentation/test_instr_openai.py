@@ -20,6 +20,7 @@ from fake_llm_api import (
     SPEECH_BYTES,
     TRANSCRIPTION_DURATION_USAGE,
     TRANSCRIPTION_TOKENS_USAGE,
+    VIDEO_ID,
     FakeLLMAPI,
     response_model,
 )
@@ -628,3 +629,50 @@ def test_speech_reports_its_input_characters(
         **media_base(fake_api, "speech", "tts-1"),
         "gen_ai.usage.text.characters": 12,
     }
+
+
+def test_video_create_and_retrieve_report_the_clips_seconds_under_the_jobs_id(
+    openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    video = openai_client.videos.create(model="sora-2", prompt="a fox", seconds="8", size="1280x720")
+    assert (video.id, video.status) == (VIDEO_ID, "queued")
+    assert_ok(telemetry, "video_generation sora-2")
+    base = {
+        **media_base(fake_api, "video_generation", "sora-2"),
+        "gen_ai.request.video.size": "1280x720",
+        "gen_ai.request.video.seconds": 8.0,
+        "gen_ai.response.id": VIDEO_ID,
+        "gen_ai.response.model": "sora-2",
+        "gen_ai.usage.video.seconds": 8.0,
+        "gen_ai.usage.video.count": 1,
+    }
+    assert span_attributes(telemetry, stream=False) == {**base, "gen_ai.response.video.status": "queued"}
+    # Every retrieve of the job is the same request (the job's id): it reports the same clip.
+    for status in ("in_progress", "completed"):
+        telemetry.span_exporter.clear()
+        assert openai_client.videos.retrieve(VIDEO_ID).status == status
+        attributes = span_attributes(telemetry, stream=False)
+        assert attributes.pop("gen_ai.request.model", None) is None  # retrieve names no model
+        assert attributes == {
+            **{k: v for k, v in base.items() if not k.startswith("gen_ai.request.")},
+            "gen_ai.request.video.size": "1280x720",  # the job's own size
+            "gen_ai.response.video.status": status,
+        }
+
+
+def test_a_failed_video_job_reports_its_error_and_no_seconds(
+    openai_client: openai.OpenAI, fake_api: FakeLLMAPI, telemetry: Telemetry
+) -> None:
+    video = openai_client.videos.create(model="sora-2", prompt="fail please")
+    for _ in range(2):
+        telemetry.span_exporter.clear()
+        video = openai_client.videos.retrieve(video.id)
+    assert video.status == "failed"
+    span = telemetry.only_span()
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    assert (attributes["error.type"], attributes["gen_ai.response.video.status"]) == (
+        "moderation_blocked",
+        "failed",
+    )
+    assert "gen_ai.usage.video.seconds" not in attributes and "gen_ai.usage.video.count" not in attributes

@@ -1,9 +1,12 @@
 """AI metrics listings (Revenium ``sources/metrics/ai``): filters, sorting and deep pages over usage_events.
 
-Every query reads counted rows of the caller's tenant only. The default order (``requestTime``)
-pages by keyset: the first row of page N is found by an index-only walk of
-``usage_events_read_time`` (no heap fetches for the skipped rows), then the page itself is a range
-scan from there. Other sort orders use OFFSET.
+Every query reads the caller's tenant only: its counted rows, and the listed rows of spans that
+aggregate requests counted elsewhere (agents, tool calls, workflows: ``AGENT_SPAN``), which are
+never counted. Each part is read from its own partial index, ordered and limited on its own, and
+the two are merged (``UNION ALL``, then the page's order and limit). The default order
+(``requestTime``) pages by keyset: the first row of page N is found by an index-only walk of
+``usage_events_read_time`` and ``usage_events_read_listed`` (no heap fetches for the skipped rows),
+then the page itself is a range scan from there. Other sort orders use OFFSET.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from psycopg.types.json import Jsonb
 
 from tokenscale.api._errors import InvalidRequestError
 from tokenscale.api._values import Params, boolean, integer, number, text, timestamp
+from tokenscale.mapping.rules import AGENT_SPAN
 
 __all__ = [
+    "AGENT_FIELDS",
     "COLLECTIONS",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
@@ -76,6 +81,13 @@ MAX_DURATION_MS: Final = 300_000
 MAX_TOTAL_COST: Final = 999_999.99
 
 _META: Final = "tokenscale.meta."
+#: The two disjoint parts a listing reads, each the predicate of its own partial index: counted
+#: rows (``usage_events_read_time``), and the never counted listed rows of agent and tool spans
+#: (``usage_events_read_listed``, migration 0060).
+_PARTS: Final = (
+    sql.SQL("e.counted"),
+    sql.SQL("e.source = {} AND NOT e.counted").format(sql.Literal(AGENT_SPAN.carrier)),
+)
 _DATE_ONLY: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TOTAL_TOKENS: Final = sql.SQL(
     "(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)"
@@ -112,10 +124,22 @@ SORT_PROPERTIES: Final[dict[str, sql.Composable]] = {
     "totalTokenCount": _TOTAL_TOKENS,
 }
 
-#: Type-specific fields of the audio, video and image listings, each read from a usage event
-#: attribute (``gen_ai.usage.<modality>.*`` units, ``gen_ai.request.image.*`` parameters): name,
-#: attribute key, and ``int``, ``float`` or ``str``.
+#: Fields of agent and tool rows (listed spans, operation types AGENT and TOOL_CALL) in the
+#: listings that hold them (all, completions); null on other rows.
+AGENT_FIELDS: Final[tuple[tuple[str, str, type], ...]] = (
+    ("spanId", "otel.span_id", str),
+    ("agentName", "gen_ai.agent.name", str),
+    ("agentId", "gen_ai.agent.id", str),
+    ("toolName", "gen_ai.tool.name", str),
+    ("toolCallId", "gen_ai.tool.call.id", str),
+)
+
+#: Type-specific fields of the listings, each read from a usage event attribute
+#: (``gen_ai.usage.<modality>.*`` units, ``gen_ai.request.image.*`` parameters, agent and tool
+#: names): name, attribute key, and ``int``, ``float`` or ``str``.
 MODALITY_FIELDS: Final[dict[str, tuple[tuple[str, str, type], ...]]] = {
+    "all": AGENT_FIELDS,
+    "completions": AGENT_FIELDS,
     "audio": (
         ("audioSeconds", "gen_ai.usage.audio.seconds", float),
         ("characterCount", "gen_ai.usage.text.characters", int),
@@ -125,6 +149,7 @@ MODALITY_FIELDS: Final[dict[str, tuple[tuple[str, str, type], ...]]] = {
     "video": (
         ("videoSeconds", "gen_ai.usage.video.seconds", float),
         ("videoCount", "gen_ai.usage.video.count", int),
+        ("videoSize", "gen_ai.request.video.size", str),
     ),
     "images": (
         ("imageCount", "gen_ai.usage.image.count", int),
@@ -396,14 +421,16 @@ e.attributes->>{model_source}, {extras}"""
 def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetricsQuery) -> AiMetricsPage:
     """One page of ``query`` for ``tenant``, and the total the page envelope reports."""
     query.params["tenant"] = tenant
-    where = sql.SQL(" AND ").join([sql.SQL("e.tenant = %(tenant)s"), sql.SQL("e.counted"), *query.conditions])
+    where = sql.SQL(" AND ").join([sql.SQL("e.tenant = %(tenant)s"), *query.conditions])
     offset = query.page * query.size
     with conn.transaction():
         # The count and the page come from one snapshot.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        count_row = conn.execute(
-            sql.SQL("SELECT count(*) FROM tokenscale.usage_events e WHERE {}").format(where), query.params
-        ).fetchone()
+        counts = [
+            sql.SQL("(SELECT count(*) FROM tokenscale.usage_events e WHERE {} AND {})").format(part, where)
+            for part in _PARTS
+        ]
+        count_row = conn.execute(sql.SQL("SELECT ") + sql.SQL(" + ").join(counts), query.params).fetchone()
         total = int(count_row[0]) if count_row else 0
         rows: list[tuple[Any, ...]] = []
         page = _page_sql(conn, query, where, offset) if offset < total else None
@@ -411,6 +438,22 @@ def list_ai_metrics(conn: psycopg.Connection[Any], tenant: str, query: AiMetrics
             rows = conn.execute(page, query.params).fetchall()
     items = [_item(row, query.modality) for row in rows]
     return AiMetricsPage(items=items, size=query.size, total_elements=total, number=query.page)
+
+
+def _merged(
+    columns: sql.Composable, where: sql.Composable, order: sql.Composable, limit: sql.Composable
+) -> sql.Composed:
+    """The first ``limit`` rows in ``order`` of each part (:data:`_PARTS`), as one relation ``e``.
+
+    Each part is ordered and limited on its own, so that each is read along its own index; the
+    caller orders the union again and takes its page."""
+    parts = [
+        sql.SQL(
+            "(SELECT {c} FROM tokenscale.usage_events e WHERE {p} AND {w} ORDER BY {o} LIMIT {l})"
+        ).format(c=columns, p=part, w=where, o=order, l=limit)
+        for part in _PARTS
+    ]
+    return sql.SQL("(") + sql.SQL(" UNION ALL ").join(parts) + sql.SQL(") e")
 
 
 def _keyset_order(query: AiMetricsQuery) -> tuple[sql.Composable, sql.Composable] | None:
@@ -424,13 +467,13 @@ def _keyset_order(query: AiMetricsQuery) -> tuple[sql.Composable, sql.Composable
 
 
 def _boundary_sql(query: AiMetricsQuery, where: sql.Composable, offset: int) -> sql.Composed:
-    """The (time, dedupe_key) of the row at ``offset`` of a keyset listing: an index-only walk."""
+    """The (time, dedupe_key) of the row at ``offset`` of a keyset listing: index-only walks."""
     keyset = _keyset_order(query)
     assert keyset is not None
-    return sql.SQL(
-        "SELECT e.time, e.dedupe_key FROM tokenscale.usage_events e WHERE {w} "
-        "ORDER BY {o} OFFSET {off} LIMIT 1"
-    ).format(w=where, o=keyset[0], off=query.bind(offset))
+    rows = _merged(sql.SQL("e.time, e.dedupe_key"), where, keyset[0], query.bind(offset + 1))
+    return sql.SQL("SELECT e.time, e.dedupe_key FROM {rows} ORDER BY {o} OFFSET {off} LIMIT 1").format(
+        rows=rows, o=keyset[0], off=query.bind(offset)
+    )
 
 
 def _page_sql(
@@ -450,9 +493,9 @@ def _page_sql(
             where = sql.SQL("{w} AND e.time {cmp} {t} AND (e.time, e.dedupe_key) {cmp} ({t}, {k})").format(
                 w=where, cmp=compare, t=query.bind(boundary[0]), k=query.bind(boundary[1])
             )
-        return sql.SQL(
-            "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} LIMIT {l}"
-        ).format(cols=_SELECT, w=where, o=order, l=limit)
+        return sql.SQL("SELECT {cols} FROM {rows} ORDER BY {o} LIMIT {l}").format(
+            cols=_SELECT, rows=_merged(sql.SQL("*"), where, order, limit), o=order, l=limit
+        )
     terms: list[sql.Composable] = [
         sql.SQL("{} {} NULLS LAST").format(SORT_PROPERTIES[prop], sql.SQL("ASC" if asc else "DESC"))
         for prop, asc in query.sort
@@ -462,9 +505,11 @@ def _page_sql(
         terms.append(sql.SQL("e.time DESC"))
     if "id" not in sorted_props:
         terms.append(sql.SQL("e.dedupe_key DESC"))
-    return sql.SQL(
-        "SELECT {cols} FROM tokenscale.usage_events e WHERE {w} ORDER BY {o} OFFSET {off} LIMIT {l}"
-    ).format(cols=_SELECT, w=where, o=sql.SQL(", ").join(terms), off=query.bind(offset), l=limit)
+    order = sql.SQL(", ").join(terms)
+    rows = _merged(sql.SQL("*"), where, order, query.bind(offset + query.size))
+    return sql.SQL("SELECT {cols} FROM {rows} ORDER BY {o} OFFSET {off} LIMIT {l}").format(
+        cols=_SELECT, rows=rows, o=order, off=query.bind(offset), l=limit
+    )
 
 
 def _iso(moment: datetime) -> str:

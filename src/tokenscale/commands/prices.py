@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from tokenscale.mapping.pricebook import ALWAYS, CustomPrice
+from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, parse_unit_key
 from tokenscale.store.prices import (
     delete_price,
     import_prices,
@@ -39,9 +39,18 @@ def _moment(text: str) -> datetime:
 
 
 def _unit(text: str) -> tuple[str, str]:
-    name, sep, price = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=USD_PER_UNIT, e.g. gen_ai.usage.images=0.04")
+    # NAME[param=value,...]=USD: the price is after the last "=" outside the brackets.
+    cut = text.rfind("=")
+    name, price = (text[:cut], text[cut + 1 :]) if cut > text.rfind("]") else ("", "")
+    if not name.strip() or not price.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give NAME=USD_PER_UNIT, e.g. gen_ai.usage.image.count=0.04 or "
+            "gen_ai.usage.image.count[size=1024x1792,quality=hd]=0.12"
+        )
+    try:
+        parse_unit_key(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return name.strip(), price.strip()
 
 
@@ -60,10 +69,11 @@ def add_subcommands(
     for part in _PARTS:
         setter.add_argument(
             f"--{part.replace('_', '-')}",
-            required=part in ("input", "output"),
             metavar="USD",
             help=f"USD per million {part.replace('_', ' ')} tokens"
             + {
+                "input": " (required unless --unit is given; then default 0)",
+                "output": " (required unless --unit is given; then default 0)",
                 "cache_read": " (default: the input price)",
                 "cache_write": " (default: the input price)",
                 "reasoning": " (default: the output price)",
@@ -75,7 +85,9 @@ def add_subcommands(
         action="append",
         default=[],
         metavar="NAME=USD",
-        help="USD per unit counted by the usage attribute NAME (repeatable), e.g. images",
+        help="USD per unit counted by the usage attribute NAME (repeatable), e.g. "
+        "gen_ai.usage.image.count=0.04; NAME[param=value,...] for a price of some request parameters, e.g. "
+        "gen_ai.usage.image.count[size=1024x1792,quality=hd]=0.12",
     )
     setter.add_argument("--tenant", help="only this tenant's usage (default: every tenant)")
     setter.add_argument("--provider", help="only usage through this provider (default: any)")

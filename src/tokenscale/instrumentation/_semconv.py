@@ -44,6 +44,8 @@ OPERATION_IMAGE_EDIT: Final = "image.edit"
 OPERATION_TRANSCRIPTION: Final = "transcription"
 OPERATION_TRANSLATION: Final = "translation"
 OPERATION_SPEECH: Final = "speech"
+#: Video generation (the VIDEO metric type): creating a video job and retrieving it.
+OPERATION_VIDEO_GENERATION: Final = "video_generation"
 #: Per-modality usage (``gen_ai.usage.<modality>.<unit>``) and the request's image parameters.
 GEN_AI_USAGE_IMAGE_COUNT: Final = "gen_ai.usage.image.count"
 GEN_AI_USAGE_IMAGE_INPUT_TOKENS: Final = "gen_ai.usage.image.input_tokens"
@@ -52,6 +54,12 @@ GEN_AI_USAGE_TEXT_INPUT_TOKENS: Final = "gen_ai.usage.text.input_tokens"
 GEN_AI_USAGE_TEXT_CHARACTERS: Final = "gen_ai.usage.text.characters"
 GEN_AI_USAGE_AUDIO_SECONDS: Final = "gen_ai.usage.audio.seconds"
 GEN_AI_USAGE_AUDIO_INPUT_TOKENS: Final = "gen_ai.usage.audio.input_tokens"
+GEN_AI_USAGE_VIDEO_SECONDS: Final = "gen_ai.usage.video.seconds"
+GEN_AI_USAGE_VIDEO_COUNT: Final = "gen_ai.usage.video.count"
+GEN_AI_REQUEST_VIDEO_SIZE: Final = "gen_ai.request.video.size"
+GEN_AI_REQUEST_VIDEO_SECONDS: Final = "gen_ai.request.video.seconds"
+#: A video job's status when the span ended (queued, in_progress, completed, failed).
+GEN_AI_RESPONSE_VIDEO_STATUS: Final = "gen_ai.response.video.status"
 GEN_AI_REQUEST_IMAGE_SIZE: Final = "gen_ai.request.image.size"
 GEN_AI_REQUEST_IMAGE_QUALITY: Final = "gen_ai.request.image.quality"
 #: Images and documents sent as input (their tokens are part of ``gen_ai.usage.input_tokens``).

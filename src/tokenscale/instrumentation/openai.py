@@ -1,10 +1,12 @@
 """Instrumentor for the official ``openai`` SDK: chat completions, Responses API, embeddings, images
-(generate, edit) and audio (transcriptions, translations, speech)."""
+(generate, edit), audio (transcriptions, translations, speech) and videos (create, retrieve; SDKs
+that have ``client.videos``)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
@@ -43,6 +45,7 @@ _IMAGES_MODULE: Final = "openai.resources.images"
 _TRANSCRIPTIONS_MODULE: Final = "openai.resources.audio.transcriptions"
 _TRANSLATIONS_MODULE: Final = "openai.resources.audio.translations"
 _SPEECH_MODULE: Final = "openai.resources.audio.speech"
+_VIDEOS_MODULE: Final = "openai.resources.videos"
 
 # Terminal statuses of a Responses API response (others, e.g. in_progress, are not final).
 _RESPONSE_FINISH_REASONS: Final = {"completed": "stop", "failed": "error", "cancelled": "cancelled"}
@@ -113,6 +116,26 @@ def _describe_speech(instance: Any, kwargs: Mapping[str, Any]) -> Request:
     if isinstance(text, str):
         # Speech is billed per input character; the response (audio bytes) reports no usage.
         request.attributes[sc.GEN_AI_USAGE_TEXT_CHARACTERS] = len(text)
+    return request
+
+
+def _seconds(value: object) -> float | None:
+    """A clip's duration: the API's ``seconds`` is a numeric string (``"8"``), or a number."""
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return as_float(value)
+
+
+def _describe_video(instance: Any, kwargs: Mapping[str, Any]) -> Request:
+    request = _request(sc.OPERATION_VIDEO_GENERATION, None, instance, kwargs, None)
+    if (size := as_text(kwargs.get("size"))) is not None:
+        request.attributes[sc.GEN_AI_REQUEST_VIDEO_SIZE] = size
+    if (seconds := _seconds(kwargs.get("seconds"))) is not None:
+        request.attributes[sc.GEN_AI_REQUEST_VIDEO_SECONDS] = seconds
     return request
 
 
@@ -270,6 +293,28 @@ def _on_audio_text_response(invocation: Invocation, response: object) -> None:
                 invocation.response_attributes[key] = value
 
 
+def _on_video_response(invocation: Invocation, response: object) -> None:
+    """A video job (``Video``), as created or retrieved: the job's id is the response id, so that
+    the create and every retrieve of one job are one request. Video is billed per second of the
+    clip: a job that has not failed reports its seconds (and one video)."""
+    if response is None:
+        return
+    _identify(invocation, response)
+    attributes = invocation.response_attributes
+    status = as_text(getattr(response, "status", None))
+    if status is not None:
+        attributes[sc.GEN_AI_RESPONSE_VIDEO_STATUS] = status
+    if (size := as_text(getattr(response, "size", None))) is not None:
+        attributes[sc.GEN_AI_REQUEST_VIDEO_SIZE] = size
+    if status == "failed":
+        error = getattr(response, "error", None)
+        invocation.error_type = as_text(getattr(error, "code", None)) or "video_failed"
+        return
+    if (seconds := _seconds(getattr(response, "seconds", None))) is not None:
+        attributes[sc.GEN_AI_USAGE_VIDEO_SECONDS] = seconds
+        attributes[sc.GEN_AI_USAGE_VIDEO_COUNT] = 1
+
+
 def _on_speech_response(invocation: Invocation, response: object) -> None:
     """Speech answers audio bytes: no usage beyond the characters recorded with the request."""
 
@@ -282,8 +327,8 @@ def _no_stream(invocation: Invocation) -> Observer:
 
 
 class OpenAIInstrumentor(SdkInstrumentor):
-    """Records GenAI spans and metrics for ``openai`` chat completions, responses, embeddings, images
-    and audio.
+    """Records GenAI spans and metrics for ``openai`` chat completions, responses, embeddings, images,
+    audio and videos.
 
     ``instrument(tracer_provider=..., meter_provider=..., budget_guard=...)``; every argument is
     optional (the global providers, no guard). Instrumenting twice is a no-op and
@@ -325,6 +370,12 @@ class OpenAIInstrumentor(SdkInstrumentor):
                 "Speech",
                 ("create",),
                 Extractor(_describe_speech, _on_speech_response, _no_stream, is_stream),
+            ),
+            (
+                _VIDEOS_MODULE,
+                "Videos",
+                ("create", "retrieve"),
+                Extractor(_describe_video, _on_video_response, _no_stream, is_stream),
             ),
         )
         patches = Patches()

@@ -35,6 +35,7 @@ from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import (
     ACTIVITY_LOG_RULES,
     ACTIVITY_METRIC_RULES,
+    AGENT_SPAN,
     CLAUDE_SPAN,
     LOG_RULES,
     METRIC_RULES,
@@ -73,6 +74,10 @@ _STREAM_CONVERSATION_KEYS: Final = ("conversation.id",)
 _PROVIDER_KEYS: Final = ("gen_ai.provider.name", "gen_ai.system")
 #: The attribute a span's usage event keeps its OTLP trace id under (lower-case hex).
 OTEL_TRACE_ID_KEY: Final = "otel.trace_id"
+#: The attribute a listed span (agent, tool) keeps its OTLP span id under (lower-case hex).
+OTEL_SPAN_ID_KEY: Final = "otel.span_id"
+_OPERATION_KEY: Final = "gen_ai.operation.name"
+AGENT_CARRIER: Final = AGENT_SPAN.carrier
 _SPAN_REQUEST_ID_KEYS: Final = ("request_id", "gen_ai.response.id")
 _ERROR_KEYS: Final = ("error.type", "status_code", "error")
 #: Every key an activity event reads from its record (identity and stream only).
@@ -505,7 +510,10 @@ def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTI
                     result.reject(f"span {span.name!r}: {exc}")
                     continue
                 if event is not None:
-                    events.append(event)
+                    if event.carrier == AGENT_CARRIER:
+                        result.listed.append(event)
+                    else:
+                        events.append(event)
     return result
 
 
@@ -529,13 +537,17 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         kvs = list(span.attributes)
         keys = keys_of(kvs)
         if not _has_usage_key(keys):
-            return None
+            # An agent's or tool's span often reports no usage at all: listed all the same.
+            if _OPERATION_KEY not in keys:
+                return None
+            if kvs[keys.index(_OPERATION_KEY)].value.string_value not in NON_USAGE_OPERATIONS:
+                return None
         rule = semconv
         seed = res.seed()
         attrs = attributes_of(keys, kvs, seed)
-        operation = attrs.get("gen_ai.operation.name")
+        operation = attrs.get(_OPERATION_KEY)
         if type(operation) is str and operation in NON_USAGE_OPERATIONS:  # an array is not hashable
-            return None
+            return _listed_span_event(span, attrs, seed is not None, res)
     start = span.start_time_unix_nano
     end = span.end_time_unix_nano
     time_ns = end or start
@@ -572,6 +584,32 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         # The OTLP trace id, for the read APIs' traceId (an app's own tokenscale.meta.trace_id wins).
         event.attributes[OTEL_TRACE_ID_KEY] = span.trace_id.hex()
     price_event(event, per_request=True)
+    return event
+
+
+def _listed_span_event(span: Any, attrs: dict[str, Any], seeded: bool, res: _Resource) -> UsageEvent:
+    """The listed row of a span that aggregates requests counted elsewhere (an agent's run, a tool
+    call, a workflow): what the span reports, never counted, priced or matched with a request."""
+    rule = AGENT_SPAN
+    start = span.start_time_unix_nano
+    end = span.end_time_unix_nano
+    time_ns = end or start
+    if not time_ns:
+        raise _RecordError("missing timestamp: end_time_unix_nano and start_time_unix_nano are 0")
+    _check_time(time_ns)
+    usage = _usage(attrs, rule.fields) or _NO_USAGE
+    dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + span.trace_id + _SEP + span.span_id + _SEP)
+    event = _event(res, attrs, seeded, rule, time_ns, dedupe_key, 0, usage)
+    _check_disjoint(event, rule.fields, attrs)
+    event.request_id = _first_text(attrs, _SPAN_REQUEST_ID_KEYS)
+    if start and end >= start:
+        event.duration_ms = (end - start) / 1e6
+    if "error.type" in attrs or span.status.code == _STATUS_ERROR:
+        event.error_type = _text(attrs.get("error.type")) or "_OTHER"
+    if span.trace_id:
+        event.attributes[OTEL_TRACE_ID_KEY] = span.trace_id.hex()
+    if span.span_id:
+        event.attributes[OTEL_SPAN_ID_KEY] = span.span_id.hex()
     return event
 
 

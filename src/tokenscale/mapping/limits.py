@@ -311,6 +311,7 @@ def enforce_limits(result: MappingResult, limits: Limits = DEFAULT_LIMITS) -> Ma
     store as they are; cut overlong attribute values. Changes ``result`` in place and returns it."""
     checker = _Checker(limits)
     result.events = _keep(result.events, checker.usage, result, lambda e: f"{e.carrier} record")
+    result.listed = _keep(result.listed, checker.usage, result, lambda e: f"{e.carrier} record")
     result.activity = _keep(result.activity, checker.activity, result, lambda e: f"{e.metric} record")
     result.cumulative = _keep(
         result.cumulative, checker.cumulative, result, lambda p: f"{_carrier(p.event)} point"

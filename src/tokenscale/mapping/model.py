@@ -119,8 +119,17 @@ class MappingResult:
     events: list[UsageEvent] = field(default_factory=list)
     activity: list[ActivityEvent] = field(default_factory=list)
     cumulative: list[CumulativePoint] = field(default_factory=list)
+    #: Listed rows: spans of agent, tool and workflow operations (carrier ``gen_ai.agent_span``),
+    #: which aggregate requests counted elsewhere. Stored uncounted for the AI metrics listings,
+    #: never a request, a view or part of any total.
+    listed: list[UsageEvent] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether there is anything to store."""
+        return bool(self.events or self.activity or self.cumulative or self.listed)
 
     def reject(self, message: str, count: int = 1) -> None:
         """Count ``count`` items as rejected, keeping the first few messages."""

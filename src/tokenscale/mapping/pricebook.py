@@ -6,6 +6,13 @@ per disjoint token part in USD per million tokens: uncached input, cache reads, 
 usage attribute holding their count. A part without a price of its own takes a related one: cache
 reads and writes the input price, reasoning the output price.
 
+A unit price's key may name request parameters the price depends on, in brackets:
+``gen_ai.usage.image.count[size=1024x1792,quality=hd]`` prices images of that size and quality. A
+parameter ``NAME`` of a ``gen_ai.usage.<modality>.<unit>`` count is the request attribute
+``gen_ai.request.<modality>.NAME`` (a ``NAME`` with a dot is an attribute name of its own). Of
+the keys of one count whose parameters all match the request, the one naming the most parameters
+applies; the key without parameters applies when none does.
+
 Which price applies to usage of (tenant, provider, model) at time t: among the prices of that model
 effective at t, a tenant's own beats one for every tenant, a provider's own beats one for any
 provider, and then the latest effective time wins. The service loads the book from the database and
@@ -15,14 +22,16 @@ passes it in; nothing here reads it.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from tokenscale.mapping.model import UsageEvent
+from tokenscale.mapping.rules import UNIT_USAGE_KEYS
 
-__all__ = ["PRICE_BOOK", "CustomPrice", "PriceBook", "TokenCounts"]
+__all__ = ["PRICE_BOOK", "CustomPrice", "PriceBook", "TokenCounts", "parse_unit_key"]
 
 #: ``cost_source`` of a cost from the price book.
 PRICE_BOOK: Final = "price_book"
@@ -33,10 +42,46 @@ _MILLION: Final = Decimal(1_000_000)
 _QUANTUM: Final = Decimal("1e-10")
 
 
+_UNIT_KEY: Final = re.compile(r"^([^\[\]=,\s]+)(?:\[([^\[\]]*)\])?$")
+_USAGE_PREFIX: Final = "gen_ai.usage."
+
+#: A unit price's request parameters: (attribute name, value) pairs.
+Qualifiers = tuple[tuple[str, str], ...]
+
+
+def parse_unit_key(key: str) -> tuple[str, Qualifiers]:
+    """The count attribute and the request parameters of a unit price's key (see the module's
+    description); ValueError naming the key if it is not ``NAME`` or ``NAME[param=value,...]``."""
+    match = _UNIT_KEY.match(key.strip())
+    if match is None:
+        raise ValueError(
+            f"unit {key!r}: give NAME or NAME[param=value,...], e.g. gen_ai.usage.image.count[size=1024x1024]"
+        )
+    name, params = match.group(1), match.group(2)
+    if params is None:
+        return name, ()
+    modality = name[len(_USAGE_PREFIX) :].split(".", 1)[0] if name.startswith(_USAGE_PREFIX) else ""
+    qualifiers: list[tuple[str, str]] = []
+    for part in params.split(","):
+        param, sep, value = part.partition("=")
+        param, value = param.strip(), value.strip()
+        if not sep or not param or not value:
+            raise ValueError(f"unit {key!r}: {part.strip()!r} is not param=value")
+        if "." not in param:
+            if not modality:
+                raise ValueError(
+                    f"unit {key!r}: {param!r} names no attribute (only gen_ai.usage.<modality>.* counts "
+                    "have short parameter names; give the attribute's full name)"
+                )
+            param = f"gen_ai.request.{modality}.{param}"
+        qualifiers.append((param, value))
+    return name, tuple(sorted(qualifiers))
+
+
 @dataclass(frozen=True, slots=True)
 class TokenCounts:
-    """The disjoint token parts of some usage (``output`` includes ``reasoning``) and its per-unit
-    counts (attribute name -> count)."""
+    """The disjoint token parts of some usage (``output`` includes ``reasoning``), its per-unit
+    counts (attribute name -> count) and the attributes unit prices may depend on."""
 
     input: int = 0
     cache_read: int = 0
@@ -44,6 +89,12 @@ class TokenCounts:
     output: int = 0
     reasoning: int = 0
     units: Mapping[str, float] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        """Every token of the usage (output includes reasoning)."""
+        return self.input + self.cache_read + self.cache_write + self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +116,34 @@ class CustomPrice:
     effective_from_ns: int = ALWAYS
     #: Also replace costs the client reported (e.g. list prices, when a discount was negotiated).
     override_reported: bool = False
+    #: ``units`` by count attribute: (request parameters, USD per unit), most parameters first.
+    unit_rules: Mapping[str, tuple[tuple[Qualifiers, Decimal], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        rules: dict[str, list[tuple[Qualifiers, Decimal]]] = {}
+        for key, price in self.units.items():
+            name, qualifiers = parse_unit_key(key)
+            rules.setdefault(name, []).append((qualifiers, price))
+        ordered = {name: tuple(sorted(o, key=lambda r: (-len(r[0]), r[0]))) for name, o in rules.items()}
+        object.__setattr__(self, "unit_rules", ordered)
+
+    def unit_price(self, unit: str, attributes: Mapping[str, Any]) -> Decimal | None:
+        """USD per unit of the count attribute ``unit`` for a request with ``attributes``, if any."""
+        for qualifiers, price in self.unit_rules.get(unit, ()):
+            if all(str(attributes.get(name)) == value for name, value in qualifiers):
+                return price
+        return None
+
+    def unit_cost(self, usage: TokenCounts) -> Decimal | None:
+        """The cost of ``usage``'s units at this price (unrounded); None if none of them has one."""
+        total: Decimal | None = None
+        for unit, count in usage.units.items():
+            price = self.unit_price(unit, usage.attributes)
+            if count and price is not None:
+                total = (total or Decimal(0)) + Decimal(repr(float(count))) * price
+        return total
 
     def cost(self, usage: TokenCounts) -> Decimal:
         """The cost of ``usage`` at this price, rounded half up to 10 decimals (as stored)."""
@@ -76,10 +155,9 @@ class CustomPrice:
             + (usage.output - reasoning) * self.output
             + reasoning * (self.output if self.reasoning is None else self.reasoning)
         ) / _MILLION
-        for unit, price in self.units.items():
-            count = usage.units.get(unit)
-            if count:
-                total += Decimal(repr(float(count))) * price
+        units = self.unit_cost(usage)
+        if units is not None:
+            total += units
         return total.quantize(_QUANTUM, ROUND_HALF_UP)
 
     def as_json(self) -> dict[str, Any]:
@@ -116,7 +194,17 @@ def _counts(event: UsageEvent, units: Iterable[str]) -> TokenCounts:
         event.output_tokens,
         event.reasoning_tokens,
         found,
+        event.attributes,
     )
+
+
+def _has_units(event: UsageEvent) -> bool:
+    """Whether ``event`` counts billable units (images, audio seconds, characters, ...)."""
+    for key in UNIT_USAGE_KEYS:
+        value = event.attributes.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return True
+    return False
 
 
 class PriceBook:
@@ -168,7 +256,10 @@ class PriceBook:
             found = self.lookup(event.tenant, event.provider, event.model, event.time_ns)
             if found is None:
                 return False
-        event.cost_usd = float(found.cost(_counts(event, found.units)))
+        usage = _counts(event, found.unit_rules)
+        if not usage.tokens and _has_units(event) and found.unit_cost(usage) is None:
+            return False  # billed per unit, and the price has none for these units: unpriced
+        event.cost_usd = float(found.cost(usage))
         event.cost_source = PRICE_BOOK
         return True
 

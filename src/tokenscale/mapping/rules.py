@@ -23,6 +23,7 @@ from tokenscale.mapping.model import TOKEN_FIELDS
 __all__ = [
     "ACTIVITY_LOG_RULES",
     "ACTIVITY_METRIC_RULES",
+    "AGENT_SPAN",
     "CLAUDE_SPAN",
     "LOG_RULES",
     "METRIC_RULES",
@@ -245,6 +246,10 @@ UNIT_USAGE_KEYS: Final = frozenset(
 
 #: Spans of these operations aggregate their children's usage; counting them would double count.
 NON_USAGE_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
+#: Such a span is stored as a *listed* row of its own carrier: uncounted, outside every request,
+#: ledger, rollup, budget and cost, so that the AI metrics listings can show it (operation type
+#: AGENT or TOOL_CALL) with the token counts the span reports.
+AGENT_SPAN: Final = SpanRule(carrier="gen_ai.agent_span", rank=20, fields=SEMCONV_FIELDS)
 
 
 # --- metric carriers -----------------------------------------------------------------------------

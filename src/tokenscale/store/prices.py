@@ -27,8 +27,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from tokenscale.mapping.model import UsageEvent
-from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, PriceBook
+from tokenscale.mapping.pricebook import ALWAYS, CustomPrice, PriceBook, parse_unit_key
 from tokenscale.mapping.pricing import price_event
+from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
 from tokenscale.store.backend import recorded_backend
 
 __all__ = [
@@ -186,11 +187,12 @@ def price_from_mapping(entry: dict[str, Any]) -> CustomPrice:
     """A price from a JSON object or CSV row: ``model``, ``input``, ``output`` (USD per million
     tokens), optional ``cache_read``, ``cache_write``, ``reasoning``, ``tenant``, ``provider``,
     ``effective_from`` (ISO date or time, UTC when no offset), ``units`` (object, or in CSV
-    ``unit:NAME`` columns) and ``override_reported``."""
+    ``unit:NAME`` columns; ``NAME[param=value,...]`` for a price that depends on request
+    parameters, see :mod:`tokenscale.mapping.pricebook`) and ``override_reported``. With unit prices,
+    ``input`` and ``output`` default to 0 (a model billed per unit only)."""
     model = str(entry.get("model") or "").strip()
     if not model:
         raise ValueError("model: required")
-    prices = {part: _decimal(part, entry.get(part), required=part in ("input", "output")) for part in _PARTS}
     units: dict[str, Decimal] = {}
     raw_units = entry.get("units") or {}
     if not isinstance(raw_units, dict):
@@ -198,7 +200,16 @@ def price_from_mapping(entry: dict[str, Any]) -> CustomPrice:
     for key, value in [*raw_units.items(), *((k[5:], v) for k, v in entry.items() if k.startswith("unit:"))]:
         found = _decimal(f"units.{key}", value)
         if found is not None:
-            units[str(key)] = found
+            parse_unit_key(str(key))  # a clear error for a malformed key
+            units[str(key).strip()] = found
+    # A model billed per unit only (speech, whisper, images) needs no token prices: they default to 0.
+    prices = {
+        part: _decimal(part, entry.get(part), required=part in ("input", "output") and not units)
+        for part in _PARTS
+    }
+    for part in ("input", "output"):
+        if prices[part] is None:
+            prices[part] = Decimal(0)
     override = entry.get("override_reported", False)
     if isinstance(override, str):
         override = override.strip().lower() in ("1", "true", "yes")
@@ -297,7 +308,7 @@ SELECT time, dedupe_key, tenant, source, rank, counted, tool, stream, service_na
        reasoning_tokens, cost_usd, cost_source, attributes, recorded_cost_usd, recorded_cost_source,
        repriced_at
 FROM tokenscale.usage_events
-WHERE time >= %(since)s AND time < %(until)s
+WHERE time >= %(since)s AND time < %(until)s AND source <> %(listed)s
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
   AND (%(model)s::text IS NULL OR model = %(model)s)
 """
@@ -364,7 +375,11 @@ def _stored(value: float | None) -> Decimal | None:
 
 def _unpriced(cost: Decimal | None, source: str | None, row: Sequence[Any]) -> int:
     # unpriced_events counts requests (at least one per row: a residual may not know its count)
-    return max(int(row[12]), 1) if cost is None and source is None and sum(row[13:17]) > 0 else 0
+    # with tokens or billable units (images, audio seconds, characters, ...) and no cost.
+    if cost is not None or source is not None:
+        return 0
+    units = any(k in (row[20] or {}) for k in UNIT_USAGE_KEYS)
+    return max(int(row[12]), 1) if sum(row[13:17]) > 0 or units else 0
 
 
 def _new_cost(book: PriceBook, row: Sequence[Any]) -> tuple[Decimal | None, str | None]:
@@ -426,7 +441,8 @@ def reprice(
     """
     if until <= since:
         raise ValueError("the range is empty: --to must be after --from")
-    params = {"since": since, "until": until, "tenant": tenant, "model": model}
+    # Listed rows (agent and tool spans) are never priced: their usage is their requests'.
+    params = {"since": since, "until": until, "tenant": tenant, "model": model, "listed": AGENT_SPAN.carrier}
     changes: list[tuple[datetime, bytes, Decimal | None, str | None]] = []
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}

@@ -44,6 +44,7 @@ from tokenscale.mapping import (
 from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reconcile, targets, zero
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
+from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
 from tokenscale.store.attributes import kept_attributes
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
@@ -57,6 +58,8 @@ _NS_PER_HOUR: Final = 3_600 * 10**9
 _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
 _COST_QUANTUM: Final = Decimal("1e-10")  # usage_events.cost_usd is numeric(20, 10)
+#: Listed rows (spans of agents and tools): stored uncounted, never a request or a view.
+LISTED_CARRIER: Final = AGENT_SPAN.carrier
 
 
 def _wire_types(types: Iterable[str]) -> list[str]:
@@ -353,7 +356,8 @@ class UsageWriter:
                         # In a transaction of its own: creating a partition locks the parent table, which
                         # inside the export's transaction (holding series and stream row locks) could
                         # deadlock with another receiver's export.
-                        times = {e.time_ns for e in result.events} | {p.time_ns for p in result.cumulative}
+                        times = {e.time_ns for e in (*result.events, *result.listed)}
+                        times |= {p.time_ns for p in result.cumulative}
                         with conn.transaction():
                             self._ensure_partitions(conn, times)
                     with conn.transaction():
@@ -388,6 +392,7 @@ class UsageWriter:
         book = None if self._prices is None else self._prices.current()
         if events and book is not None:
             book.apply(events)
+        events += result.listed  # stored uncounted and unpriced: what the span reports
         if events:
             touched = self._write_events(conn, events, keeps_rollups=backend.keeps_rollups, book=book)
         if activity:
@@ -428,7 +433,7 @@ class UsageWriter:
         book: PriceBook | None = None,
     ) -> list[int]:
         events = _unique(events)
-        best = _best_carriers([e for e in events if not e.aggregate])
+        best = _best_carriers([e for e in events if not e.aggregate and e.carrier != LISTED_CARRIER])
         counted = {id(e) for e in best.values()}
         flags = [id(e) in counted for e in events]
         rows = _event_rows(events, flags, keep_attributes=self._keep_attributes)
@@ -642,8 +647,10 @@ _ROW_COLUMNS: Final = (
     "time, tenant, tool, stream, user_email, user_id, session_id, provider, model, requests, input_tokens, "
     "cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_source"
 )
+#: Whether a stored row counts billable units (:attr:`_Row.units`).
+_HAS_UNITS: Final = "e.attributes ?| ARRAY[{}]".format(", ".join(f"'{k}'" for k in sorted(UNIT_USAGE_KEYS)))
 _LOCK_RECORDS: Final = f"""
-SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.dedupe_key
+SELECT {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, {_HAS_UNITS}, e.dedupe_key
 FROM tokenscale.usage_events e
 JOIN unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
 WHERE e.counted ORDER BY e.dedupe_key FOR UPDATE
@@ -773,6 +780,8 @@ class _Row:
     vec: tuple[int, int, int, int, int, int]  # requests, input, cache read, cache write, output, reasoning
     cost: Decimal | None
     cost_source: str | None
+    #: It counts billable units (``UNIT_USAGE_KEYS``): without a cost it is unpriced, tokens or not.
+    units: bool = False
 
     @property
     def subkey(self) -> SubKey:
@@ -782,7 +791,11 @@ class _Row:
         """Its contribution to the rollups (``sign`` -1: its removal)."""
         inp, cr, cw, out = self.vec[1:5]
         # unpriced_events counts requests (at least one per row: a residual may not know its count)
-        priced = self.cost is not None or self.cost_source is not None or inp + cr + cw + out == 0
+        priced = (
+            self.cost is not None
+            or self.cost_source is not None
+            or (inp + cr + cw + out == 0 and not self.units)
+        )
         unpriced = 0 if priced else max(self.vec[0], 1)
         return _Entry(
             self.time_ns,
@@ -837,6 +850,7 @@ def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
         ),
         cost,
         e.cost_source,
+        any(k in e.attributes for k in UNIT_USAGE_KEYS),
     )
 
 
@@ -844,8 +858,8 @@ def _ns(value: datetime) -> int:
     return (value - _UNIX_EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _stored_row(r: Sequence[Any]) -> _Row:
-    """A ``_Row`` of a row selected as ``_ROW_COLUMNS``."""
+def _stored_row(r: Sequence[Any], units: bool = False) -> _Row:
+    """A ``_Row`` of a row selected as ``_ROW_COLUMNS`` (``units``: see :attr:`_Row.units`)."""
     return _Row(
         _ns(r[0]),
         r[1],
@@ -859,6 +873,7 @@ def _stored_row(r: Sequence[Any]) -> _Row:
         (r[9], r[10], r[11], r[12], r[13], r[14]),
         r[15],
         r[16],
+        units,
     )
 
 
@@ -877,7 +892,7 @@ def _amend(
         # UPDATE moves the batches it touches out of the columnstore first, then they can be.
         conn.execute(_DECOMPRESS_RECORDS, keys)
         locked = conn.execute(_LOCK_RECORDS, keys).fetchall()
-    before = {bytes(r[-1]): _stored_row(r) for r in locked}
+    before = {bytes(r[-1]): _stored_row(r, r[-2]) for r in locked}
     after: list[_Row] = []
     params = []
     for a in amendments:
@@ -1471,7 +1486,13 @@ def _add_to_rollups(
             r.reasoning_tokens,
         )  # fmt: skip
         # unpriced_events counts requests (at least one per row), as _Row.entry does
-        priced = cost is not None or r.cost_source is not None or vec[1] + vec[2] + vec[3] + vec[4] == 0
+        priced = (
+            cost is not None
+            or r.cost_source is not None
+            or (
+                vec[1] + vec[2] + vec[3] + vec[4] == 0 and not any(k in r.attributes for k in UNIT_USAGE_KEYS)
+            )
+        )
         add_to(
             t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant, r.tool,
             r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost,

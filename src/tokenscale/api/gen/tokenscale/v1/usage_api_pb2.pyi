@@ -137,7 +137,7 @@ class ListAiMetricsRequest(_message.Message):
     def __init__(self, team_id: _Optional[str] = ..., metric_type: _Optional[str] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., request_duration_min: _Optional[int] = ..., request_duration_max: _Optional[int] = ..., total_cost_min: _Optional[float] = ..., total_cost_max: _Optional[float] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., agent: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., billing_skipped: _Optional[bool] = ..., include_coding_assistants: _Optional[bool] = ..., page: _Optional[int] = ..., size: _Optional[int] = ..., sort: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AiMetric(_message.Message):
-    __slots__ = ("id", "metric_type", "transaction_id", "trace_id", "trace_type", "request_time", "request_duration", "model", "provider", "agent", "operation_type", "environment", "subscriber_id", "subscriber_email", "organization_name", "subscription_id", "product_id", "model_source", "error_reason", "total_cost", "billing_skipped", "is_coding_assistant", "input_token_count", "output_token_count", "reasoning_token_count", "cache_creation_token_count", "cache_read_token_count", "total_token_count", "audio_seconds", "character_count", "audio_input_token_count", "audio_output_token_count", "video_seconds", "video_count", "image_count", "image_size", "image_quality", "image_input_token_count", "image_output_token_count")
+    __slots__ = ("id", "metric_type", "transaction_id", "trace_id", "trace_type", "request_time", "request_duration", "model", "provider", "agent", "operation_type", "environment", "subscriber_id", "subscriber_email", "organization_name", "subscription_id", "product_id", "model_source", "error_reason", "total_cost", "billing_skipped", "is_coding_assistant", "input_token_count", "output_token_count", "reasoning_token_count", "cache_creation_token_count", "cache_read_token_count", "total_token_count", "audio_seconds", "character_count", "audio_input_token_count", "audio_output_token_count", "video_seconds", "video_count", "image_count", "image_size", "image_quality", "image_input_token_count", "image_output_token_count", "video_size", "span_id", "agent_name", "agent_id", "tool_name", "tool_call_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_TYPE_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,12 @@ class AiMetric(_message.Message):
     IMAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     metric_type: str
     transaction_id: str
@@ -216,7 +222,13 @@ class AiMetric(_message.Message):
     image_quality: str
     image_input_token_count: int
     image_output_token_count: int
-    def __init__(self, id: _Optional[str] = ..., metric_type: _Optional[str] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., request_time: _Optional[str] = ..., request_duration: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., agent: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., total_cost: _Optional[float] = ..., billing_skipped: _Optional[bool] = ..., is_coding_assistant: _Optional[bool] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., reasoning_token_count: _Optional[int] = ..., cache_creation_token_count: _Optional[int] = ..., cache_read_token_count: _Optional[int] = ..., total_token_count: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., character_count: _Optional[int] = ..., audio_input_token_count: _Optional[int] = ..., audio_output_token_count: _Optional[int] = ..., video_seconds: _Optional[float] = ..., video_count: _Optional[int] = ..., image_count: _Optional[int] = ..., image_size: _Optional[str] = ..., image_quality: _Optional[str] = ..., image_input_token_count: _Optional[int] = ..., image_output_token_count: _Optional[int] = ...) -> None: ...
+    video_size: str
+    span_id: str
+    agent_name: str
+    agent_id: str
+    tool_name: str
+    tool_call_id: str
+    def __init__(self, id: _Optional[str] = ..., metric_type: _Optional[str] = ..., transaction_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., trace_type: _Optional[str] = ..., request_time: _Optional[str] = ..., request_duration: _Optional[int] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., agent: _Optional[str] = ..., operation_type: _Optional[str] = ..., environment: _Optional[str] = ..., subscriber_id: _Optional[str] = ..., subscriber_email: _Optional[str] = ..., organization_name: _Optional[str] = ..., subscription_id: _Optional[str] = ..., product_id: _Optional[str] = ..., model_source: _Optional[str] = ..., error_reason: _Optional[str] = ..., total_cost: _Optional[float] = ..., billing_skipped: _Optional[bool] = ..., is_coding_assistant: _Optional[bool] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., reasoning_token_count: _Optional[int] = ..., cache_creation_token_count: _Optional[int] = ..., cache_read_token_count: _Optional[int] = ..., total_token_count: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., character_count: _Optional[int] = ..., audio_input_token_count: _Optional[int] = ..., audio_output_token_count: _Optional[int] = ..., video_seconds: _Optional[float] = ..., video_count: _Optional[int] = ..., image_count: _Optional[int] = ..., image_size: _Optional[str] = ..., image_quality: _Optional[str] = ..., image_input_token_count: _Optional[int] = ..., image_output_token_count: _Optional[int] = ..., video_size: _Optional[str] = ..., span_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
 
 class PageInfo(_message.Message):
     __slots__ = ("size", "total_elements", "total_pages", "number")
