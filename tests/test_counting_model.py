@@ -471,3 +471,105 @@ def test_unpriced_events_count_requests(receiver: Receiver, db_url: str) -> None
         ).fetchall()
     assert rows == [(5, 5, None)]
     assert_rollups_match_events(db_url)
+
+
+# --- a stream's first view racing record-only exports -------------------------------------------
+
+
+def _ledger_event(key: str, *, aggregate: bool, inp: int, carrier: str, rank: int) -> Any:
+    from hashlib import blake2b  # noqa: PLC0415
+
+    from tokenscale.mapping import UsageEvent  # noqa: PLC0415
+
+    return UsageEvent(
+        T0 + (SECOND if aggregate else 0), "default", carrier, rank, "claude_code", "svc|inst", "svc",
+        blake2b(key.encode(), digest_size=16).digest(), model="claude-opus-4-8", user_email="a@x",
+        session_id="s1", provider="anthropic", requests=1, input_tokens=inp, output_tokens=1,
+        identity=None if aggregate else key.encode(), aggregate=aggregate,
+    )  # fmt: skip
+
+
+def test_record_exports_that_find_a_new_first_view_under_their_locks_lock_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports carrying only records of a stream without views probe it, a first view of the
+    stream commits, then both take their shared lock and find the view: each lets go and locks
+    again, exclusively, in key order. Neither fails (no deadlock of two upgrades), and the totals
+    are the view's (its records inside it)."""
+    import threading  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
+
+    from tokenscale.mapping import MappingResult  # noqa: PLC0415
+    from tokenscale.store import writer as w  # noqa: PLC0415
+
+    migrate(db_url)
+    pool = open_pool(db_url, max_size=4)
+    pool.wait()
+    probed = threading.Barrier(3, timeout=20)
+    view_committed = threading.Event()
+    both_locked = threading.Barrier(2, timeout=20)
+    real_lock_streams = w._lock_streams
+
+    class Paused:
+        """The export's connection, paused before its first lock until the view committed, and
+        after it until the other record export holds its shared lock too."""
+
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.locks = conn, 0
+
+        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+            if query is w._LOCK_STREAMS and self.locks == 0:
+                probed.wait()
+                assert view_committed.wait(20)
+            cursor = self.conn.execute(query, params, **kw)
+            if query is w._LOCK_STREAMS:
+                self.locks += 1
+                if self.locks == 1:
+                    both_locked.wait()
+            return cursor
+
+        def transaction(self) -> Any:
+            return self.conn.transaction()
+
+    def lock_streams(conn: Any, streams: Any, columns: Any, viewed: Any) -> Any:
+        if viewed:  # the view's export: as it is
+            return real_lock_streams(conn, streams, columns, viewed)
+        return real_lock_streams(Paused(conn), streams, columns, viewed)
+
+    # The day's partition or chunk exists before the paused exports (creating it takes a lock
+    # the other export would wait for while this one waits for it at the barrier).
+    warm_up = _ledger_event("w1", aggregate=False, inp=7, carrier="claude_code.api_request", rank=1)
+    UsageWriter(pool).write(MappingResult(events=[replace(warm_up, stream="other|inst")]))
+    monkeypatch.setattr(w, "_lock_streams", lock_streams)
+    errors: list[BaseException] = []
+
+    def write(result: Any) -> None:
+        try:
+            UsageWriter(pool).write(result)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    records = [
+        MappingResult(
+            events=[_ledger_event(k, aggregate=False, inp=n, carrier="claude_code.api_request", rank=1)]
+        )
+        for k, n in (("r1", 100), ("r2", 50))
+    ]
+    threads = [threading.Thread(target=write, args=(r,)) for r in records]
+    for t in threads:
+        t.start()
+    probed.wait()
+    view = _ledger_event("v1", aggregate=True, inp=400, carrier="claude_code.metrics", rank=10)
+    write(MappingResult(events=[view]))
+    view_committed.set()
+    for t in threads:
+        t.join(30)
+    pool.close()
+    assert errors == []
+    with psycopg.connect(db_url) as conn:
+        counted = conn.execute(
+            "SELECT sum(input_tokens), count(*) FROM tokenscale.usage_events WHERE counted"
+        ).fetchone()
+    # the warm-up, the two records and the residual of the view beyond them (250)
+    assert counted == (407, 4)
+    assert_rollups_match_events(db_url)

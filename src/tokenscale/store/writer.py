@@ -3,16 +3,21 @@
 Per export, in ONE transaction (so an export is acknowledged only once its rows are committed):
 
 1. cumulative points are differenced against ``metric_series`` (rows locked in key order);
-2. ``usage_streams`` learns each stream's best carrier rank (one upsert of the export's streams);
-   rows of a stream whose rank just improved are retracted (``counted = false``) and subtracted
-   from the rollups; each new row's ``counted`` is set in Python (its rank is its stream's best);
-3. the rows are binary-COPYed straight into ``usage_events`` inside a savepoint. If any of them is
-   already stored (a retried export), the COPY fails on the unique dedupe key: back to the
-   savepoint, and the rows go through a temporary staging table and ``INSERT ... ON CONFLICT DO
-   NOTHING``, so a retried export is never counted twice;
-4. where tokenscale keeps the rollups itself (no continuous aggregates), the stored counted rows
-   are summed in Python per day and key (``usage_daily``) and per tenant and hour
-   (``usage_hourly``), and each rollup gets one sorted upsert.
+2. each request's best carrier in the export is its record: the export's requests
+   (``tokenscale.requests``, by the request's identity) and its rows are binary-COPYed straight
+   in inside a savepoint. If a request or a row is already stored (another carrier of a request,
+   a retried export), a COPY fails on a unique key: back to the savepoint, the requests are
+   resolved against the stored ones through a staging table (a better carrier amends its
+   request's record, ``_amend``), and the rows that are new go in (``INSERT ... ON CONFLICT DO
+   NOTHING`` if some are stored), so nothing is counted twice;
+3. aggregate carriers (views) and the records of streams that have views go into the streams'
+   ledgers (``ledger_views``, ``ledger_records``; streams locked with transaction advisory locks in
+   key order), and each touched stream's residual rows are moved to what its ledger now computes
+   (``mapping.ledger``; docs/mapping.md, "The counting model");
+4. where tokenscale keeps the rollups itself (no continuous aggregates), the new counted rows and
+   the changes of amended records and residuals are summed in Python per bucket and key
+   (``usage_daily``, ``usage_scope_hourly``, ``usage_hourly``), and each rollup gets one sorted
+   upsert from a COPYed staging table.
 """
 
 from __future__ import annotations
@@ -354,7 +359,7 @@ class UsageWriter:
                 with self._pool.connection(timeout=self._timeout) as conn:
                     if backend.partitioned:
                         # In a transaction of its own: creating a partition locks the parent table, which
-                        # inside the export's transaction (holding series and stream row locks) could
+                        # inside the export's transaction (holding series row locks and stream locks) could
                         # deadlock with another receiver's export.
                         times = {e.time_ns for e in (*result.events, *result.listed)}
                         times |= {p.time_ns for p in result.cumulative}
@@ -1246,16 +1251,21 @@ def _lock_streams(
     others, so that exports adding only records to a stream without views do not wait for each
     other, while a first view waits for them (and sees their records). Which streams have views,
     as seen under the locks."""
-    probed = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
-    modes = {s: s in viewed or probed.get(s, False) for s in streams}
-    keys = sorted((_stream_lock_key(s), modes[s]) for s in streams)
-    conn.execute(_LOCK_STREAMS, ([k for k, _ in keys], [x for _, x in keys]))
-    # Under the locks: a first view may have committed since the probe.
     has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
-    upgrade = sorted(_stream_lock_key(s) for s in streams if has_views.get(s) and not modes[s])
-    if upgrade:
-        conn.execute(_LOCK_STREAMS, (upgrade, [True] * len(upgrade)))
-    return has_views
+    while True:
+        modes = {s: s in viewed or has_views.get(s, False) for s in streams}
+        keys = sorted((_stream_lock_key(s), modes[s]) for s in streams)
+        with conn.transaction():
+            conn.execute(_LOCK_STREAMS, ([k for k, _ in keys], [x for _, x in keys]))
+            # Under the locks: a first view may have committed since the probe. Then this export
+            # holds a shared lock where it needs an exclusive one: it lets go of its locks (back to
+            # the savepoint) and takes them again, all in key order (upgrading a shared lock in
+            # place could deadlock with another export doing the same); views never go away, so
+            # this ends.
+            has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+            if not any(has_views.get(s) and not modes[s] for s in streams):
+                return has_views
+            raise psycopg.Rollback  # leaves the block at the savepoint; the loop locks again
 
 
 def _reconcile_stream(
