@@ -103,9 +103,8 @@ _ROLLUP_SUMS = (
 _UNPRICED = (
     "CASE WHEN cost_usd IS NULL AND cost_source IS NULL "
     "AND (input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0 "
-    # billable units without tokens (speech, whisper, images); the community edition's continuous
-    # aggregates count only requests with tokens
-    "OR (attributes ?| ARRAY[{units}] AND NOT {community})) "
+    # billable units without tokens (speech, whisper, images), on every back end
+    "OR attributes ?| ARRAY[{units}]) "
     "THEN greatest(requests, 1) ELSE 0 END"
 )
 
@@ -121,7 +120,7 @@ def assert_rollups_match_events(url: str, *, run_policies: bool = True) -> None:
 
 def _assert_rollups_match_events(url: str) -> None:
     units = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
-    unpriced = _UNPRICED.format(units=units, community=str(is_community(url)).lower())
+    unpriced = _UNPRICED.format(units=units)
     raw_sums = _ROLLUP_SUMS.format(unpriced=unpriced, events="1")
     rollup_sums = _ROLLUP_SUMS.format(unpriced="unpriced_events", events="events")
     checks = {  # rollup -> (its keys computed from raw events, its own key columns)

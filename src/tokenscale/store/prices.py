@@ -338,9 +338,12 @@ FROM tokenscale_reprice_hourly s
 WHERE h.hour = s.hour AND h.tenant = s.tenant
 """
 
+#: The unit keys (billable units: images, audio seconds, ...) as an SQL array's elements.
+_UNIT_KEYS: Final = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
 # usage_scope_hourly (tool, model, user per hour): the cost and unpriced count of every group a
 # repriced row belongs to, summed again from its counted rows (after _APPLY).
-_ROLLUP_SCOPED: Final = """
+_ROLLUP_SCOPED: Final = (
+    """
 WITH touched AS (
     SELECT DISTINCT date_trunc('hour', e.time) AS hour, e.tenant, k.scope, k.value
     FROM tokenscale_reprice r
@@ -351,7 +354,10 @@ WITH touched AS (
 ), fresh AS (
     SELECT t.hour, t.tenant, t.scope, t.value, sum(e.cost_usd) AS cost_usd,
            sum(CASE WHEN e.cost_usd IS NULL AND e.cost_source IS NULL
-                         AND e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens > 0
+                         AND (e.input_tokens + e.cache_read_tokens + e.cache_write_tokens
+                              + e.output_tokens > 0 OR e.attributes ?| ARRAY["""
+    + _UNIT_KEYS
+    + """])
                     THEN greatest(e.requests, 1) ELSE 0 END) AS unpriced
     FROM touched t
     JOIN tokenscale.usage_events e ON e.tenant = t.tenant AND e.counted
@@ -364,6 +370,7 @@ UPDATE tokenscale.usage_scope_hourly h SET cost_usd = f.cost_usd, unpriced_event
 FROM fresh f
 WHERE h.tenant = f.tenant AND h.scope = f.scope AND h.scope_value = f.value AND h.hour = f.hour
 """
+)
 
 
 def _stored(value: float | None) -> Decimal | None:
