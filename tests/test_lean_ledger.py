@@ -130,6 +130,7 @@ def test_usage_events_indexes_are_the_read_paths(db_url: str) -> None:
         "usage_events_read_request",
         "usage_events_read_conversation",
         "usage_events_read_attributes",
+        "usage_events_read_listed",
     }
     assert method == ("hash",)
 

@@ -42,6 +42,12 @@ KEPT_KEYS: Final = frozenset(
         "prompt_id",
         "gen_ai.request.image.size",  # AI metrics: image listings
         "gen_ai.request.image.quality",
+        "gen_ai.request.video.size",  # AI metrics: video listings
+        "otel.span_id",  # AI metrics: spanId (agent and tool rows)
+        "gen_ai.agent.name",  # AI metrics: agentName, agentId, toolName, toolCallId
+        "gen_ai.agent.id",
+        "gen_ai.tool.name",
+        "gen_ai.tool.call.id",
         "reconciled.view",  # a residual row's view (the writer's own)
         "model.raw",  # the model's name before normalisation (docs/mapping.md)
         "github.copilot.cost",  # Copilot's premium requests (not USD: no column of its own)
