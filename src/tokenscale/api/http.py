@@ -78,10 +78,19 @@ def create_api_routes(
         ),
         Route("/api/budgets/check", api.check_budget(), methods=["GET"], name="api_budget_check"),
         Route("/v1/budgets/check", api.v1_check_budgets, methods=["GET"], name="v1_budgets_check"),
-        Route("/v1/budgets", api.v1_list_budgets, methods=["GET"], name="v1_budgets_list"),
-        Route("/v1/budgets", api.v1_create_budget, methods=["POST"], name="v1_budgets_create"),
-        Route("/v1/budgets/{budget_id}", api.v1_get_budget, methods=["GET"], name="v1_budgets_get"),
-        Route("/v1/budgets/{budget_id}", api.v1_delete_budget, methods=["DELETE"], name="v1_budgets_delete"),
+        # One route per path (a 405 then names every method the path has in its Allow header).
+        Route(
+            "/v1/budgets",
+            _by_method({"GET": api.v1_list_budgets, "POST": api.v1_create_budget}),
+            methods=["GET", "POST"],
+            name="v1_budgets",
+        ),
+        Route(
+            "/v1/budgets/{budget_id}",
+            _by_method({"GET": api.v1_get_budget, "DELETE": api.v1_delete_budget}),
+            methods=["GET", "DELETE"],
+            name="v1_budget",
+        ),
         Route("/api/v1/usage/list", api.list_usage_records, methods=["GET"], name="api_usage_list"),
         Route(
             "/api/v1/usage/list",
@@ -564,6 +573,16 @@ class _HttpApi:
         )
         response.headers["Allow"] = "GET, HEAD"
         return response
+
+
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for a path served by several: each request to the one of its method (HEAD: GET's)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
 
 
 _HAL: Final = "application/hal+json"
