@@ -23,10 +23,11 @@ Per export, in ONE transaction (so an export is acknowledged only once its rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from hashlib import blake2b
 from math import isfinite
 from typing import Any, Final, Protocol
@@ -794,14 +795,9 @@ class _Row:
 
     def entry(self, sign: int) -> _Entry:
         """Its contribution to the rollups (``sign`` -1: its removal)."""
-        inp, cr, cw, out = self.vec[1:5]
-        # unpriced_events counts requests (at least one per row: a residual may not know its count)
-        priced = (
-            self.cost is not None
-            or self.cost_source is not None
-            or (inp + cr + cw + out == 0 and not self.units)
+        unpriced = _unpriced_requests(
+            self.vec[0], sum(self.vec[1:5]), self.cost, self.cost_source, lambda: self.units
         )
-        unpriced = 0 if priced else max(self.vec[0], 1)
         return _Entry(
             self.time_ns,
             self.tenant,
@@ -815,6 +811,22 @@ class _Row:
             sign,
             self.user_id,
         )
+
+
+def _has_units(attributes: dict[str, Any]) -> bool:
+    """Whether a usage event counts billable units (``UNIT_USAGE_KEYS``: images, audio seconds, ...)."""
+    return any(k in attributes for k in UNIT_USAGE_KEYS)
+
+
+def _unpriced_requests(
+    requests: int, tokens: int, cost: Decimal | None, cost_source: str | None, units: Callable[[], bool]
+) -> int:
+    """A counted row's share of ``unpriced_events``: its requests (at least one: a residual may not
+    know its count) when it has tokens (input, cache, output) or billable units (``units()``, asked
+    only for a row without tokens) and no cost."""
+    if cost is not None or cost_source is not None or (tokens == 0 and not units()):
+        return 0
+    return max(requests, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -855,7 +867,7 @@ def _row_of(e: UsageEvent, cost: Decimal | None) -> _Row:
         ),
         cost,
         e.cost_source,
-        any(k in e.attributes for k in UNIT_USAGE_KEYS),
+        _has_units(e.attributes),
     )
 
 
@@ -951,7 +963,7 @@ INSERT INTO tokenscale.ledger_streams (tenant, tool, stream)
 SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) AS s(tenant, tool, stream) ORDER BY 1, 2, 3
 ON CONFLICT (tenant, tool, stream) DO NOTHING
 """
-_STREAM_WHERE_TEXT: Final = "tenant = %s AND tool = %s AND stream = %s"
+_STREAM_WHERE: Final = "tenant = %s AND tool = %s AND stream = %s"
 
 
 def _cols(alias: str, columns: str) -> str:
@@ -1004,7 +1016,6 @@ ON CONFLICT (tenant, tool, stream, model, who, session, view) DO UPDATE SET
 {", ".join(f"{c} = l.{c} + excluded.{c}" for c in _SUMS_SQL.split(", "))},
 reported = l.reported OR excluded.reported, template = excluded.template
 """
-_STREAM_WHERE: Final = _STREAM_WHERE_TEXT
 #: The subkeys compatible with any of the given ones ('' matches anything on either side): the
 #: general form, a scan of the stream's rows, used only for keys open in their model or user.
 _COMPATIBLE: Final = """EXISTS (SELECT 1 FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)
@@ -1495,18 +1506,12 @@ def _add_to_rollups(
             r.requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens,
             r.reasoning_tokens,
         )  # fmt: skip
-        # unpriced_events counts requests (at least one per row), as _Row.entry does
-        priced = (
-            cost is not None
-            or r.cost_source is not None
-            or (
-                vec[1] + vec[2] + vec[3] + vec[4] == 0 and not any(k in r.attributes for k in UNIT_USAGE_KEYS)
-            )
+        unpriced = _unpriced_requests(
+            vec[0], vec[1] + vec[2] + vec[3] + vec[4], cost, r.cost_source, partial(_has_units, r.attributes)
         )
         add_to(
             t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant, r.tool,
-            r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost,
-            0 if priced else max(vec[0], 1), 1,
+            r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost, unpriced, 1,
         )  # fmt: skip
     for e in entries:
         t = e.time_ns
