@@ -19,21 +19,19 @@ each (default 2), and the best of each is reported: other work on the machine on
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from benchmarks._common import REPO, BenchOutput, Context
 from benchmarks._servers import DbServer, database
+from benchmarks.bench_ledger import baseline_tree
 
-__all__ = ["NAME", "baseline_src", "run"]
+__all__ = ["NAME", "run"]
 
 NAME: Final = "writer"
 
@@ -70,18 +68,6 @@ print(json.dumps({"rows": rows, "wall": wall, "client": client, "server": server
 """
 
 
-@contextlib.contextmanager
-def baseline_src(rev: str) -> Iterator[Path]:
-    """The ``src/`` directory of git revision ``rev``, extracted to a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="tokenscale-baseline-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", "--format=tar", rev, "src"], capture_output=True, check=True
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tmp, filter="data")
-        yield Path(tmp) / "src"
-
-
 def _measure(src: Path, url: str, signal: str, exports: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run(
@@ -107,7 +93,7 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
     with contextlib.ExitStack() as stack:
         trees: list[tuple[str, Path]] = []
         if rev:
-            trees.append((f"baseline {rev}", stack.enter_context(baseline_src(rev))))
+            trees.append((f"baseline {rev}", stack.enter_context(baseline_tree(rev)) / "src"))
         trees.append(("this tree", REPO / "src"))
         for signal in ("traces", "logs", "metrics"):
             for attempt in range(repeat):
