@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbservers import Server, fresh_database
 from hostile import semconv_span, spans_export
@@ -37,11 +38,12 @@ _UNREAD: dict[str, Any] = {
     "gen_ai.usage.cache_read.input_tokens": 20,  # in cache_read_tokens already
     "gen_ai.response.finish_reasons": ["stop"],
 }
-#: Attributes read back: always stored.
+_TRACE = "0af7651916cd43dd8448eb211c80319c"
+#: Attributes read back: always stored (the trace id and the environment in their own columns).
 _READ: dict[str, Any] = {
     "tokenscale.meta.bot_id": "bot-1",
     "tokenscale.meta.organization_name": "Acme",
-    "otel.trace_id": "0af7651916cd43dd8448eb211c80319c",
+    "otel.trace_id": _TRACE,
     "deployment.environment.name": "production",
     "gen_ai.usage.audio.seconds": 1.5,  # a unit the price book can price
     "prompt.id": "p-1",
@@ -97,14 +99,24 @@ def test_writer_stores_only_read_attributes_unless_asked(db_url: str) -> None:
     finally:
         pool.close()
     with psycopg.connect(db_url) as conn:
-        rows = dict(
-            conn.execute("SELECT tenant, attributes FROM tokenscale.usage_events ORDER BY tenant").fetchall()
-        )
+        rows = {
+            tenant: (attributes, bytes(trace_id), environment)
+            for tenant, attributes, trace_id, environment in conn.execute(
+                "SELECT tenant, attributes, trace_id, environment FROM tokenscale.usage_events "
+                "ORDER BY tenant"
+            )
+        }
         totals = conn.execute(
             "SELECT tenant, input_tokens, cache_read_tokens, output_tokens FROM tokenscale.usage_events "
             "ORDER BY tenant"
         ).fetchall()
-    assert rows == {"lean": _READ, "full": {**_UNREAD, **_READ}}
+    # The trace id (16 bytes) and the environment are columns of their own (migration 0081).
+    in_columns = ("otel.trace_id", "deployment.environment.name")
+    read = {k: v for k, v in _READ.items() if k not in in_columns}
+    assert rows == {
+        "lean": (read, bytes.fromhex(_TRACE), "production"),
+        "full": ({**_UNREAD, **read}, bytes.fromhex(_TRACE), "production"),
+    }
     assert totals == [("full", 100, 20, 7), ("lean", 100, 20, 7)]
 
 
@@ -118,10 +130,13 @@ def test_usage_events_indexes_are_the_read_paths(db_url: str) -> None:
                 "WHERE schemaname = 'tokenscale' AND tablename = 'usage_events'"
             )
         }
-        method = conn.execute(
-            "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
-            "WHERE c.oid = 'tokenscale.usage_events_read_request'::regclass"
-        ).fetchone()
+        methods = conn.execute(
+            "SELECT c.relname, am.amname, c.reloptions FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+            "WHERE c.oid IN ('tokenscale.usage_events_read_request'::regclass, "
+            "'tokenscale.usage_events_read_trace'::regclass, "
+            "'tokenscale.usage_events_read_attributes'::regclass) "
+            "ORDER BY 1"
+        ).fetchall()
     # TimescaleDB adds its own time index to a hypertable (the continuous aggregates' refreshes
     # and chunk-wise time scans use it).
     assert names - {"usage_events_time_idx"} == {
@@ -131,8 +146,13 @@ def test_usage_events_indexes_are_the_read_paths(db_url: str) -> None:
         "usage_events_read_conversation",
         "usage_events_read_attributes",
         "usage_events_read_listed",
+        "usage_events_read_trace",
     }
-    assert method == ("hash",)
+    assert methods == [
+        ("usage_events_read_attributes", "gin", ["fastupdate=off"]),
+        ("usage_events_read_request", "hash", None),
+        ("usage_events_read_trace", "hash", None),
+    ]
 
 
 def _api_answers(url: str, now: datetime) -> dict[str, Any]:
@@ -143,7 +163,7 @@ def _api_answers(url: str, now: datetime) -> dict[str, Any]:
             "all": [],
             "org": [("organizationName", "Acme")],
             "transaction": [("transactionId", "req-7")],
-            "trace": [("traceId", "0af7651916cd43dd8448eb211c80319c")],
+            "trace": [("traceId", _TRACE)],
         }.items():
             query = parse_ai_metrics_query(
                 Params.from_pairs([("teamId", "t"), ("size", "1000"), *pairs]), "completions"
@@ -240,3 +260,105 @@ def test_serve_stores_every_attribute_when_the_operator_asks(
                 "FROM tokenscale.usage_events WHERE session_id = 'keep-1'"
             ).fetchone()
     assert row == ("build-7", 0.2, 100, 100)
+
+
+def _traced(n: int, trace: str, environment: str, **attributes: Any) -> UsageEvent:
+    event = _event("t", n)
+    event.attributes = {"otel.trace_id": trace, "deployment.environment.name": environment, **attributes}
+    return event
+
+
+def test_trace_id_and_environment_read_alike_from_columns_and_older_rows(db_url: str) -> None:
+    """Rows stored before migration 0081 keep the trace id and the environment in ``attributes``;
+    the AI metrics listing filters and answers them exactly as it does the columns of newer rows,
+    and its traceId filter is answered by indexes (the hash index on the column, the GIN index on
+    the older rows' attributes)."""
+    migrate(db_url)
+    older, newer, other = "11" * 16, "22" * 16, "33" * 16
+    events = [
+        _traced(1, older, "staging"),
+        _traced(2, newer, "production"),
+        _traced(3, other, "production", **{"tokenscale.meta.trace_id": "app-trace"}),  # the app's own wins
+        _traced(4, "not-hex", "production"),  # kept in attributes as it is
+    ]
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=events))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # Row 1 as stored before migration 0081.
+        conn.execute(
+            "UPDATE tokenscale.usage_events SET attributes = attributes || jsonb_build_object("
+            "'otel.trace_id', encode(trace_id, 'hex'), 'deployment.environment.name', environment), "
+            "trace_id = NULL, environment = NULL WHERE request_id = 'req-1'"
+        )
+        stored = conn.execute(
+            "SELECT request_id, trace_id IS NOT NULL, environment, attributes ? 'otel.trace_id' "
+            "FROM tokenscale.usage_events ORDER BY request_id"
+        ).fetchall()
+
+        def listed(**filters: str) -> list[tuple[Any, ...]]:
+            query = parse_ai_metrics_query(
+                Params.from_pairs([("teamId", "t"), *filters.items()]), "completions"
+            )
+            page = list_ai_metrics(conn, "t", query)
+            return sorted((i["transactionId"], i["traceId"], i["environment"]) for i in page.items)
+
+        everything = listed()
+        by_trace = {t: listed(traceId=t) for t in (older, newer.upper(), other, "app-trace", "not-hex")}
+        by_environment = {e: listed(environment=e) for e in ("staging", "PRODUCTION")}
+        # Index-backed: among 5,000 more rows of other traces (some stored the older way), the filter
+        # is answered by the indexes (a BitmapOr of the hash index and the GIN index).
+        conn.execute(
+            "INSERT INTO tokenscale.usage_events SELECT (jsonb_populate_record(e, jsonb_build_object("
+            "'dedupe_key', 'bulk-' || n, 'request_id', 'bulk-' || n, "
+            "'trace_id', CASE WHEN n % 10 > 0 THEN decode(lpad(to_hex(n), 32, '0'), 'hex') END, "
+            "'attributes', CASE WHEN n % 10 = 0 "
+            "THEN jsonb_build_object('otel.trace_id', lpad(to_hex(n), 32, '0')) ELSE '{}' END))).* "
+            "FROM tokenscale.usage_events e, generate_series(1, 5000) n WHERE e.request_id = 'req-2'"
+        )
+        conn.execute("ANALYZE tokenscale.usage_events")
+        query = parse_ai_metrics_query(
+            Params.from_pairs([("teamId", "t"), ("traceId", newer)]), "completions"
+        )
+        (trace_filter,) = [c for c in query.conditions if "trace_id" in c.as_string(conn)]
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.execute(
+                sql.SQL(
+                    "EXPLAIN SELECT e.request_id FROM tokenscale.usage_events e WHERE e.counted AND {}"
+                ).format(trace_filter),
+                query.params,
+            )
+        )
+    assert stored == [
+        ("req-1", False, None, True),
+        ("req-2", True, "production", False),
+        ("req-3", True, "production", False),
+        ("req-4", False, "production", True),
+    ]
+    assert everything == [
+        ("req-1", older, "STAGING"),
+        ("req-2", newer, "PRODUCTION"),
+        ("req-3", "app-trace", "PRODUCTION"),
+        ("req-4", "not-hex", "PRODUCTION"),
+    ]
+    assert by_trace == {
+        older: [("req-1", older, "STAGING")],
+        newer.upper(): [("req-2", newer, "PRODUCTION")],
+        other: [],  # the app's own trace id wins
+        "app-trace": [("req-3", "app-trace", "PRODUCTION")],
+        "not-hex": [("req-4", "not-hex", "PRODUCTION")],
+    }
+    assert by_environment == {
+        "staging": [("req-1", older, "STAGING")],
+        "PRODUCTION": [
+            ("req-2", newer, "PRODUCTION"),
+            ("req-3", "app-trace", "PRODUCTION"),
+            ("req-4", "not-hex", "PRODUCTION"),
+        ],
+    }
+    # The hash index on trace_id (named after the index on usage_events in each partition or chunk).
+    assert "trace_id_idx" in plan or "usage_events_read_trace" in plan, plan
+    assert "Seq Scan" not in plan, plan

@@ -94,8 +94,10 @@ _TOTAL_TOKENS: Final = sql.SQL(
 )
 _METRIC_TYPE: Final = sql.SQL("tokenscale.ai_metric_type(e.operation)")
 _OPERATION_TYPE: Final = sql.SQL("tokenscale.ai_operation_type(e.operation)")
+# The column (rows stored since migration 0081), else the attributes of rows stored before.
 _ENVIRONMENT: Final = sql.SQL(
-    "upper(coalesce(e.attributes->>'deployment.environment.name', e.attributes->>'deployment.environment'))"
+    "upper(coalesce(e.environment, e.attributes->>'deployment.environment.name', "
+    "e.attributes->>'deployment.environment'))"
 )
 _BILLING_SKIPPED: Final = sql.SQL("coalesce(lower(e.attributes->>{}) IN ('true', '1'), false)").format(
     sql.Literal(_META + "billing_skipped")
@@ -199,6 +201,7 @@ _COLUMN_FILTERS: Final = {
 }
 #: The OTLP trace id of a span's usage event (tokenscale.mapping), when the app sets no trace id.
 _OTEL_TRACE_ID: Final = "otel.trace_id"
+_TRACE_HEX: Final = re.compile(r"[0-9a-f]{32}")
 _META_FILTERS: Final = {
     "organizationName": _META + "organization_name",
     "subscriptionId": _META + "subscription_id",
@@ -323,11 +326,17 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
     if trace is not None:
         value = text(trace, "traceId")
         own = query.bind(Jsonb({_META + "trace_id": value}))
-        otlp = query.bind(Jsonb({_OTEL_TRACE_ID: value.lower()}))
+        otlp = value.lower()
+        # The OTLP trace id is in the trace_id column (rows stored since migration 0081: hash index
+        # usage_events_read_trace), else in attributes (rows stored before: the GIN index); an app's
+        # own trace id wins over it. Three arms, each answered by an index (a BitmapOr).
+        trace_id = bytes.fromhex(otlp) if _TRACE_HEX.fullmatch(otlp) else None
+        no_own = query.bind(_META + "trace_id")
         query.conditions.append(
-            sql.SQL("(e.attributes @> {} OR (e.attributes @> {} AND NOT e.attributes ? {}))").format(
-                own, otlp, query.bind(_META + "trace_id")
-            )
+            sql.SQL(
+                "(e.attributes @> {} OR (e.trace_id = {} AND NOT e.attributes ? {}) "
+                "OR (e.attributes @> {} AND NOT e.attributes ? {}))"
+            ).format(own, query.bind(trace_id), no_own, query.bind(Jsonb({_OTEL_TRACE_ID: otlp})), no_own)
         )
     trace_type = params.get("traceType")
     if trace_type is not None:
@@ -398,7 +407,8 @@ _SELECT: Final = sql.SQL(
     """e.time, e.dedupe_key, e.tool, e.user_email, e.user_id, e.provider, e.model, e.operation, e.request_id,
 e.input_tokens, e.cache_read_tokens, e.cache_write_tokens, e.output_tokens, e.reasoning_tokens,
 e.cost_usd, e.duration_ms, e.error_type, {metric_type}, {operation_type}, {environment}, {skipped},
-tokenscale.is_coding_assistant(e.tool), coalesce(e.attributes->>{trace_id}, e.attributes->>{otel_trace_id}),
+tokenscale.is_coding_assistant(e.tool),
+coalesce(e.attributes->>{trace_id}, encode(e.trace_id, 'hex'), e.attributes->>{otel_trace_id}),
 e.attributes->>{trace_type},
 e.attributes->>{organization}, e.attributes->>{subscription}, e.attributes->>{product},
 e.attributes->>{model_source}, {extras}"""

@@ -14,13 +14,21 @@ only when the operator asks for it: setting ``keep_attributes``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
 from tokenscale.mapping.rules import LOG_RULES, SEMCONV_FIELDS, SENSITIVE_KEYS, UNIT_USAGE_KEYS
 
-__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "keep_keys", "kept_attributes"]
+__all__ = [
+    "ENVIRONMENT_KEY",
+    "KEPT_KEYS",
+    "KEPT_PREFIXES",
+    "keep_keys",
+    "kept_attributes",
+    "stored_columns",
+]
 
 #: Keys with these prefixes are always kept (``tokenscale.meta.*`` and tokenscale's own keys).
 KEPT_PREFIXES: Final = ("tokenscale.",)
@@ -89,3 +97,31 @@ def kept_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
             if key not in cache and len(cache) < 65_536:
                 cache[key] = _kept(key)
         return {key: value for key, value in attrs.items() if cache.get(key, False) or _kept(key)}
+
+
+#: The resource's deployment environment: stored in ``usage_events.environment`` (migration 0081).
+ENVIRONMENT_KEY: Final = "deployment.environment.name"
+_TRACE_HEX: Final = re.compile(r"[0-9a-f]{32}")
+
+
+def stored_columns(attrs: dict[str, Any]) -> tuple[dict[str, Any], bytes | None, str | None]:
+    """``attrs`` as ``usage_events`` stores them: (the attributes for the ``attributes`` column, the
+    ``trace_id`` column, the ``environment`` column).
+
+    The OTLP trace id (``otel.trace_id``, 32 lower-case hex digits as the mapping writes it) is
+    stored as its 16 bytes and the ``deployment.environment.name`` text as itself, each in its own
+    column and not in ``attributes`` (migration 0081; the readers take the column, else the
+    attribute). Values of another form stay in ``attributes``. ``attrs`` itself is not changed."""
+    trace = attrs.get(OTEL_TRACE_ID_KEY)
+    environment = attrs.get(ENVIRONMENT_KEY)
+    trace_id = bytes.fromhex(trace) if isinstance(trace, str) and _TRACE_HEX.fullmatch(trace) else None
+    if not isinstance(environment, str):
+        environment = None
+    if trace_id is None and environment is None:
+        return attrs, None, None
+    rest = dict(attrs)
+    if trace_id is not None:
+        del rest[OTEL_TRACE_ID_KEY]
+    if environment is not None:
+        del rest[ENVIRONMENT_KEY]
+    return rest, trace_id, environment

@@ -51,7 +51,7 @@ from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reco
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
-from tokenscale.store.attributes import kept_attributes
+from tokenscale.store.attributes import kept_attributes, stored_columns
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -111,6 +111,8 @@ _EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("error_type", "text"),
     ("attributes", "jsonb"),
     ("dedupe_key", "bytea"),
+    ("trace_id", "bytea"),  # migration 0081: see tokenscale.store.attributes.stored_columns
+    ("environment", "text"),
 )
 _EVENT_TYPES: Final = _wire_types(t for _, t in _EVENT_COLUMNS)
 _COST_AT: Final = [n for n, _ in _EVENT_COLUMNS].index("cost_usd")
@@ -577,10 +579,13 @@ def _event_rows(
             e.cost_source,
             e.duration_ms,
             e.error_type,
-            b"\x01" + dumps(kept(e.attributes), default=str),
+            b"\x01" + dumps(attrs, default=str),
             e.dedupe_key,
+            trace_id,
+            environment,
         )
         for e, c in zip(events, counted, strict=True)
+        for attrs, trace_id, environment in (stored_columns(kept(e.attributes)),)
     ]
 
 
@@ -686,6 +691,8 @@ _AMENDED: Final = (
     "duration_ms",
     "error_type",
     "attributes",
+    "trace_id",
+    "environment",
 )
 _AMEND: Final = _rendered(
     sql.SQL(
@@ -918,6 +925,9 @@ def _amend(
             continue
         e = a.carrier
         cost = _cost(e.cost_usd)
+        attrs, trace_id, environment = stored_columns(
+            e.attributes if keep_attributes else kept_attributes(e.attributes)
+        )
         params.append(
             (
                 e.carrier,
@@ -940,7 +950,9 @@ def _amend(
                 e.cost_source,
                 e.duration_ms,
                 e.error_type,
-                Jsonb(e.attributes if keep_attributes else kept_attributes(e.attributes)),
+                Jsonb(attrs),
+                trace_id,
+                environment,
                 a.row_key,
                 a.row_time,
             )
