@@ -324,7 +324,7 @@ def test_after_the_generated_values_no_row_is_negative_or_partial(stack: tuple[S
             "(counted AND (input_tokens < 0 OR cost_usd < 0)) "
             "OR input_tokens + cache_read_tokens + cache_write_tokens < 0 "
             "OR output_tokens < 0 OR cache_read_tokens < 0 OR cache_write_tokens < 0 OR reasoning_tokens < 0 "
-            "OR requests < 0 OR tenant IS NULL OR service_name IS NULL OR stream IS NULL"
+            "OR requests < 0 OR tenant IS NULL OR stream IS NULL"
         ).fetchall()
         negative_totals = conn.execute(
             "SELECT count(*) FROM tokenscale.usage_daily WHERE input_tokens < 0 OR output_tokens < 0 "

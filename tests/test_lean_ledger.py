@@ -22,7 +22,7 @@ from tokenscale.api.ai_metrics import list_ai_metrics, parse_ai_metrics_query
 from tokenscale.api.budgets import Budget, budget_status
 from tokenscale.api.usage_records import list_usage_records, usage_series
 from tokenscale.mapping import MappingResult, UsageEvent
-from tokenscale.store import migrate
+from tokenscale.store import migrate, prices
 from tokenscale.store.attributes import kept_attributes
 from tokenscale.store.refresh import materialize_history
 from tokenscale.store.retention import apply_policies
@@ -362,3 +362,42 @@ def test_trace_id_and_environment_read_alike_from_columns_and_older_rows(db_url:
     # The hash index on trace_id (named after the index on usage_events in each partition or chunk).
     assert "trace_id_idx" in plan or "usage_events_read_trace" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_service_name_is_stored_once(db_url: str) -> None:
+    """Where a row's service name is its stream's first part, it is stored as NULL (migration 0082)
+    and read back from the stream; other service names are stored as they are."""
+    migrate(db_url)
+    instance, own, plain = _event("t", 1), _event("t", 2), _event("t", 3)
+    instance.stream, instance.service_name = "support-bot\x1fi-1", "support-bot"
+    own.stream, own.service_name = "tokenscale.chat_usage", "tokenscale-api"
+    plain.stream, plain.service_name = "app", "app"
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=[instance, own, plain]))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute(
+            "SELECT request_id, stream, service_name FROM tokenscale.usage_events ORDER BY request_id"
+        ).fetchall()
+        repriced = conn.execute(
+            prices._SELECT_FOR_REPRICE + " ORDER BY request_id",
+            {
+                "since": datetime(2000, 1, 1, tzinfo=UTC),
+                "until": datetime(2100, 1, 1, tzinfo=UTC),
+                "listed": "gen_ai.agent_span",
+                "tenant": "t",
+                "model": None,
+            },
+        ).fetchall()
+    assert stored == [
+        ("req-1", "support-bot\x1fi-1", None),
+        ("req-2", "tokenscale.chat_usage", "tokenscale-api"),
+        ("req-3", "app", None),
+    ]
+    assert [(r[7], r[8]) for r in repriced] == [
+        ("support-bot\x1fi-1", "support-bot"),
+        ("tokenscale.chat_usage", "tokenscale-api"),
+        ("app", "app"),
+    ]

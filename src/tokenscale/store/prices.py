@@ -303,7 +303,8 @@ class RepriceReport:
 
 
 _SELECT_FOR_REPRICE: Final = """
-SELECT time, dedupe_key, tenant, source, rank, counted, tool, stream, service_name, user_email, provider,
+SELECT time, dedupe_key, tenant, source, rank, counted, tool, stream,
+       coalesce(service_name, split_part(stream, chr(31), 1)), user_email, provider,
        model, requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens,
        reasoning_tokens, cost_usd, cost_source, attributes, recorded_cost_usd, recorded_cost_source,
        repriced_at

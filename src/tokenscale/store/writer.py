@@ -560,7 +560,8 @@ def _event_rows(
             c,
             e.tool,
             e.stream,
-            e.service_name,
+            # NULL where it is the stream's first part (migration 0082: readers take it from there)
+            None if e.service_name == e.stream.partition("\x1f")[0] else e.service_name,
             e.user_email,
             e.user_id,
             e.session_id,
