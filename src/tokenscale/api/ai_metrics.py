@@ -202,6 +202,11 @@ _COLUMN_FILTERS: Final = {
 #: The OTLP trace id of a span's usage event (tokenscale.mapping), when the app sets no trace id.
 _OTEL_TRACE_ID: Final = "otel.trace_id"
 _TRACE_HEX: Final = re.compile(r"[0-9a-f]{32}")
+#: ``e.request_id = <value>``, answered by usage_events_read_request, a B-tree over the id's 64-bit
+#: hash (migration 0083): the hash is compared first, then the id.
+REQUEST_ID_EQUALS: Final = sql.SQL(
+    "(hashtextextended(e.request_id, 0) = hashtextextended({0}, 0) AND e.request_id = {0})"
+)
 _META_FILTERS: Final = {
     "organizationName": _META + "organization_name",
     "subscriptionId": _META + "subscription_id",
@@ -314,6 +319,9 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
         if value is None:
             continue
         wanted = text(value, name)
+        if column == "request_id":  # through usage_events_read_request (migration 0083)
+            query.conditions.append(REQUEST_ID_EQUALS.format(query.bind(wanted)))
+            continue
         template = "lower(e.{}) = lower({})" if name in _CASELESS_FILTERS else "e.{} = {}"
         query.conditions.append(sql.SQL(template).format(sql.Identifier(column), query.bind(wanted)))
     for name, key in _META_FILTERS.items():
@@ -330,13 +338,22 @@ def parse_ai_metrics_query(params: Params, modality: str) -> AiMetricsQuery:
         # The OTLP trace id is in the trace_id column (rows stored since migration 0081: hash index
         # usage_events_read_trace), else in attributes (rows stored before: the GIN index); an app's
         # own trace id wins over it. Three arms, each answered by an index (a BitmapOr).
-        trace_id = bytes.fromhex(otlp) if _TRACE_HEX.fullmatch(otlp) else None
+        hex_id = otlp if _TRACE_HEX.fullmatch(otlp) else None
         no_own = query.bind(_META + "trace_id")
         query.conditions.append(
             sql.SQL(
-                "(e.attributes @> {} OR (e.trace_id = {} AND NOT e.attributes ? {}) "
+                "(e.attributes @> {} "
+                "OR (hashtextextended(encode(e.trace_id, 'hex'), 0) = hashtextextended({}, 0) "
+                "AND e.trace_id = decode({}, 'hex') AND NOT e.attributes ? {}) "
                 "OR (e.attributes @> {} AND NOT e.attributes ? {}))"
-            ).format(own, query.bind(trace_id), no_own, query.bind(Jsonb({_OTEL_TRACE_ID: otlp})), no_own)
+            ).format(
+                own,
+                query.bind(hex_id),
+                query.bind(hex_id),
+                no_own,
+                query.bind(Jsonb({_OTEL_TRACE_ID: otlp})),
+                no_own,
+            )
         )
     trace_type = params.get("traceType")
     if trace_type is not None:

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from tokenscale.api._errors import InvalidRequestError
 from tokenscale.api._values import Params, integer, text
+from tokenscale.api.ai_metrics import REQUEST_ID_EQUALS
 
 __all__ = [
     "CURSOR_PATTERN",
@@ -163,7 +164,9 @@ def list_usage_records(conn: psycopg.Connection[Any], tenant: str, params: Param
         if raw is None:
             continue
         value = text(raw, name)
-        if column is not None:
+        if column == "request_id":  # through usage_events_read_request (migration 0083)
+            conditions.append(REQUEST_ID_EQUALS.format(bind(value)))
+        elif column is not None:
             conditions.append(sql.SQL("e.{} = {}").format(sql.Identifier(column), bind(value)))
         else:
             conditions.append(sql.SQL("e.attributes @> {}").format(bind(Jsonb({key: value}))))
