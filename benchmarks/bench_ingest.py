@@ -662,12 +662,14 @@ def _prepare_days(url: str, batches: list[Batch]) -> None:
             conn.execute("SELECT tokenscale.ensure_partitions(%s::date[])", (days,))
 
 
-#: Indexes of migration 0013 (the query APIs' read paths), left out by the ``no read indexes`` ceiling.
+#: Indexes of migrations 0013 and 0081 (the query APIs' read paths), left out by the ``no read
+#: indexes`` ceiling.
 READ_PATH_INDEXES: Final = (
     "usage_events_read_time",
     "usage_events_read_request",
     "usage_events_read_conversation",
     "usage_events_read_attributes",
+    "usage_events_read_trace",
 )
 
 
