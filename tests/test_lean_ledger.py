@@ -3,6 +3,7 @@ the indexes are those of the read paths; compressed chunks answer the APIs exact
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from dbservers import Server, fresh_database
 from hostile import semconv_span, spans_export
@@ -415,3 +417,89 @@ def test_service_name_is_stored_once(db_url: str) -> None:
         ("tokenscale.chat_usage", "tokenscale-api"),
         ("app", "app"),
     ]
+
+
+def test_migrations_0081_to_0083_upgrade_a_database_with_rows(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at migration 0080 with rows (on TimescaleDB community: in compressed chunks) is
+    upgraded in place; its older rows and the rows written after answer alike."""
+    migrate_module = importlib.import_module("tokenscale.store.migrate")  # the module, not the function
+    every = migrate_module.available_migrations()
+    monkeypatch.setattr(migrate_module, "available_migrations", lambda: [m for m in every if m.version <= 80])
+    backend = migrate(db_url).backend
+    now = datetime.now(UTC).replace(microsecond=0)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        if backend == "postgres":
+            conn.execute(
+                "SELECT tokenscale.ensure_partitions(ARRAY[%s, %s]::date[])",
+                ((now - timedelta(days=3, hours=2)).date(), (now - timedelta(days=3, hours=1)).date()),
+            )
+        for n in (1, 2):  # rows as the writer stored them before migration 0081
+            conn.execute(
+                "INSERT INTO tokenscale.usage_events (time, tenant, source, rank, counted, tool, stream, "
+                "service_name, request_id, requests, input_tokens, output_tokens, attributes, dedupe_key) "
+                "VALUES (%s, 't', 'gen_ai.span', 3, true, 'app', 'app\x1fi-1', 'app', %s, 1, 100, 7, %s, %s)",
+                (
+                    now - timedelta(days=3, hours=n),
+                    f"old-{n}",
+                    Jsonb({"otel.trace_id": f"{n}" * 32, "deployment.environment.name": "staging"}),
+                    f"old-{n}".encode(),
+                ),
+            )
+        if backend == "timescaledb-community":
+            conn.execute(
+                "ALTER TABLE tokenscale.usage_events SET (timescaledb.enable_columnstore = true, "
+                "timescaledb.segmentby = 'tenant', timescaledb.orderby = 'time DESC')"
+            )
+            conn.execute(
+                "SELECT compress_chunk(c, if_not_compressed => true) "
+                "FROM show_chunks('tokenscale.usage_events') c"
+            )
+    monkeypatch.setattr(migrate_module, "available_migrations", lambda: every)
+    migrate(db_url)
+    new = _traced(3, "33" * 16, "production")
+    new.time_ns = int((now - timedelta(hours=1)).timestamp()) * 10**9
+    new.request_id = "new-3"
+    pool = open_pool(db_url)
+    try:
+        UsageWriter(pool).write(MappingResult(events=[new]))
+    finally:
+        pool.close()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+
+        def listed(**filters: str) -> list[tuple[Any, ...]]:
+            query = parse_ai_metrics_query(
+                Params.from_pairs([("teamId", "t"), *filters.items()]), "completions"
+            )
+            return sorted(
+                (i["transactionId"], i["traceId"], i["environment"])
+                for i in list_ai_metrics(conn, "t", query).items
+            )
+
+        answers = {
+            "all": listed(),
+            "trace old": listed(traceId="1" * 32),
+            "trace new": listed(traceId="33" * 16),
+            "transaction old": listed(transactionId="old-2"),
+            "transaction new": listed(transactionId="new-3"),
+            "staging": listed(environment="staging"),
+        }
+        message = list_usage_records(conn, "t", Params.from_pairs([("messageId", "old-1")]))["items"]
+        service = conn.execute(
+            "SELECT request_id, service_name FROM tokenscale.usage_events ORDER BY request_id"
+        ).fetchall()
+    assert answers == {
+        "all": [
+            ("new-3", "33" * 16, "PRODUCTION"),
+            ("old-1", "1" * 32, "STAGING"),
+            ("old-2", "2" * 32, "STAGING"),
+        ],
+        "trace old": [("old-1", "1" * 32, "STAGING")],
+        "trace new": [("new-3", "33" * 16, "PRODUCTION")],
+        "transaction old": [("old-2", "2" * 32, "STAGING")],
+        "transaction new": [("new-3", "33" * 16, "PRODUCTION")],
+        "staging": [("old-1", "1" * 32, "STAGING"), ("old-2", "2" * 32, "STAGING")],
+    }
+    assert [m["messageId"] for m in message] == ["old-1"]
+    assert service == [("new-3", None), ("old-1", "app"), ("old-2", "app")]
