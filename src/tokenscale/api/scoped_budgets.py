@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from tokenscale.api._errors import InvalidRequestError, NotFoundError
-from tokenscale.api.budgets import Budget, get_budget
+from tokenscale.api.budgets import Budget
 from tokenscale.mapping import normalise_model
 
 __all__ = [
@@ -427,43 +427,36 @@ def budget_json(budget: ScopedBudget) -> dict[str, Any]:
 
 # --- the check -------------------------------------------------------------------------------------
 
+#: The budgets that apply (through the index on (tenant, scope, scope_value)), with the database's
+#: clock, whether the writer keeps the scoped rollups here, and the tenant's company budget: one
+#: round trip. A row with a NULL id when no budget applies.
 _APPLYING: Final = """
-SELECT b.id, b.scope, b.scope_value, w.unit, w.limit_value, w.window_seconds
-FROM tokenscale.scoped_budgets b JOIN tokenscale.scoped_budget_windows w ON w.budget_id = b.id
-WHERE b.tenant = %s AND (b.scope, b.scope_value) IN ({keys})
-ORDER BY b.id, w.position
+SELECT n.now, n.rollup, n.token_limit, n.window_days,
+       a.id, a.scope, a.scope_value, a.unit, a.limit_value, a.window_seconds
+FROM (SELECT now() AS now, to_regclass('tokenscale.usage_scope_5min') IS NOT NULL AS rollup,
+             c.token_limit, c.window_days
+      FROM (SELECT 1) AS one LEFT JOIN tokenscale.budgets c ON c.tenant = %(tenant)s) AS n
+LEFT JOIN (
+    SELECT b.id, b.scope, b.scope_value, w.unit, w.limit_value, w.window_seconds, w.position
+    FROM tokenscale.scoped_budgets b JOIN tokenscale.scoped_budget_windows w ON w.budget_id = b.id
+    WHERE b.tenant = %(tenant)s
+      AND (b.scope, b.scope_value) IN (SELECT * FROM unnest(%(scopes)s::text[], %(values)s::text[]))
+) AS a ON TRUE
+ORDER BY a.id, a.position
 """
 
 _TOKENS: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)")
-_HOURLY_TOKENS: Final = sql.SQL(
-    "(h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens)"
-)
 
-#: Scopes whose whole hours usage_scope_hourly keeps (where the writer keeps rollups).
+#: Scopes whose whole days, hours and 5-minute buckets the rollups keep (where the writer keeps them).
 _ROLLUP_SCOPES: Final = frozenset({"tool", "model", "user"})
 
-# The events of one scope value, as usage_scope_hourly groups them.
+# The events of one scope value, as the scoped rollups group them.
 _SCOPE_FILTERS: Final[dict[str, sql.SQL]] = {
     "user": sql.SQL("coalesce(e.user_email, e.user_id) = {}"),
     "tool": sql.SQL("e.tool = {}"),
     "model": sql.SQL("e.model = {}"),
     "team": sql.SQL("e.attributes @> jsonb_build_object({}::text, {}::text)"),
 }
-
-
-def _sums(condition: sql.Composable, tokens: sql.Composable, cost: sql.Composable) -> list[sql.Composable]:
-    """Tokens and USD of the rows matching ``condition`` (two aggregate columns)."""
-    return [
-        sql.SQL("coalesce(sum({t}) FILTER (WHERE {c}), 0)").format(t=tokens, c=condition),
-        sql.SQL("coalesce(sum({u}) FILTER (WHERE {c}), 0)").format(u=cost, c=condition),
-    ]
-
-
-def _one_row(parts: Sequence[sql.Composable]) -> sql.Composed:
-    """One row of every column of ``parts`` (aggregate subqueries of one row each)."""
-    return sql.SQL("SELECT * FROM ") + sql.SQL(" CROSS JOIN ").join(
-        sql.SQL("({}) AS p{}").format(part, sql.Literal(i)) for i, part in enumerate(parts)
-    )
 
 
 def _raw_sql(scope: str, starts: int) -> sql.Composed:
@@ -507,42 +500,38 @@ def check_budgets(
     tightest window first (largest fraction used, then least remaining), ``allowed`` false when any
     window is exceeded (used >= limit). The tenant's company budget (``tokenscale.budgets``, else
     ``company_budget``) is one more tenant window, id :data:`COMPANY_BUDGET_ID`. ``now`` defaults
-    to the database's clock. Every read is in one transaction (one snapshot).
+    to the database's clock; every window ends at that same instant. Two round trips: the budgets
+    that apply, then their usage (a third per team, and on TimescaleDB community per tool, model or
+    user scope value).
     """
     keys: list[tuple[str, str]] = [("tenant", "")]
     for scope in SCOPES[1:]:
         value = identity.value(scope)
         if value:
             keys.append((scope, value))
-    query = sql.SQL(_APPLYING).format(keys=sql.SQL(", ").join(sql.SQL("(%s::text, %s::text)") for _ in keys))
-    with conn.transaction():
-        first = conn.execute(
-            "SELECT now(), to_regclass('tokenscale.usage_scope_hourly') IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM pg_matviews WHERE schemaname = 'tokenscale' "
-            "AND matviewname = 'usage_scope_hourly')"
-        ).fetchone()
-        assert first is not None
-        now = (first[0] if now is None else now).astimezone(UTC)
-        rollup = bool(first[1])
-        rows = conn.execute(query, [tenant, *[p for key in keys for p in key]]).fetchall()
-        company = get_budget(conn, tenant) or company_budget
-        found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
-            (str(r[0]), r[1], r[2] or None, r[3], _stored_limit(Decimal(r[4]), r[3]), int(r[5])) for r in rows
-        ]
-        if company is not None:
-            found.append(
-                (
-                    COMPANY_BUDGET_ID,
-                    "tenant",
-                    None,
-                    "tokens",
-                    Decimal(company.token_limit),
-                    company.window_days * 86400,
-                )
+    rows = conn.execute(
+        _APPLYING, {"tenant": tenant, "scopes": [k[0] for k in keys], "values": [k[1] for k in keys]}
+    ).fetchall()
+    now = (rows[0][0] if now is None else now).astimezone(UTC)
+    rollup = bool(rows[0][1])
+    found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
+        (str(r[4]), r[5], r[6] or None, r[7], _stored_limit(Decimal(r[8]), r[7]), int(r[9]))
+        for r in rows
+        if r[4] is not None
+    ]
+    company = company_budget if rows[0][2] is None else Budget(tenant, int(rows[0][2]), int(rows[0][3]))
+    if company is not None:
+        found.append(
+            (
+                COMPANY_BUDGET_ID,
+                "tenant",
+                None,
+                "tokens",
+                Decimal(company.token_limit),
+                company.window_days * 86400,
             )
-        usage = _read_usage(
-            conn, tenant, {(f[1], f[2], f[5]) for f in found}, now, team_attribute, rollup=rollup
         )
+    usage = _read_usage(conn, tenant, {(f[1], f[2], f[5]) for f in found}, now, team_attribute, rollup=rollup)
     statuses = []
     for budget_id, scope, value, unit, limit, seconds in found:
         tokens, usd = usage[(scope, value, seconds)]
@@ -567,134 +556,113 @@ def check_budgets(
     }
 
 
-_Shape = tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...]]
-_BUCKETED_CACHE: dict[_Shape, tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]] = {}
+# --- a window's usage from the rollups ------------------------------------------------------------
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FIVE_MINUTES: Final = timedelta(minutes=5)
+_HOUR: Final = timedelta(hours=1)
+_DAY: Final = timedelta(days=1)
+#: The resolution of timestamptz: ``time < hi + _TICK`` is ``time <= hi``.
+_TICK: Final = timedelta(microseconds=1)
+
+#: A part of a window: a grain ("raw", "5min", "hour", "day") and its range [lo, hi).
+_Piece = tuple[str, datetime, datetime]
 
 
-def _bucketed_sql(
-    conn: Connection, shape: _Shape
-) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]:
-    """The statement of :func:`_read_bucketed` for one shape (each scope value's scope and window
-    indexes, and which windows have a partial first hour), composed once and kept; with the
-    (group, window index) of each pair of columns of its whole hours and of its edges."""
-    cached = _BUCKETED_CACHE.get(shape)
-    if cached is not None:
-        return cached
-    groups, edge_starts = shape
-    # Whole hours: one range of each scope value's hours, a pair of columns per window.
-    whole: list[sql.Composable] = []
-    whole_cols: list[tuple[int, int]] = []
-    for g, (scope, indexes) in enumerate(groups):
-        first = sql.Placeholder(f"lo_hour{max(indexes)}")  # the longest window starts first
-        source: sql.Composable
-        if scope == "tenant":
-            source = sql.SQL("tokenscale.usage_hourly h WHERE h.tenant = %(tenant)s")
-        else:
-            source = sql.SQL(
-                "tokenscale.usage_scope_hourly h WHERE h.tenant = %(tenant)s AND h.scope = {s} "
-                "AND h.scope_value = {v}"
-            ).format(s=sql.Literal(scope), v=sql.Placeholder(f"v{g}"))
-        columns: list[sql.Composable] = []
-        for i in indexes:
-            hour = sql.SQL("h.hour >= {}").format(sql.Placeholder(f"lo_hour{i}"))
-            columns += _sums(hour, _HOURLY_TOKENS, sql.SQL("h.cost_usd"))
-            whole_cols.append((g, i))
-        whole.append(
-            sql.SQL("SELECT {cols} FROM {source} AND h.hour >= {first} AND h.hour < %(hi_hour)s").format(
-                cols=sql.SQL(", ").join(columns), source=source, first=first
-            )
-        )
-    # Edge hours: the partial current hour (shared), and the partial first hour of each length.
-    conditions = [
-        sql.SQL("TRUE") if scope == "tenant" else _SCOPE_FILTERS[scope].format(sql.Placeholder(f"v{g}"))
-        for g, (scope, _) in enumerate(groups)
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return _EPOCH + (moment - _EPOCH) // step * step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+def window_pieces(lo: datetime, hi: datetime, *, grains: bool = True) -> list[_Piece]:
+    """The window [lo, hi] (both ends included) as disjoint ranges [start, end) of the coarsest
+    rollup buckets that fit: the events of its partial first and last 5 minutes, then whole 5-minute
+    buckets up to the first whole hour, whole hours up to the first whole UTC day, whole days, and
+    the same back down at its end. Without ``grains`` (TimescaleDB community: hours only), the
+    events of its partial first and last hours and its whole hours. Empty ranges are left out."""
+    if not grains:
+        a, b = _ceil(lo, _HOUR), _floor(hi, _HOUR)
+        if a >= b:
+            return [("raw", lo, hi + _TICK)]
+        return [p for p in (("raw", lo, a), ("hour", a, b), ("raw", b, hi + _TICK)) if p[1] < p[2]]
+    a, b = _ceil(lo, _FIVE_MINUTES), _floor(hi, _FIVE_MINUTES)
+    if a >= b:
+        return [("raw", lo, hi + _TICK)]
+    h1 = min(_ceil(a, _HOUR), b)
+    h2 = max(_floor(b, _HOUR), h1)
+    d1 = min(_ceil(h1, _DAY), h2)
+    d2 = max(_floor(h2, _DAY), d1)
+    pieces = [
+        ("raw", lo, a),
+        ("5min", a, h1),
+        ("hour", h1, d1),
+        ("day", d1, d2),
+        ("hour", d2, h2),
+        ("5min", h2, b),
+        ("raw", b, hi + _TICK),
     ]
-    edges: list[sql.Composable] = []
-    edge_cols: list[tuple[int, int | None]] = []
-    columns = []
-    for g, condition in enumerate(conditions):
-        columns += _sums(condition, _TOKENS, sql.SQL("e.cost_usd"))
-        edge_cols.append((g, None))
-    edges.append(
-        sql.SQL(
-            "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
-            "AND e.time >= %(hi_hour)s AND e.time <= %(hi)s"
-        ).format(cols=sql.SQL(", ").join(columns))
-    )
-    for i in edge_starts:
-        columns = []
-        for g, (_, indexes) in enumerate(groups):
-            if i in indexes:
-                columns += _sums(conditions[g], _TOKENS, sql.SQL("e.cost_usd"))
-                edge_cols.append((g, i))
-        edges.append(
-            sql.SQL(
-                "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
-                "AND e.time >= {lo} AND e.time < {lo_hour}"
-            ).format(
-                cols=sql.SQL(", ").join(columns),
-                lo=sql.Placeholder(f"lo{i}"),
-                lo_hour=sql.Placeholder(f"lo_hour{i}"),
-            )
-        )
-    built = (_one_row([*whole, *edges]).as_bytes(conn), whole_cols, edge_cols)
-    if len(_BUCKETED_CACHE) < 1024:
-        _BUCKETED_CACHE[shape] = built
-    return built
+    return [p for p in pieces if p[1] < p[2]]
+
+
+#: Every range of a check in one call (migration 0091): its plans are kept for the session.
+_BUDGET_USAGE: Final = (
+    "SELECT * FROM tokenscale.budget_usage(%(tenant)s, %(tool)s, %(model)s, %(user)s, "
+    "%(part)s::text[], %(scope)s::text[], %(value)s::text[], %(lo)s::timestamptz[], %(hi)s::timestamptz[], "
+    "%(raw_lo)s::timestamptz[], %(raw_hi)s::timestamptz[])"
+)
+#: Column pair of each scope in an event range's row (after the part and the range index).
+_RAW_COLUMN: Final = {"tenant": 2, "tool": 4, "model": 6, "user": 8}
 
 
 def _read_bucketed(
-    conn: Connection, tenant: str, keys: Sequence[_Key], now: datetime
+    conn: Connection, tenant: str, keys: Sequence[_Key], now: datetime, *, grains: bool
 ) -> dict[_Key, tuple[Decimal, Decimal]]:
-    """Whole hours from the rollups, edge hours from usage_events, each in one statement.
-
-    Every part is a plain index range (one scope value's hours; one edge's events), so each is
-    planned and pruned on its own; several windows of a scope value share its scans (FILTER).
-    """
-    hi = now
-    hi_hour = hi.replace(minute=0, second=0, microsecond=0)
-    params: dict[str, Any] = {"tenant": tenant, "hi": hi, "hi_hour": hi_hour}
-    starts = sorted({k[2] for k in keys})
-    for i, seconds in enumerate(starts):
-        lo = hi - timedelta(seconds=seconds)
-        lo_hour = lo.replace(minute=0, second=0, microsecond=0)
-        if lo_hour < lo:
-            lo_hour += timedelta(hours=1)
-        params[f"lo{i}"], params[f"lo_hour{i}"] = lo, lo_hour
-    groups: dict[tuple[str, str | None], list[int]] = {}
-    for scope, value, seconds in keys:
-        groups.setdefault((scope, value), []).append(starts.index(seconds))
-    for g, (_, value) in enumerate(groups):
-        params[f"v{g}"] = value or ""
-    edge_starts = tuple(i for i in range(len(starts)) if params[f"lo{i}"] != params[f"lo_hour{i}"])
-    shape = (tuple((scope, tuple(sorted(indexes))) for (scope, _), indexes in groups.items()), edge_starts)
-    query, whole_shape, edge_shape = _bucketed_sql(conn, shape)
-    keys_of_group = list(groups)
-    whole_cols = [(keys_of_group[g][0], keys_of_group[g][1], starts[i]) for g, i in whole_shape]
-    edge_cols: list[tuple[str, str | None, int | None]] = [
-        (keys_of_group[g][0], keys_of_group[g][1], None if i is None else starts[i]) for g, i in edge_shape
-    ]
-    row = conn.execute(query, params, prepare=False).fetchone()
-    assert row is not None
-    values = [Decimal(v) for v in row]
+    """Each window from the coarsest rollup buckets that fit (:func:`window_pieces`), the events of
+    its partial first and last 5 minutes (hours, without ``grains``) from usage_events: every range
+    once, in one statement."""
+    values = {scope: value for scope, value, _ in keys}
+    rollup: dict[tuple[str, str, str, datetime, datetime], int] = {}  # (part, scope, value, lo, hi)
+    raw: dict[tuple[datetime, datetime], int] = {}
+    of_key: dict[_Key, list[tuple[str, int, str]]] = {}
+    for key in keys:
+        scope, value, seconds = key
+        parts = of_key.setdefault(key, [])
+        for grain, lo, hi in window_pieces(now - timedelta(seconds=seconds), now, grains=grains):
+            if grain == "raw":
+                parts.append(("raw", raw.setdefault((lo, hi), len(raw)), scope))
+                continue
+            part = "tenant_hour" if grain == "hour" and scope == "tenant" else grain
+            parts.append((part, rollup.setdefault((part, scope, value or "", lo, hi), len(rollup)), scope))
+    params: dict[str, Any] = {
+        "tenant": tenant,
+        "tool": values.get("tool"),
+        "model": values.get("model"),
+        "user": values.get("user"),
+        "part": [k[0] for k in rollup],
+        "scope": [k[1] for k in rollup],
+        "value": [k[2] for k in rollup],
+        "lo": [k[3] for k in rollup],
+        "hi": [k[4] for k in rollup],
+        "raw_lo": [k[0] for k in raw],
+        "raw_hi": [k[1] for k in raw],
+    }
+    sums: dict[tuple[str, int], Sequence[Any]] = {
+        ("raw" if row[0] == "raw" else "rollup", row[1]): row
+        for row in conn.execute(_BUDGET_USAGE, params).fetchall()
+    }
     usage: dict[_Key, tuple[Decimal, Decimal]] = {}
-    n = 0
-    for key in whole_cols:
-        usage[key] = (values[n], values[n + 1])
-        n += 2
-    hi_edge: dict[tuple[str, str | None], tuple[Decimal, Decimal]] = {}
-    for scope, value, length in edge_cols:
-        pair = (values[n], values[n + 1])
-        n += 2
-        if length is None:
-            hi_edge[(scope, value)] = pair
-        else:
-            tokens, usd = usage[(scope, value, length)]
-            usage[(scope, value, length)] = (tokens + pair[0], usd + pair[1])
-    for scope, value, seconds in whole_cols:
-        tokens, usd = usage[(scope, value, seconds)]
-        edge_tokens, edge_usd = hi_edge[(scope, value)]
-        usage[(scope, value, seconds)] = (tokens + edge_tokens, usd + edge_usd)
+    for key, parts in of_key.items():
+        tokens, usd = Decimal(0), Decimal(0)
+        for part, index, scope in parts:
+            row = sums[("raw" if part == "raw" else "rollup", index)]
+            column = _RAW_COLUMN[scope] if part == "raw" else 2
+            tokens += Decimal(row[column])
+            usd += Decimal(row[column + 1])
+        usage[key] = (tokens, usd)
     return usage
 
 
@@ -709,9 +677,11 @@ def _read_usage(
 ) -> dict[_Key, tuple[Decimal, Decimal]]:
     """Tokens and USD of each (scope, value, window seconds) in the windows ending ``now``.
 
-    Hour-bucketed: whole hours from the rollups plus the partial edge hours from usage_events
-    (tenant windows always; tool, model and user windows where ``rollup``). Raw: the window's events
-    from usage_events (team windows; tool, model and user windows on TimescaleDB community).
+    Bucketed (:func:`_read_bucketed`): tenant, tool, model and user windows from the rollups' whole
+    days, hours and 5-minute buckets plus the events of their partial edges where ``rollup``;
+    tenant windows from whole hours plus the events of partial edge hours where not (TimescaleDB
+    community). Raw: the window's events from usage_events (team windows; tool, model and user
+    windows on TimescaleDB community).
     """
     usage: dict[_Key, tuple[Decimal, Decimal]] = {}
     bucketed = sorted(
@@ -723,7 +693,7 @@ def _read_usage(
         if key not in bucketed:
             raw.setdefault((key[0], key[1]), []).append(key[2])
     if bucketed:
-        usage.update(_read_bucketed(conn, tenant, bucketed, now))
+        usage.update(_read_bucketed(conn, tenant, bucketed, now, grains=rollup))
     for (scope, value), seconds_list in raw.items():
         ordered = sorted(seconds_list, reverse=True)  # the longest first: lo0 bounds the scan
         raw_params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}
