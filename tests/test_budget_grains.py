@@ -10,10 +10,11 @@ import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -59,6 +60,31 @@ def test_pieces_cover_the_window_once_each_aligned_to_its_grain(hi_us: int, hour
         assert buckets["day"] <= 366 and buckets["hour"] <= 46 and buckets["5min"] <= 22
     else:
         assert set(p[0] for p in pieces) <= {"raw", "hour"}
+
+
+@pytest.fixture
+def migrated(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    migrate(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        yield conn
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hi_us=st.integers(min_value=0, max_value=200 * 365 * 86400 * 10**6),
+    hours=st.integers(min_value=1, max_value=366 * 24),
+    grains=st.booleans(),
+)
+def test_the_database_cuts_windows_as_the_service_does(
+    migrated: psycopg.Connection[Any], hi_us: int, hours: int, grains: bool
+) -> None:
+    """tokenscale.window_pieces (SQL, which chooses the ranges budget_check reads) and window_pieces
+    (Python, which puts a check's answer together from them) cut every window alike."""
+    hi = EPOCH + timedelta(microseconds=hi_us)
+    lo = hi - timedelta(hours=hours)
+    rows = migrated.execute("SELECT * FROM tokenscale.window_pieces(%s, %s, %s)", (lo, hi, grains)).fetchall()
+    assert [(g, a, b) for g, a, b in rows] == window_pieces(lo, hi, grains=grains)
 
 
 @pytest.fixture(scope="module")

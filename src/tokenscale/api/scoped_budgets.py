@@ -20,14 +20,19 @@ What each scope counts (counted usage events of the tenant only):
 Tokens are input + cache reads + cache writes + output (reasoning is part of output); USD is the
 events' priced cost (an unpriced event adds nothing to a USD window).
 
-Reads, in one transaction: the budgets that apply through the index on (tenant, scope,
-scope_value); then the whole UTC hours of every window in one query (tenant windows from
-``usage_hourly``, tool, model and user windows from ``usage_scope_hourly``, which the writer keeps
-exact like the other rollups), and the partial first hour of each window and the partial last hour
-they share in one scan of ``usage_events``. A check thus reads one row per hour of each window and
-at most a few hours of the tenant's events, however much usage the windows hold. Team windows (an
-attribute, not a rollup key) and, on TimescaleDB community (no ``usage_scope_hourly``), tool,
-model and user windows read their events in the window from ``usage_events``.
+Reads, in one round trip (``tokenscale.budget_check``, migrations 0090-0092): the budgets that
+apply through the index on (tenant, scope, scope_value), so the number defined does not matter;
+then each tenant, tool, model and user window [now - W, now] from the coarsest rollup buckets that
+fit it (:func:`window_pieces`): whole UTC days from ``usage_scope_daily``, the whole hours around
+them from ``usage_hourly`` or ``usage_scope_hourly``, the whole 5-minute buckets at both ends from
+``usage_scope_5min`` (all kept exact by the writer in the same transaction as the events), and only
+the events of its partial first and last 5 minutes from ``usage_events``. A 30-day window thus
+reads at most 30 + 46 + 22 rollup rows per scope value and about ten minutes of the tenant's
+events, however much usage it holds. The function's plans are generic and kept for the session.
+Team windows (an attribute, not a rollup key) and, on TimescaleDB community (no scoped rollups:
+tenant windows from the ``usage_hourly`` continuous aggregate's whole hours and the events of the
+partial edge hours), tool, model and user windows read their events in the window from
+``usage_events``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal
 
 import psycopg
-from psycopg import sql
 
 from tokenscale.api._errors import InvalidRequestError, NotFoundError
 from tokenscale.api.budgets import Budget
@@ -427,62 +431,14 @@ def budget_json(budget: ScopedBudget) -> dict[str, Any]:
 
 # --- the check -------------------------------------------------------------------------------------
 
-#: The budgets that apply (through the index on (tenant, scope, scope_value)), with the database's
-#: clock, whether the writer keeps the scoped rollups here, and the tenant's company budget: one
-#: round trip. A row with a NULL id when no budget applies.
-_APPLYING: Final = """
-SELECT n.now, n.rollup, n.token_limit, n.window_days,
-       a.id, a.scope, a.scope_value, a.unit, a.limit_value, a.window_seconds
-FROM (SELECT now() AS now, to_regclass('tokenscale.usage_scope_5min') IS NOT NULL AS rollup,
-             c.token_limit, c.window_days
-      FROM (SELECT 1) AS one LEFT JOIN tokenscale.budgets c ON c.tenant = %(tenant)s) AS n
-LEFT JOIN (
-    SELECT b.id, b.scope, b.scope_value, w.unit, w.limit_value, w.window_seconds, w.position
-    FROM tokenscale.scoped_budgets b JOIN tokenscale.scoped_budget_windows w ON w.budget_id = b.id
-    WHERE b.tenant = %(tenant)s
-      AND (b.scope, b.scope_value) IN (SELECT * FROM unnest(%(scopes)s::text[], %(values)s::text[]))
-) AS a ON TRUE
-ORDER BY a.id, a.position
-"""
+#: The whole check in one round trip (migration 0092): its plans are generic and kept for the session.
+_BUDGET_CHECK: Final = (
+    "SELECT * FROM tokenscale.budget_check(%(tenant)s, %(scopes)s::text[], %(values)s::text[], "
+    "%(now)s::timestamptz, %(team_key)s, %(company_limit)s::numeric, %(company_days)s::int)"
+)
 
-_TOKENS: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)")
-
-#: Scopes whose whole days, hours and 5-minute buckets the rollups keep (where the writer keeps them).
-_ROLLUP_SCOPES: Final = frozenset({"tool", "model", "user"})
-
-# The events of one scope value, as the scoped rollups group them.
-_SCOPE_FILTERS: Final[dict[str, sql.SQL]] = {
-    "user": sql.SQL("coalesce(e.user_email, e.user_id) = {}"),
-    "tool": sql.SQL("e.tool = {}"),
-    "model": sql.SQL("e.model = {}"),
-    "team": sql.SQL("e.attributes @> jsonb_build_object({}::text, {}::text)"),
-}
-
-
-def _raw_sql(scope: str, starts: int) -> sql.Composed:
-    """Tokens and USD of one scope value's events since each of ``starts`` window starts (the
-    longest first), in one scan of usage_events."""
-    columns = []
-    for i in range(starts):
-        lo = sql.Placeholder(f"lo{i}")
-        columns.append(
-            sql.SQL("coalesce(sum({t}) FILTER (WHERE e.time >= {lo}), 0)").format(t=_TOKENS, lo=lo)
-        )
-        columns.append(sql.SQL("coalesce(sum(e.cost_usd) FILTER (WHERE e.time >= {lo}), 0)").format(lo=lo))
-    value = sql.Placeholder("value")
-    condition = (
-        _SCOPE_FILTERS[scope].format(sql.Placeholder("team_key"), value)
-        if scope == "team"
-        else _SCOPE_FILTERS[scope].format(value)
-    )
-    return sql.SQL(
-        "SELECT {cols} FROM tokenscale.usage_events e "
-        "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s AND {filter}"
-    ).format(cols=sql.SQL(", ").join(columns), filter=condition)
-
-
-#: (scope, scope value or None, window seconds): one window's usage is read once per check.
-_Key = tuple[str, str | None, int]
+#: Column pair (tokens, USD) of each scope in an event range's row of budget_check.
+_RAW_COLUMN: Final = {"tenant": 12, "tool": 14, "model": 16, "user": 18}
 
 
 def check_budgets(
@@ -500,9 +456,8 @@ def check_budgets(
     tightest window first (largest fraction used, then least remaining), ``allowed`` false when any
     window is exceeded (used >= limit). The tenant's company budget (``tokenscale.budgets``, else
     ``company_budget``) is one more tenant window, id :data:`COMPANY_BUDGET_ID`. ``now`` defaults
-    to the database's clock; every window ends at that same instant. Two round trips: the budgets
-    that apply, then their usage (a third per team, and on TimescaleDB community per tool, model or
-    user scope value).
+    to the database's clock; every window ends at that same instant. One round trip: a call of
+    ``tokenscale.budget_check`` (one statement, one snapshot), whose rows are put together here.
     """
     keys: list[tuple[str, str]] = [("tenant", "")]
     for scope in SCOPES[1:]:
@@ -510,31 +465,54 @@ def check_budgets(
         if value:
             keys.append((scope, value))
     rows = conn.execute(
-        _APPLYING, {"tenant": tenant, "scopes": [k[0] for k in keys], "values": [k[1] for k in keys]}
+        _BUDGET_CHECK,
+        {
+            "tenant": tenant,
+            "scopes": [k[0] for k in keys],
+            "values": [k[1] for k in keys],
+            "now": now,
+            "team_key": team_attribute,
+            "company_limit": None if company_budget is None else company_budget.token_limit,
+            "company_days": None if company_budget is None else company_budget.window_days,
+        },
     ).fetchall()
-    now = (rows[0][0] if now is None else now).astimezone(UTC)
-    rollup = bool(rows[0][1])
-    found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
-        (str(r[4]), r[5], r[6] or None, r[7], _stored_limit(Decimal(r[8]), r[7]), int(r[9]))
-        for r in rows
-        if r[4] is not None
-    ]
-    company = company_budget if rows[0][2] is None else Budget(tenant, int(rows[0][2]), int(rows[0][3]))
-    if company is not None:
-        found.append(
-            (
-                COMPANY_BUDGET_ID,
-                "tenant",
-                None,
-                "tokens",
-                Decimal(company.token_limit),
-                company.window_days * 86400,
+    checked_at: datetime = rows[0][1].astimezone(UTC)
+    grains = bool(rows[0][2])
+    windows: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = []
+    rollup: dict[tuple[str, str, str, datetime, datetime], tuple[Decimal, Decimal]] = {}
+    raw: dict[tuple[datetime, datetime], Sequence[Any]] = {}
+    scanned: dict[tuple[str, str, int], tuple[Decimal, Decimal]] = {}
+    for row in rows[1:]:
+        kind = row[0]
+        if kind == "window":
+            unit = row[6]
+            windows.append(
+                (row[3], row[4], row[5] or None, unit, _stored_limit(Decimal(row[7]), unit), row[8])
             )
-        )
-    usage = _read_usage(conn, tenant, {(f[1], f[2], f[5]) for f in found}, now, team_attribute, rollup=rollup)
+        elif kind == "rollup":
+            rollup[(row[9], row[4], row[5], row[10], row[11])] = (Decimal(row[12]), Decimal(row[13]))
+        elif kind == "raw":
+            raw[(row[10], row[11])] = row
+        else:  # "scan": a whole window of events
+            scanned[(row[4], row[5], row[8])] = (Decimal(row[12]), Decimal(row[13]))
     statuses = []
-    for budget_id, scope, value, unit, limit, seconds in found:
-        tokens, usd = usage[(scope, value, seconds)]
+    for budget_id, scope, value, unit, limit, seconds in windows:
+        if (scope, value or "", seconds) in scanned:
+            tokens, usd = scanned[(scope, value or "", seconds)]
+        else:
+            tokens, usd = Decimal(0), Decimal(0)
+            for grain, lo, hi in window_pieces(
+                checked_at - timedelta(seconds=seconds), checked_at, grains=grains
+            ):
+                if grain == "raw":
+                    row = raw[(lo, hi)]
+                    tokens += Decimal(row[_RAW_COLUMN[scope]])
+                    usd += Decimal(row[_RAW_COLUMN[scope] + 1])
+                else:
+                    part = "tenant_hour" if grain == "hour" and scope == "tenant" else grain
+                    piece_tokens, piece_usd = rollup[(part, scope, value or "", lo, hi)]
+                    tokens += piece_tokens
+                    usd += piece_usd
         statuses.append(
             WindowStatus(
                 budget_id,
@@ -544,14 +522,14 @@ def check_budgets(
                 limit,
                 tokens if unit == "tokens" else usd,
                 seconds,
-                now - timedelta(seconds=seconds),
-                now,
+                checked_at - timedelta(seconds=seconds),
+                checked_at,
             )
         )
     statuses.sort(key=lambda s: (-s.fraction, s.remaining, s.window_seconds, s.budget_id))
     return {
         "allowed": not any(s.exceeded for s in statuses),
-        "checkedAt": iso(now),
+        "checkedAt": iso(checked_at),
         "windows": [s.as_json() for s in statuses],
     }
 
@@ -606,101 +584,3 @@ def window_pieces(lo: datetime, hi: datetime, *, grains: bool = True) -> list[_P
         ("raw", b, hi + _TICK),
     ]
     return [p for p in pieces if p[1] < p[2]]
-
-
-#: Every range of a check in one call (migration 0091): its plans are kept for the session.
-_BUDGET_USAGE: Final = (
-    "SELECT * FROM tokenscale.budget_usage(%(tenant)s, %(tool)s, %(model)s, %(user)s, "
-    "%(part)s::text[], %(scope)s::text[], %(value)s::text[], %(lo)s::timestamptz[], %(hi)s::timestamptz[], "
-    "%(raw_lo)s::timestamptz[], %(raw_hi)s::timestamptz[])"
-)
-#: Column pair of each scope in an event range's row (after the part and the range index).
-_RAW_COLUMN: Final = {"tenant": 2, "tool": 4, "model": 6, "user": 8}
-
-
-def _read_bucketed(
-    conn: Connection, tenant: str, keys: Sequence[_Key], now: datetime, *, grains: bool
-) -> dict[_Key, tuple[Decimal, Decimal]]:
-    """Each window from the coarsest rollup buckets that fit (:func:`window_pieces`), the events of
-    its partial first and last 5 minutes (hours, without ``grains``) from usage_events: every range
-    once, in one statement."""
-    values = {scope: value for scope, value, _ in keys}
-    rollup: dict[tuple[str, str, str, datetime, datetime], int] = {}  # (part, scope, value, lo, hi)
-    raw: dict[tuple[datetime, datetime], int] = {}
-    of_key: dict[_Key, list[tuple[str, int, str]]] = {}
-    for key in keys:
-        scope, value, seconds = key
-        parts = of_key.setdefault(key, [])
-        for grain, lo, hi in window_pieces(now - timedelta(seconds=seconds), now, grains=grains):
-            if grain == "raw":
-                parts.append(("raw", raw.setdefault((lo, hi), len(raw)), scope))
-                continue
-            part = "tenant_hour" if grain == "hour" and scope == "tenant" else grain
-            parts.append((part, rollup.setdefault((part, scope, value or "", lo, hi), len(rollup)), scope))
-    params: dict[str, Any] = {
-        "tenant": tenant,
-        "tool": values.get("tool"),
-        "model": values.get("model"),
-        "user": values.get("user"),
-        "part": [k[0] for k in rollup],
-        "scope": [k[1] for k in rollup],
-        "value": [k[2] for k in rollup],
-        "lo": [k[3] for k in rollup],
-        "hi": [k[4] for k in rollup],
-        "raw_lo": [k[0] for k in raw],
-        "raw_hi": [k[1] for k in raw],
-    }
-    sums: dict[tuple[str, int], Sequence[Any]] = {
-        ("raw" if row[0] == "raw" else "rollup", row[1]): row
-        for row in conn.execute(_BUDGET_USAGE, params).fetchall()
-    }
-    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
-    for key, parts in of_key.items():
-        tokens, usd = Decimal(0), Decimal(0)
-        for part, index, scope in parts:
-            row = sums[("raw" if part == "raw" else "rollup", index)]
-            column = _RAW_COLUMN[scope] if part == "raw" else 2
-            tokens += Decimal(row[column])
-            usd += Decimal(row[column + 1])
-        usage[key] = (tokens, usd)
-    return usage
-
-
-def _read_usage(
-    conn: Connection,
-    tenant: str,
-    keys: set[_Key],
-    now: datetime,
-    team_attribute: str,
-    *,
-    rollup: bool,
-) -> dict[_Key, tuple[Decimal, Decimal]]:
-    """Tokens and USD of each (scope, value, window seconds) in the windows ending ``now``.
-
-    Bucketed (:func:`_read_bucketed`): tenant, tool, model and user windows from the rollups' whole
-    days, hours and 5-minute buckets plus the events of their partial edges where ``rollup``;
-    tenant windows from whole hours plus the events of partial edge hours where not (TimescaleDB
-    community). Raw: the window's events from usage_events (team windows; tool, model and user
-    windows on TimescaleDB community).
-    """
-    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
-    bucketed = sorted(
-        (k for k in keys if k[0] == "tenant" or (rollup and k[0] in _ROLLUP_SCOPES)),
-        key=lambda k: (k[0], k[1] or "", k[2]),
-    )
-    raw: dict[tuple[str, str | None], list[int]] = {}
-    for key in keys:
-        if key not in bucketed:
-            raw.setdefault((key[0], key[1]), []).append(key[2])
-    if bucketed:
-        usage.update(_read_bucketed(conn, tenant, bucketed, now, grains=rollup))
-    for (scope, value), seconds_list in raw.items():
-        ordered = sorted(seconds_list, reverse=True)  # the longest first: lo0 bounds the scan
-        raw_params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}
-        for i, seconds in enumerate(ordered):
-            raw_params[f"lo{i}"] = now - timedelta(seconds=seconds)
-        row = conn.execute(_raw_sql(scope, len(ordered)), raw_params).fetchone()
-        assert row is not None
-        for i, seconds in enumerate(ordered):
-            usage[(scope, value, seconds)] = (Decimal(row[2 * i]), Decimal(row[2 * i + 1]))
-    return usage
