@@ -131,21 +131,35 @@ GROUP BY {", ".join(str(i) for i in range(1, n_keys + 2))}
 
 _BUILD_DAILY: Final = _build_rollup("usage_daily", "day", "tenant, tool, user_email, provider, model")
 _BUILD_HOURLY: Final = _build_rollup("usage_hourly", "hour", "tenant")
-#: usage_scope_hourly (the budget check's tool, model and user hours): the writer's sums per scope.
-_BUILD_SCOPED: Final = """
-INSERT INTO tokenscale.usage_scope_hourly
-SELECT date_trunc('hour', time, 'UTC'), tenant, k.scope, k.value,
+
+
+def _build_scoped(table: str, bucket: str, scopes: str) -> str:
+    """The INSERT of one of the budget check's scoped rollups (the writer's sums per scope)."""
+    return f"""
+INSERT INTO tokenscale.{table}
+SELECT {bucket}, tenant, k.scope, k.value,
        sum(requests), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(reasoning_tokens), sum(cost_usd),
        coalesce(sum(greatest(requests, 1)) FILTER (WHERE cost_usd IS NULL AND cost_source IS NULL
                         AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0), 0),
        count(*)
 FROM tokenscale.usage_events
-CROSS JOIN LATERAL (VALUES ('tool', tool), ('model', model), ('user', coalesce(user_email, user_id)))
+CROSS JOIN LATERAL (VALUES {scopes}('tool', tool), ('model', model), ('user', coalesce(user_email, user_id)))
     AS k (scope, value)
 WHERE counted AND k.value IS NOT NULL AND time >= %(from)s AND time < %(to)s
 GROUP BY 1, 2, 3, 4
 """
+
+
+#: usage_scope_hourly (the budget check's tool, model and user hours) and its day and 5-minute grains
+#: (also per tenant).
+_BUILD_SCOPED: Final = (
+    _build_scoped("usage_scope_hourly", "date_trunc('hour', time, 'UTC')", ""),
+    _build_scoped("usage_scope_daily", "date_trunc('day', time, 'UTC')", "('tenant', ''), "),
+    _build_scoped(
+        "usage_scope_5min", "date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01Z')", "('tenant', ''), "
+    ),
+)
 
 _SUMS: Final = (
     "sum(requests)::bigint, sum(input_tokens)::bigint, sum(cache_read_tokens)::bigint, "
@@ -301,7 +315,8 @@ def generate(url: str, ds: DataSet, start: datetime, log: Callable[[str], None])
     with psycopg.connect(url, autocommit=True) as conn:
         scoped = conn.execute("SELECT to_regclass('tokenscale.usage_scope_hourly')").fetchone()
     if scoped is not None and scoped[0] is not None:
-        _parallel([rollup(_BUILD_SCOPED, 0, half), rollup(_BUILD_SCOPED, half, ds.days)])
+        for build in _BUILD_SCOPED:
+            _parallel([rollup(build, 0, half), rollup(build, half, ds.days)])
     timings["build_daily_s"] = time.monotonic() - t0
 
     # Statistics for the planner, and hint bits set by one untimed full read, so that no timed raw
@@ -321,7 +336,8 @@ def generate(url: str, ds: DataSet, start: datetime, log: Callable[[str], None])
             if hourly and str(hourly[0]) == "r":
                 conn.execute("VACUUM ANALYZE tokenscale.usage_hourly")
             if scoped is not None and scoped[0] is not None:
-                conn.execute("VACUUM ANALYZE tokenscale.usage_scope_hourly")
+                for table in ("usage_scope_hourly", "usage_scope_daily", "usage_scope_5min"):
+                    conn.execute(f"VACUUM ANALYZE tokenscale.{table}")
 
     _parallel([analyze_events, vacuum_daily])
     timings["analyze_s"] = time.monotonic() - t0

@@ -20,14 +20,19 @@ What each scope counts (counted usage events of the tenant only):
 Tokens are input + cache reads + cache writes + output (reasoning is part of output); USD is the
 events' priced cost (an unpriced event adds nothing to a USD window).
 
-Reads, in one transaction: the budgets that apply through the index on (tenant, scope,
-scope_value); then the whole UTC hours of every window in one query (tenant windows from
-``usage_hourly``, tool, model and user windows from ``usage_scope_hourly``, which the writer keeps
-exact like the other rollups), and the partial first hour of each window and the partial last hour
-they share in one scan of ``usage_events``. A check thus reads one row per hour of each window and
-at most a few hours of the tenant's events, however much usage the windows hold. Team windows (an
-attribute, not a rollup key) and, on TimescaleDB community (no ``usage_scope_hourly``), tool,
-model and user windows read their events in the window from ``usage_events``.
+Reads, in one round trip (``tokenscale.budget_check``, migrations 0090-0092): the budgets that
+apply through the index on (tenant, scope, scope_value), so the number defined does not matter;
+then each tenant, tool, model and user window [now - W, now] from the coarsest rollup buckets that
+fit it (:func:`window_pieces`): whole UTC days from ``usage_scope_daily``, the whole hours around
+them from ``usage_hourly`` or ``usage_scope_hourly``, the whole 5-minute buckets at both ends from
+``usage_scope_5min`` (all kept exact by the writer in the same transaction as the events), and only
+the events of its partial first and last 5 minutes from ``usage_events``. A 30-day window thus
+reads at most 30 + 46 + 22 rollup rows per scope value and about ten minutes of the tenant's
+events, however much usage it holds. The function's plans are generic and kept for the session.
+Team windows (an attribute, not a rollup key) and, on TimescaleDB community (no scoped rollups:
+tenant windows from the ``usage_hourly`` continuous aggregate's whole hours and the events of the
+partial edge hours), tool, model and user windows read their events in the window from
+``usage_events``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal
 
 import psycopg
-from psycopg import sql
 
 from tokenscale.api._errors import InvalidRequestError, NotFoundError
-from tokenscale.api.budgets import Budget, get_budget
+from tokenscale.api.budgets import Budget
 from tokenscale.mapping import normalise_model
 
 __all__ = [
@@ -427,69 +431,14 @@ def budget_json(budget: ScopedBudget) -> dict[str, Any]:
 
 # --- the check -------------------------------------------------------------------------------------
 
-_APPLYING: Final = """
-SELECT b.id, b.scope, b.scope_value, w.unit, w.limit_value, w.window_seconds
-FROM tokenscale.scoped_budgets b JOIN tokenscale.scoped_budget_windows w ON w.budget_id = b.id
-WHERE b.tenant = %s AND (b.scope, b.scope_value) IN ({keys})
-ORDER BY b.id, w.position
-"""
-
-_TOKENS: Final = sql.SQL("(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens)")
-_HOURLY_TOKENS: Final = sql.SQL(
-    "(h.input_tokens + h.cache_read_tokens + h.cache_write_tokens + h.output_tokens)"
+#: The whole check in one round trip (migration 0092): its plans are generic and kept for the session.
+_BUDGET_CHECK: Final = (
+    "SELECT * FROM tokenscale.budget_check(%(tenant)s, %(scopes)s::text[], %(values)s::text[], "
+    "%(now)s::timestamptz, %(team_key)s, %(company_limit)s::numeric, %(company_days)s::int)"
 )
 
-#: Scopes whose whole hours usage_scope_hourly keeps (where the writer keeps rollups).
-_ROLLUP_SCOPES: Final = frozenset({"tool", "model", "user"})
-
-# The events of one scope value, as usage_scope_hourly groups them.
-_SCOPE_FILTERS: Final[dict[str, sql.SQL]] = {
-    "user": sql.SQL("coalesce(e.user_email, e.user_id) = {}"),
-    "tool": sql.SQL("e.tool = {}"),
-    "model": sql.SQL("e.model = {}"),
-    "team": sql.SQL("e.attributes @> jsonb_build_object({}::text, {}::text)"),
-}
-
-
-def _sums(condition: sql.Composable, tokens: sql.Composable, cost: sql.Composable) -> list[sql.Composable]:
-    """Tokens and USD of the rows matching ``condition`` (two aggregate columns)."""
-    return [
-        sql.SQL("coalesce(sum({t}) FILTER (WHERE {c}), 0)").format(t=tokens, c=condition),
-        sql.SQL("coalesce(sum({u}) FILTER (WHERE {c}), 0)").format(u=cost, c=condition),
-    ]
-
-
-def _one_row(parts: Sequence[sql.Composable]) -> sql.Composed:
-    """One row of every column of ``parts`` (aggregate subqueries of one row each)."""
-    return sql.SQL("SELECT * FROM ") + sql.SQL(" CROSS JOIN ").join(
-        sql.SQL("({}) AS p{}").format(part, sql.Literal(i)) for i, part in enumerate(parts)
-    )
-
-
-def _raw_sql(scope: str, starts: int) -> sql.Composed:
-    """Tokens and USD of one scope value's events since each of ``starts`` window starts (the
-    longest first), in one scan of usage_events."""
-    columns = []
-    for i in range(starts):
-        lo = sql.Placeholder(f"lo{i}")
-        columns.append(
-            sql.SQL("coalesce(sum({t}) FILTER (WHERE e.time >= {lo}), 0)").format(t=_TOKENS, lo=lo)
-        )
-        columns.append(sql.SQL("coalesce(sum(e.cost_usd) FILTER (WHERE e.time >= {lo}), 0)").format(lo=lo))
-    value = sql.Placeholder("value")
-    condition = (
-        _SCOPE_FILTERS[scope].format(sql.Placeholder("team_key"), value)
-        if scope == "team"
-        else _SCOPE_FILTERS[scope].format(value)
-    )
-    return sql.SQL(
-        "SELECT {cols} FROM tokenscale.usage_events e "
-        "WHERE e.tenant = %(tenant)s AND e.counted AND e.time >= %(lo0)s AND e.time <= %(hi)s AND {filter}"
-    ).format(cols=sql.SQL(", ").join(columns), filter=condition)
-
-
-#: (scope, scope value or None, window seconds): one window's usage is read once per check.
-_Key = tuple[str, str | None, int]
+#: Column pair (tokens, USD) of each scope in an event range's row of budget_check.
+_RAW_COLUMN: Final = {"tenant": 12, "tool": 14, "model": 16, "user": 18}
 
 
 def check_budgets(
@@ -507,45 +456,63 @@ def check_budgets(
     tightest window first (largest fraction used, then least remaining), ``allowed`` false when any
     window is exceeded (used >= limit). The tenant's company budget (``tokenscale.budgets``, else
     ``company_budget``) is one more tenant window, id :data:`COMPANY_BUDGET_ID`. ``now`` defaults
-    to the database's clock. Every read is in one transaction (one snapshot).
+    to the database's clock; every window ends at that same instant. One round trip: a call of
+    ``tokenscale.budget_check`` (one statement, one snapshot), whose rows are put together here.
     """
     keys: list[tuple[str, str]] = [("tenant", "")]
     for scope in SCOPES[1:]:
         value = identity.value(scope)
         if value:
             keys.append((scope, value))
-    query = sql.SQL(_APPLYING).format(keys=sql.SQL(", ").join(sql.SQL("(%s::text, %s::text)") for _ in keys))
-    with conn.transaction():
-        first = conn.execute(
-            "SELECT now(), to_regclass('tokenscale.usage_scope_hourly') IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM pg_matviews WHERE schemaname = 'tokenscale' "
-            "AND matviewname = 'usage_scope_hourly')"
-        ).fetchone()
-        assert first is not None
-        now = (first[0] if now is None else now).astimezone(UTC)
-        rollup = bool(first[1])
-        rows = conn.execute(query, [tenant, *[p for key in keys for p in key]]).fetchall()
-        company = get_budget(conn, tenant) or company_budget
-        found: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = [
-            (str(r[0]), r[1], r[2] or None, r[3], _stored_limit(Decimal(r[4]), r[3]), int(r[5])) for r in rows
-        ]
-        if company is not None:
-            found.append(
-                (
-                    COMPANY_BUDGET_ID,
-                    "tenant",
-                    None,
-                    "tokens",
-                    Decimal(company.token_limit),
-                    company.window_days * 86400,
-                )
+    rows = conn.execute(
+        _BUDGET_CHECK,
+        {
+            "tenant": tenant,
+            "scopes": [k[0] for k in keys],
+            "values": [k[1] for k in keys],
+            "now": now,
+            "team_key": team_attribute,
+            "company_limit": None if company_budget is None else company_budget.token_limit,
+            "company_days": None if company_budget is None else company_budget.window_days,
+        },
+    ).fetchall()
+    checked_at: datetime = rows[0][1].astimezone(UTC)
+    grains = bool(rows[0][2])
+    windows: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = []
+    rollup: dict[tuple[str, str, str, datetime, datetime], tuple[Decimal, Decimal]] = {}
+    raw: dict[tuple[datetime, datetime], Sequence[Any]] = {}
+    scanned: dict[tuple[str, str, int], tuple[Decimal, Decimal]] = {}
+    for row in rows[1:]:
+        kind = row[0]
+        if kind == "window":
+            unit = row[6]
+            windows.append(
+                (row[3], row[4], row[5] or None, unit, _stored_limit(Decimal(row[7]), unit), row[8])
             )
-        usage = _read_usage(
-            conn, tenant, {(f[1], f[2], f[5]) for f in found}, now, team_attribute, rollup=rollup
-        )
+        elif kind == "rollup":
+            rollup[(row[9], row[4], row[5], row[10], row[11])] = (Decimal(row[12]), Decimal(row[13]))
+        elif kind == "raw":
+            raw[(row[10], row[11])] = row
+        else:  # "scan": a whole window of events
+            scanned[(row[4], row[5], row[8])] = (Decimal(row[12]), Decimal(row[13]))
     statuses = []
-    for budget_id, scope, value, unit, limit, seconds in found:
-        tokens, usd = usage[(scope, value, seconds)]
+    for budget_id, scope, value, unit, limit, seconds in windows:
+        if (scope, value or "", seconds) in scanned:
+            tokens, usd = scanned[(scope, value or "", seconds)]
+        else:
+            tokens, usd = Decimal(0), Decimal(0)
+            for grain, lo, hi in window_pieces(
+                checked_at - timedelta(seconds=seconds), checked_at, grains=grains
+            ):
+                if grain == "raw":
+                    row = raw[(lo, hi)]
+                    tokens += Decimal(row[_RAW_COLUMN[scope]])
+                    usd += Decimal(row[_RAW_COLUMN[scope] + 1])
+                else:
+                    part = "tenant_hour" if grain == "hour" and scope == "tenant" else grain
+                    piece_tokens, piece_usd = rollup[(part, scope, value or "", lo, hi)]
+                    tokens += piece_tokens
+                    usd += piece_usd
         statuses.append(
             WindowStatus(
                 budget_id,
@@ -555,182 +522,65 @@ def check_budgets(
                 limit,
                 tokens if unit == "tokens" else usd,
                 seconds,
-                now - timedelta(seconds=seconds),
-                now,
+                checked_at - timedelta(seconds=seconds),
+                checked_at,
             )
         )
     statuses.sort(key=lambda s: (-s.fraction, s.remaining, s.window_seconds, s.budget_id))
     return {
         "allowed": not any(s.exceeded for s in statuses),
-        "checkedAt": iso(now),
+        "checkedAt": iso(checked_at),
         "windows": [s.as_json() for s in statuses],
     }
 
 
-_Shape = tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, ...]]
-_BUCKETED_CACHE: dict[_Shape, tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]] = {}
+# --- a window's usage from the rollups ------------------------------------------------------------
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FIVE_MINUTES: Final = timedelta(minutes=5)
+_HOUR: Final = timedelta(hours=1)
+_DAY: Final = timedelta(days=1)
+#: The resolution of timestamptz: ``time < hi + _TICK`` is ``time <= hi``.
+_TICK: Final = timedelta(microseconds=1)
+
+#: A part of a window: a grain ("raw", "5min", "hour", "day") and its range [lo, hi).
+_Piece = tuple[str, datetime, datetime]
 
 
-def _bucketed_sql(
-    conn: Connection, shape: _Shape
-) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int | None]]]:
-    """The statement of :func:`_read_bucketed` for one shape (each scope value's scope and window
-    indexes, and which windows have a partial first hour), composed once and kept; with the
-    (group, window index) of each pair of columns of its whole hours and of its edges."""
-    cached = _BUCKETED_CACHE.get(shape)
-    if cached is not None:
-        return cached
-    groups, edge_starts = shape
-    # Whole hours: one range of each scope value's hours, a pair of columns per window.
-    whole: list[sql.Composable] = []
-    whole_cols: list[tuple[int, int]] = []
-    for g, (scope, indexes) in enumerate(groups):
-        first = sql.Placeholder(f"lo_hour{max(indexes)}")  # the longest window starts first
-        source: sql.Composable
-        if scope == "tenant":
-            source = sql.SQL("tokenscale.usage_hourly h WHERE h.tenant = %(tenant)s")
-        else:
-            source = sql.SQL(
-                "tokenscale.usage_scope_hourly h WHERE h.tenant = %(tenant)s AND h.scope = {s} "
-                "AND h.scope_value = {v}"
-            ).format(s=sql.Literal(scope), v=sql.Placeholder(f"v{g}"))
-        columns: list[sql.Composable] = []
-        for i in indexes:
-            hour = sql.SQL("h.hour >= {}").format(sql.Placeholder(f"lo_hour{i}"))
-            columns += _sums(hour, _HOURLY_TOKENS, sql.SQL("h.cost_usd"))
-            whole_cols.append((g, i))
-        whole.append(
-            sql.SQL("SELECT {cols} FROM {source} AND h.hour >= {first} AND h.hour < %(hi_hour)s").format(
-                cols=sql.SQL(", ").join(columns), source=source, first=first
-            )
-        )
-    # Edge hours: the partial current hour (shared), and the partial first hour of each length.
-    conditions = [
-        sql.SQL("TRUE") if scope == "tenant" else _SCOPE_FILTERS[scope].format(sql.Placeholder(f"v{g}"))
-        for g, (scope, _) in enumerate(groups)
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return _EPOCH + (moment - _EPOCH) // step * step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+def window_pieces(lo: datetime, hi: datetime, *, grains: bool = True) -> list[_Piece]:
+    """The window [lo, hi] (both ends included) as disjoint ranges [start, end) of the coarsest
+    rollup buckets that fit: the events of its partial first and last 5 minutes, then whole 5-minute
+    buckets up to the first whole hour, whole hours up to the first whole UTC day, whole days, and
+    the same back down at its end. Without ``grains`` (TimescaleDB community: hours only), the
+    events of its partial first and last hours and its whole hours. Empty ranges are left out."""
+    if not grains:
+        a, b = _ceil(lo, _HOUR), _floor(hi, _HOUR)
+        if a >= b:
+            return [("raw", lo, hi + _TICK)]
+        return [p for p in (("raw", lo, a), ("hour", a, b), ("raw", b, hi + _TICK)) if p[1] < p[2]]
+    a, b = _ceil(lo, _FIVE_MINUTES), _floor(hi, _FIVE_MINUTES)
+    if a >= b:
+        return [("raw", lo, hi + _TICK)]
+    h1 = min(_ceil(a, _HOUR), b)
+    h2 = max(_floor(b, _HOUR), h1)
+    d1 = min(_ceil(h1, _DAY), h2)
+    d2 = max(_floor(h2, _DAY), d1)
+    pieces = [
+        ("raw", lo, a),
+        ("5min", a, h1),
+        ("hour", h1, d1),
+        ("day", d1, d2),
+        ("hour", d2, h2),
+        ("5min", h2, b),
+        ("raw", b, hi + _TICK),
     ]
-    edges: list[sql.Composable] = []
-    edge_cols: list[tuple[int, int | None]] = []
-    columns = []
-    for g, condition in enumerate(conditions):
-        columns += _sums(condition, _TOKENS, sql.SQL("e.cost_usd"))
-        edge_cols.append((g, None))
-    edges.append(
-        sql.SQL(
-            "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
-            "AND e.time >= %(hi_hour)s AND e.time <= %(hi)s"
-        ).format(cols=sql.SQL(", ").join(columns))
-    )
-    for i in edge_starts:
-        columns = []
-        for g, (_, indexes) in enumerate(groups):
-            if i in indexes:
-                columns += _sums(conditions[g], _TOKENS, sql.SQL("e.cost_usd"))
-                edge_cols.append((g, i))
-        edges.append(
-            sql.SQL(
-                "SELECT {cols} FROM tokenscale.usage_events e WHERE e.tenant = %(tenant)s AND e.counted "
-                "AND e.time >= {lo} AND e.time < {lo_hour}"
-            ).format(
-                cols=sql.SQL(", ").join(columns),
-                lo=sql.Placeholder(f"lo{i}"),
-                lo_hour=sql.Placeholder(f"lo_hour{i}"),
-            )
-        )
-    built = (_one_row([*whole, *edges]).as_bytes(conn), whole_cols, edge_cols)
-    if len(_BUCKETED_CACHE) < 1024:
-        _BUCKETED_CACHE[shape] = built
-    return built
-
-
-def _read_bucketed(
-    conn: Connection, tenant: str, keys: Sequence[_Key], now: datetime
-) -> dict[_Key, tuple[Decimal, Decimal]]:
-    """Whole hours from the rollups, edge hours from usage_events, each in one statement.
-
-    Every part is a plain index range (one scope value's hours; one edge's events), so each is
-    planned and pruned on its own; several windows of a scope value share its scans (FILTER).
-    """
-    hi = now
-    hi_hour = hi.replace(minute=0, second=0, microsecond=0)
-    params: dict[str, Any] = {"tenant": tenant, "hi": hi, "hi_hour": hi_hour}
-    starts = sorted({k[2] for k in keys})
-    for i, seconds in enumerate(starts):
-        lo = hi - timedelta(seconds=seconds)
-        lo_hour = lo.replace(minute=0, second=0, microsecond=0)
-        if lo_hour < lo:
-            lo_hour += timedelta(hours=1)
-        params[f"lo{i}"], params[f"lo_hour{i}"] = lo, lo_hour
-    groups: dict[tuple[str, str | None], list[int]] = {}
-    for scope, value, seconds in keys:
-        groups.setdefault((scope, value), []).append(starts.index(seconds))
-    for g, (_, value) in enumerate(groups):
-        params[f"v{g}"] = value or ""
-    edge_starts = tuple(i for i in range(len(starts)) if params[f"lo{i}"] != params[f"lo_hour{i}"])
-    shape = (tuple((scope, tuple(sorted(indexes))) for (scope, _), indexes in groups.items()), edge_starts)
-    query, whole_shape, edge_shape = _bucketed_sql(conn, shape)
-    keys_of_group = list(groups)
-    whole_cols = [(keys_of_group[g][0], keys_of_group[g][1], starts[i]) for g, i in whole_shape]
-    edge_cols: list[tuple[str, str | None, int | None]] = [
-        (keys_of_group[g][0], keys_of_group[g][1], None if i is None else starts[i]) for g, i in edge_shape
-    ]
-    row = conn.execute(query, params, prepare=False).fetchone()
-    assert row is not None
-    values = [Decimal(v) for v in row]
-    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
-    n = 0
-    for key in whole_cols:
-        usage[key] = (values[n], values[n + 1])
-        n += 2
-    hi_edge: dict[tuple[str, str | None], tuple[Decimal, Decimal]] = {}
-    for scope, value, length in edge_cols:
-        pair = (values[n], values[n + 1])
-        n += 2
-        if length is None:
-            hi_edge[(scope, value)] = pair
-        else:
-            tokens, usd = usage[(scope, value, length)]
-            usage[(scope, value, length)] = (tokens + pair[0], usd + pair[1])
-    for scope, value, seconds in whole_cols:
-        tokens, usd = usage[(scope, value, seconds)]
-        edge_tokens, edge_usd = hi_edge[(scope, value)]
-        usage[(scope, value, seconds)] = (tokens + edge_tokens, usd + edge_usd)
-    return usage
-
-
-def _read_usage(
-    conn: Connection,
-    tenant: str,
-    keys: set[_Key],
-    now: datetime,
-    team_attribute: str,
-    *,
-    rollup: bool,
-) -> dict[_Key, tuple[Decimal, Decimal]]:
-    """Tokens and USD of each (scope, value, window seconds) in the windows ending ``now``.
-
-    Hour-bucketed: whole hours from the rollups plus the partial edge hours from usage_events
-    (tenant windows always; tool, model and user windows where ``rollup``). Raw: the window's events
-    from usage_events (team windows; tool, model and user windows on TimescaleDB community).
-    """
-    usage: dict[_Key, tuple[Decimal, Decimal]] = {}
-    bucketed = sorted(
-        (k for k in keys if k[0] == "tenant" or (rollup and k[0] in _ROLLUP_SCOPES)),
-        key=lambda k: (k[0], k[1] or "", k[2]),
-    )
-    raw: dict[tuple[str, str | None], list[int]] = {}
-    for key in keys:
-        if key not in bucketed:
-            raw.setdefault((key[0], key[1]), []).append(key[2])
-    if bucketed:
-        usage.update(_read_bucketed(conn, tenant, bucketed, now))
-    for (scope, value), seconds_list in raw.items():
-        ordered = sorted(seconds_list, reverse=True)  # the longest first: lo0 bounds the scan
-        raw_params: dict[str, Any] = {"tenant": tenant, "value": value, "team_key": team_attribute, "hi": now}
-        for i, seconds in enumerate(ordered):
-            raw_params[f"lo{i}"] = now - timedelta(seconds=seconds)
-        row = conn.execute(_raw_sql(scope, len(ordered)), raw_params).fetchone()
-        assert row is not None
-        for i, seconds in enumerate(ordered):
-            usage[(scope, value, seconds)] = (Decimal(row[2 * i]), Decimal(row[2 * i + 1]))
-    return usage
+    return [p for p in pieces if p[1] < p[2]]
