@@ -464,7 +464,8 @@ class UsageWriter:
             # (batched heap and WAL writes, no staging copy, no conflict checks), every request's
             # best carrier its record.
             with conn.transaction():
-                _copy(conn, _COPY_REQUESTS, _REQUEST_TYPES, _request_rows(best))
+                if best:  # none in a metrics export
+                    _copy(conn, _COPY_REQUESTS, _REQUEST_TYPES, _request_rows(best))
                 _copy(conn, _COPY_EVENTS, _EVENT_TYPES, rows)
             new = [True] * len(events)
         except psycopg.errors.UniqueViolation:
@@ -1004,9 +1005,13 @@ FROM tokenscale.usage_events
 WHERE tenant = %s AND tool = %s AND stream = %s AND counted AND source <> '{RECONCILED}'
 GROUP BY 1, 2, 3, 4, 5, 6
 """
+#: Which of the given streams have views, and which of those have records in their ledger.
 _PROBE_STREAMS: Final = """
-SELECT tenant, tool, stream, has_views FROM tokenscale.ledger_streams
-WHERE (tenant, tool, stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))
+SELECT s.tenant, s.tool, s.stream, s.has_views, s.has_views AND EXISTS (
+    SELECT 1 FROM tokenscale.ledger_records r
+    WHERE r.tenant = s.tenant AND r.tool = s.tool AND r.stream = s.stream)
+FROM tokenscale.ledger_streams s
+WHERE (s.tenant, s.tool, s.stream) IN (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))
 """
 _LOCK_STREAMS: Final = """
 SELECT count(*) FROM (SELECT k, x FROM unnest(%b::int8[], %b::bool[]) AS u(k, x) ORDER BY k OFFSET 0) s,
@@ -1054,32 +1059,50 @@ _EXACT: Final = (
     " WHERE tenant = %s AND tool = %s AND stream = %s AND model = k.m AND who = k.w AND session = k.s"
     " {hour} OFFSET 0) l"
 )
+#: Exact keys with their open variants (each part equal or ''), made here, not sent: rows of any.
+_VARIANTS: Final = (
+    " FROM (SELECT DISTINCT v.m, v.w, v.s FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)"
+    " CROSS JOIN LATERAL (VALUES (k.m, k.w, k.s), (k.m, k.w, ''), (k.m, '', k.s), (k.m, '', ''),"
+    " ('', k.w, k.s), ('', k.w, ''), ('', '', k.s), ('', '', '')) AS v(m, w, s)) k"
+    " CROSS JOIN LATERAL (SELECT * FROM {table}"
+    " WHERE tenant = %s AND tool = %s AND stream = %s AND model = k.m AND who = k.w AND session = k.s"
+    " OFFSET 0) l"
+)
 #: (model, user) pairs: rows of the pair, any session.
 _PREFIX: Final = (
     " FROM unnest(%b::text[], %b::text[]) AS k(m, w) CROSS JOIN LATERAL (SELECT * FROM {table}"
     " WHERE tenant = %s AND tool = %s AND stream = %s AND model = k.m AND who = k.w OFFSET 0) l"
 )
-_VIEW_COLUMNS: Final = f"l.model, l.who, l.session, l.view, {_cols('l', _SUMS_SQL)}, l.reported, l.template"
+_VIEW_COLUMNS: Final = (
+    f"l.model, l.who, l.session, l.view, {_cols('l', _SUMS_SQL)}, l.reported, l.template::text"
+)
 _RECORD_COLUMNS: Final = f"l.model, l.who, l.session, {_cols('l', _SUMS_SQL)}"
 _SELECT_VIEWS: Final = {
-    "exact": "SELECT " + _VIEW_COLUMNS + _EXACT.format(table="tokenscale.ledger_views", hour=""),
+    "exact": "SELECT " + _VIEW_COLUMNS + _VARIANTS.format(table="tokenscale.ledger_views"),
     "prefix": "SELECT " + _VIEW_COLUMNS + _PREFIX.format(table="tokenscale.ledger_views"),
     "open": f"SELECT {_VIEW_COLUMNS} FROM tokenscale.ledger_views l WHERE {_STREAM_WHERE} AND {_COMPATIBLE}",
 }
 _SELECT_RECORDS: Final = {
-    "exact": "SELECT " + _RECORD_COLUMNS + _EXACT.format(table="tokenscale.ledger_records", hour=""),
+    "exact": "SELECT " + _RECORD_COLUMNS + _VARIANTS.format(table="tokenscale.ledger_records"),
     "prefix": "SELECT " + _RECORD_COLUMNS + _PREFIX.format(table="tokenscale.ledger_records"),
     "open": (
         f"SELECT {_RECORD_COLUMNS} FROM tokenscale.ledger_records l WHERE {_STREAM_WHERE} AND {_COMPATIBLE}"
     ),
 }
-_SELECT_RECENT: Final = f"SELECT l.model, l.who, l.session, l.hour, {_cols('l', _SUMS_SQL)}" + _EXACT.format(
-    table="tokenscale.ledger_residuals", hour="AND hour >= %s"
-)
-_SELECT_FINAL: Final = (
-    "SELECT l.model, l.who, l.session, "
-    + ", ".join(f"sum(l.{c})" for c in _SUMS_SQL.split(", "))
-    + _EXACT.format(table="tokenscale.ledger_residuals", hour="AND hour < %s")
+#: The residual rows of the given subkeys: each recent row (hour at or after the cutoff) and, with
+#: hour NULL, the sum of the final rows (before it), in one statement.
+_SELECT_RESIDUALS: Final = (
+    "WITH k AS MATERIALIZED (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)) "
+    f"SELECT l.model, l.who, l.session, l.hour, {_cols('l', _SUMS_SQL)}"
+    + _EXACT.replace(" FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)", " FROM k").format(
+        table="tokenscale.ledger_residuals", hour="AND hour >= %s"
+    )
+    + " UNION ALL SELECT l.model, l.who, l.session, NULL, "
+    + ", ".join(f"sum(l.{c})::int8" for c in _SUMS_SQL.split(", ")[:6])
+    + ", sum(l.cost_usd)"
+    + _EXACT.replace(" FROM unnest(%b::text[], %b::text[], %b::text[]) AS k(m, w, s)", " FROM k").format(
+        table="tokenscale.ledger_residuals", hour="AND hour < %s"
+    )
     + " GROUP BY 1, 2, 3"
 )
 _RESIDUAL_STAGE_COLUMNS: Final = (
@@ -1097,16 +1120,23 @@ SELECT * FROM tokenscale_ledger_residual_stage ORDER BY 1, 2, 3, 4, 5, 6, 7
 ON CONFLICT (tenant, tool, stream, model, who, session, hour) DO UPDATE SET
 {", ".join(f"{c} = excluded.{c}" for c in _SUMS_SQL.split(", "))}
 """
+#: The stored residual rows a move replaces, as they were (the statement's snapshot is taken
+#: before its upsert changes them).
 _SELECT_RESIDUAL_ROWS: Final = f"""
-SELECT e.dedupe_key, {_ROW_COLUMNS.replace("time, ", "e.time, ")}, e.counted FROM tokenscale.usage_events e
-JOIN unnest(%b::bytea[], %b::timestamptz[]) AS v(dedupe_key, time) USING (dedupe_key, time)
+SELECT e.dedupe_key, {", ".join("e." + c.strip() for c in _ROW_COLUMNS.split(","))}, e.counted
+FROM tokenscale.usage_events e JOIN tokenscale_residual_stage v USING (dedupe_key, time)
 """
 _CREATE_RESIDUAL_STAGE, _COPY_RESIDUAL_STAGE = _temp_table_sql("tokenscale_residual_stage", _EVENT_COLUMNS)
-_UPSERT_RESIDUAL: Final = _rendered(
+#: The residuals moved, in the ledger (ledger_residuals) and as usage_events rows, in one
+#: statement that returns the rows as they were.
+_MOVE_RESIDUALS: Final = _rendered(
     sql.SQL(
+        "WITH old AS ({old}), kept AS ({kept}), moved AS ("
         "INSERT INTO tokenscale.usage_events ({cols}) SELECT {cols} FROM tokenscale_residual_stage "
-        "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}"
+        "ON CONFLICT (dedupe_key, time) DO UPDATE SET {sets}) SELECT * FROM old"
     ).format(
+        old=sql.SQL(_SELECT_RESIDUAL_ROWS),
+        kept=sql.SQL(_SET_RESIDUALS),
         cols=sql.SQL(", ").join(sql.Identifier(n) for n, _ in _EVENT_COLUMNS),
         sets=sql.SQL(", ").join(
             sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
@@ -1132,6 +1162,10 @@ _UPSERT_RESIDUAL: Final = _rendered(
     )
 )
 _RECENT_HOURS: Final = 48
+#: The reconciliation's temporary tables, in one round trip (they persist for the session).
+_CREATE_RECONCILE_STAGES: Final = b"; ".join(
+    [_CREATE_VIEW_STAGE, _CREATE_LEDGER_RESIDUAL_STAGE, _CREATE_RESIDUAL_STAGE]
+)
 
 
 def _part(value: str | None) -> str:
@@ -1177,13 +1211,15 @@ def _reconcile(
         return []
     columns = ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
     viewed = {(e.tenant, e.tool, e.stream) for e in views}
-    if viewed:
-        # A stream is kept in ledger_streams from its first view on (records alone need no row).
-        ordered = sorted(viewed)
+    has_views, has_records = _lock_streams(conn, streams, columns, viewed)
+    new_streams = sorted(viewed - has_views.keys())
+    if new_streams:
+        # A stream is kept in ledger_streams from its first view on (records alone need no row);
+        # under its exclusive lock.
         conn.execute(
-            _INSERT_STREAMS, ([v[0] for v in ordered], [v[1] for v in ordered], [v[2] for v in ordered])
+            _INSERT_STREAMS,
+            ([v[0] for v in new_streams], [v[1] for v in new_streams], [v[2] for v in new_streams]),
         )
-    has_views = _lock_streams(conn, streams, columns, viewed)
     # A stream's records are kept in the ledger from its first view on: then the records stored so
     # far (this export's included) are summed once from usage_events; before, nothing is kept.
     first = sorted(s for s in viewed if not has_views.get(s))
@@ -1197,12 +1233,12 @@ def _reconcile(
     added += [r for r in amended if (r.tenant, r.tool, r.stream) in ledgered]
     taken = [r for r in removed if (r.tenant, r.tool, r.stream) in ledgered]
     sums: dict[tuple[str, ...], Vec] = {}
-    touched: dict[tuple[str, str, str], list[tuple[SubKey, int]]] = {}
+    touched: dict[tuple[str, str, str], set[tuple[SubKey, int]]] = {}
     for rows, sign in ((added, 1), (taken, -1)):
         for r in rows:
             stream_key = (r.tenant, r.tool, r.stream)
             sk = r.subkey
-            touched.setdefault(stream_key, []).append((sk, r.time_ns // _NS_PER_HOUR))
+            touched.setdefault(stream_key, set()).add((sk, r.time_ns // _NS_PER_HOUR))
             if has_views.get(stream_key):
                 vec = sums.setdefault((r.tenant, r.tool, r.stream, *map(_part, sk)), zero())
                 add(vec, (*r.vec, r.cost or Decimal(0)), sign)
@@ -1213,60 +1249,63 @@ def _reconcile(
             [[k[i] for k, _ in items] for i in range(6)] + [[v[i] for _, v in items] for i in range(7)],
         )
 
-    increments: dict[tuple[str, ...], tuple[Vec, bool, dict[str, Any]]] = {}
+    # Per view key: its increment, whether it reports cost, and its last event (the template).
+    increments: dict[tuple[str, ...], tuple[Vec, list[bool], list[UsageEvent]]] = {}
     for e in views:
         sk = (e.model, e.user_email or e.user_id, e.session_id)
-        key = (e.tenant, e.tool, e.stream, *map(_part, sk), e.carrier)
-        reported = e.cost_source == "reported"
-        vec, was_reported, _ = increments.get(key) or (zero(), False, {})
-        add(
-            vec,
-            (
-                e.requests,
-                e.input_tokens,
-                e.cache_read_tokens,
-                e.cache_write_tokens,
-                e.output_tokens,
-                e.reasoning_tokens,
-                _cost(e.cost_usd) or Decimal(0) if reported else Decimal(0),
-            ),
-        )
-        increments[key] = (vec, was_reported or reported, _template(e))
-        touched.setdefault((e.tenant, e.tool, e.stream), []).append((sk, e.time_ns // _NS_PER_HOUR))
+        key = (e.tenant, e.tool, e.stream, sk[0] or "", sk[1] or "", sk[2] or "", e.carrier)
+        found = increments.get(key)
+        if found is None:
+            found = increments[key] = (zero(), [False], [e])
+        vec, reported, last = found
+        vec[0] += e.requests
+        vec[1] += e.input_tokens
+        vec[2] += e.cache_read_tokens
+        vec[3] += e.cache_write_tokens
+        vec[4] += e.output_tokens
+        vec[5] += e.reasoning_tokens
+        if e.cost_source == "reported":
+            vec[6] += _cost(e.cost_usd) or Decimal(0)
+            reported[0] = True
+        last[0] = e
+        touched.setdefault((e.tenant, e.tool, e.stream), set()).add((sk, e.time_ns // _NS_PER_HOUR))
     if increments:
-        conn.execute(_CREATE_VIEW_STAGE)
+        conn.execute(_CREATE_RECONCILE_STAGES)
         dumps = orjson.dumps
         _copy(
             conn,
             _COPY_VIEW_STAGE,
             _VIEW_STAGE_TYPES,
-            ((*k, *v[0], v[1], b"\x01" + dumps(v[2])) for k, v in increments.items()),
+            ((*k, *v[0], v[1][0], b"\x01" + dumps(_template(v[2][0]))) for k, v in increments.items()),
         )
         conn.execute(_ADD_VIEWS)
         if first:
             conn.execute(_MARK_VIEWS, ([m[0] for m in first], [m[1] for m in first], [m[2] for m in first]))
             for m in first:
                 has_views[m] = True
+    # Streams whose ledger may hold records: those probed with records, and those given records now.
+    recorded = has_records | set(first) | {k[:3] for k in sums}
     entries: list[_Entry] = []
     residual_rows: list[tuple[Any, ...]] = []
     ledger_rows: list[tuple[Any, ...]] = []
     for stream in streams:
         if has_views.get(stream):
             entries += _reconcile_stream(
-                conn, stream, touched.get(stream, []), ledger_rows, residual_rows, book
+                conn, stream, touched.get(stream, set()), ledger_rows, residual_rows, book, stream in recorded
             )
-    if ledger_rows:
-        # The residuals as the ledger keeps them (streams are disjoint: one upsert).
-        conn.execute(_CREATE_LEDGER_RESIDUAL_STAGE)
+    if ledger_rows:  # each moved residual has its ledger row and its usage_events row
+        if not increments:
+            conn.execute(_CREATE_RECONCILE_STAGES)
+        # The residuals as the ledger keeps them and their usage_events rows, new or moved (streams
+        # are disjoint: one upsert each), and the rows as they were: the old ones out of the rollups
+        # (the new ones are in entries).
         _copy(
             conn, _COPY_LEDGER_RESIDUAL_STAGE, _wire_types(t for _, t in _RESIDUAL_STAGE_COLUMNS), ledger_rows
         )
-        conn.execute(_SET_RESIDUALS)
-    if residual_rows:
-        # The usage_events rows of the residuals, new or moved (streams are disjoint: one upsert).
-        conn.execute(_CREATE_RESIDUAL_STAGE)
         _copy(conn, _COPY_RESIDUAL_STAGE, _EVENT_TYPES, residual_rows)
-        conn.execute(_UPSERT_RESIDUAL)
+        for r in conn.execute(_MOVE_RESIDUALS).fetchall():
+            if r[-1]:  # counted
+                entries.append(_stored_row(r[1:]).entry(-1))
     return entries
 
 
@@ -1281,44 +1320,58 @@ def _lock_streams(
     streams: list[tuple[str, str, str]],
     columns: tuple[list[str], list[str], list[str]],
     viewed: set[tuple[str, str, str]],
-) -> dict[tuple[str, str, str], bool]:
+) -> tuple[dict[tuple[str, str, str], bool], set[tuple[str, str, str]]]:
     """Lock the streams (transaction-scoped advisory locks, taken in one statement in lock-key
     order): exclusively those whose ledger this export reconciles (they have views), shared the
     others, so that exports adding only records to a stream without views do not wait for each
     other, while a first view waits for them (and sees their records). Which streams have views,
-    as seen under the locks."""
-    has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+    and which of those have records in their ledger, as seen under the locks."""
+
+    def probe() -> tuple[dict[tuple[str, str, str], bool], set[tuple[str, str, str]]]:
+        found = conn.execute(_PROBE_STREAMS, columns).fetchall()
+        views = {(t, tool, st): hv for t, tool, st, hv, _ in found}
+        return views, {(t, tool, st) for t, tool, st, _, r in found if r}
+
+    if viewed.issuperset(streams):
+        # Views in every stream (a metrics export): every lock is exclusive whatever the streams
+        # have, so none is ever taken again, and the streams are probed once, under the locks.
+        keys = sorted(_stream_lock_key(s) for s in streams)
+        conn.execute(_LOCK_STREAMS, (keys, [True] * len(keys)))
+        return probe()
+    has_views, _ = probe()
     while True:
         modes = {s: s in viewed or has_views.get(s, False) for s in streams}
-        keys = sorted((_stream_lock_key(s), modes[s]) for s in streams)
+        keys_modes = sorted((_stream_lock_key(s), modes[s]) for s in streams)
         with conn.transaction():
-            conn.execute(_LOCK_STREAMS, ([k for k, _ in keys], [x for _, x in keys]))
+            conn.execute(_LOCK_STREAMS, ([k for k, _ in keys_modes], [x for _, x in keys_modes]))
             # Under the locks: a first view may have committed since the probe. Then this export
             # holds a shared lock where it needs an exclusive one: it lets go of its locks (back to
             # the savepoint) and takes them again, all in key order (upgrading a shared lock in
             # place could deadlock with another export doing the same); views never go away, so
             # this ends.
-            has_views = {(t, tool, st): hv for t, tool, st, hv in conn.execute(_PROBE_STREAMS, columns)}
+            has_views, has_records = probe()
             if not any(has_views.get(s) and not modes[s] for s in streams):
-                return has_views
+                return has_views, has_records
             raise psycopg.Rollback  # leaves the block at the savepoint; the loop locks again
 
 
 def _reconcile_stream(
     conn: psycopg.Connection[Any],
     stream: tuple[str, str, str],
-    touched: list[tuple[SubKey, int]],
+    touched: set[tuple[SubKey, int]],
     ledger_rows: list[tuple[Any, ...]],
     residual_rows: list[tuple[Any, ...]],
     book: PriceBook | None = None,
+    with_records: bool = True,
 ) -> list[_Entry]:
     """Move the stream's residuals to what its ledger now computes: the rollup increments of the
-    moves; the moved residuals are appended to ``ledger_rows`` (ledger_residuals) and their
-    usage_events rows to ``residual_rows``."""
+    new residual rows (the old ones come back from their upsert); the moved residuals are appended
+    to ``ledger_rows`` (ledger_residuals) and their usage_events rows to ``residual_rows``.
+    ``with_records``: whether the stream's ledger may hold records (else they are not looked for)."""
     tenant, tool, name = stream
     views: dict[SubKey, dict[str, Vec]] = {}
     reported: set[str] = set()
-    templates: dict[tuple[SubKey, str], dict[str, Any]] = {}
+    templates: dict[tuple[SubKey, str], str] = {}  # JSON, decoded only for the residuals that move
     # The views the export's carriers may change, and (to a fixpoint) the views those depend on.
     queried: set[SubKey] = set()
     keys = {sk for sk, _ in touched}
@@ -1333,10 +1386,14 @@ def _reconcile_stream(
         keys = {sk for sk in views if None in sk} - queried
     if not views:
         return []
-    records = {
-        (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): list(r[3:10])
-        for r in _select_compatible(conn, _SELECT_RECORDS, stream, views, 3)
-    }
+    records = (
+        {
+            (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): list(r[3:10])
+            for r in _select_compatible(conn, _SELECT_RECORDS, stream, views, 3)
+        }
+        if with_records
+        else {}
+    )
     found = targets(views, reported, records)
     latest = max((h for _, h in touched), default=None)
     if latest is None:
@@ -1344,13 +1401,14 @@ def _reconcile_stream(
     cutoff = min(h for _, h in touched) - _RECENT_HOURS
     cutoff_time = _UNIX_EPOCH + timedelta(hours=cutoff)
     recent: dict[SubKey, dict[int, Vec]] = {}
-    for r in conn.execute(_SELECT_RECENT, (*_subkey_arrays(views), *stream, cutoff_time), prepare=False):
+    final: dict[SubKey, Vec] = {}
+    stored = (*_subkey_arrays(views), *stream, cutoff_time, *stream, cutoff_time)
+    for r in conn.execute(_SELECT_RESIDUALS, stored, prepare=False):
         sk = (_unpart(r[0]), _unpart(r[1]), _unpart(r[2]))
-        recent.setdefault(sk, {})[_ns(r[3]) // _NS_PER_HOUR] = list(r[4:11])
-    final = {
-        (_unpart(r[0]), _unpart(r[1]), _unpart(r[2])): [*(int(v) for v in r[3:9]), r[9]]
-        for r in conn.execute(_SELECT_FINAL, (*_subkey_arrays(views), *stream, cutoff_time), prepare=False)
-    }
+        if r[3] is None:  # the sum of the final rows
+            final[sk] = list(r[4:11])
+        else:
+            recent.setdefault(sk, {})[_ns(r[3]) // _NS_PER_HOUR] = list(r[4:11])
     # The latest hour the export touched per subkey; keys that leave a part open may match others.
     latest_by_key: dict[SubKey, int] = {}
     for k, h in touched:
@@ -1373,16 +1431,14 @@ def _reconcile_stream(
         (*stream, *map(_part, sk), _pg_time(hour * _NS_PER_HOUR), *(int(v) for v in vec[:6]), vec[6])
         for sk, hour, vec, _ in changes
     )
-    # The usage_events rows mirroring the residuals: the old ones out of the rollups, the new in.
+    # The usage_events rows mirroring the residuals: the new ones into the rollups.
     row_keys = [_residual_key(stream, c[0], c[1]) for c in changes]
-    times = [_UNIX_EPOCH + timedelta(hours=c[1]) for c in changes]
     entries: list[_Entry] = []
-    for r in conn.execute(_SELECT_RESIDUAL_ROWS, (row_keys, times)).fetchall():
-        if r[-1]:  # counted
-            entries.append(_stored_row(r[1:]).entry(-1))
-    params = []
+    events: list[UsageEvent] = []
+    flags: list[bool] = []
+    loads = orjson.loads
     for (sk, hour, vec, target), key in zip(changes, row_keys, strict=True):
-        template = templates[(sk, target.view)]
+        template = loads(templates[(sk, target.view)])
         event = UsageEvent(
             hour * _NS_PER_HOUR,
             tenant,
@@ -1414,12 +1470,13 @@ def _reconcile_stream(
             price_event(event, per_request=False)
             if book is not None:
                 book.apply([event])
-        is_counted = any(vec[:6]) or (target.reported and vec[6] != 0)
-        row = _event_rows([event], [is_counted])[0]
-        params.append(row)
+        events.append(event)
+        flags.append(any(vec[:6]) or (target.reported and vec[6] != 0))
+    rows = _event_rows(events, flags)
+    for event, row, is_counted in zip(events, rows, flags, strict=True):
         if is_counted:
             entries.append(_row_of(event, row[_COST_AT]).entry(1))
-    residual_rows.extend(params)
+    residual_rows.extend(rows)
     return entries
 
 
@@ -1433,22 +1490,21 @@ def _select_compatible(
     """The stream's ledger rows whose subkey is compatible with one of ``keys`` (a part left open,
     None in a key and '' in a row, matches anything), each once (rows are told apart by their
     first ``width`` columns). A key open in no part matches the rows with each of its parts either
-    equal or open (8 exact index probes); one open only in its session, the rows of its model and
-    user, each either equal or open (4 index ranges); others go through the general scan."""
+    equal or open (8 exact index probes, the variants made by the statement); one open only in its
+    session, the rows of its model and user, each either equal or open (4 index ranges); others go
+    through the general scan."""
     exact: set[tuple[str, str, str]] = set()
     prefix: set[tuple[str, str]] = set()
     other: list[SubKey] = []
     for m, w, s in keys:
         if m is None or w is None:
             other.append((m, w, s))
-            continue
-        for pm in (m, ""):
-            for pw in (w, ""):
-                if s is None:
+        elif s is None:
+            for pm in (m, ""):
+                for pw in (w, ""):
                     prefix.add((pm, pw))
-                else:
-                    exact.add((pm, pw, s))
-                    exact.add((pm, pw, ""))
+        else:
+            exact.add((m, w, s))
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     if exact:
         ordered = sorted(exact)
@@ -1563,10 +1619,12 @@ def _add_to_rollups(
         _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
-    if any(e.events < 0 for e in entries):
-        tenants = sorted({e.tenant for e in entries if e.events < 0})
-        conn.execute(_DAILY.drop_empty_sql(), (tenants,))
-        conn.execute(_SCOPED.drop_empty_sql(), (tenants,))
-        conn.execute(_SCOPED_DAILY.drop_empty_sql(), (tenants,))
-        conn.execute(_SCOPED_5MIN.drop_empty_sql(), (tenants,))
-        conn.execute(_HOURLY.drop_empty_sql(), (tenants,))
+    # Only a group whose events this export lowers can drop to zero (a residual that moves within
+    # its hour takes one event out and puts one back: nothing to delete).
+    for rollup, groups in (
+        (_DAILY, daily), (_SCOPED, scoped), (_SCOPED_DAILY, scoped_daily), (_SCOPED_5MIN, scoped_5min),
+        (_HOURLY, hourly),
+    ):  # fmt: skip
+        tenants = sorted({k[1] for k, g in groups.items() if g[8] < 0})
+        if tenants:
+            conn.execute(rollup.drop_empty_sql(), (tenants,))
