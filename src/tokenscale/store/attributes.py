@@ -20,7 +20,7 @@ from typing import Any, Final
 from tokenscale.mapping._core import OTEL_TRACE_ID_KEY
 from tokenscale.mapping.rules import LOG_RULES, SEMCONV_FIELDS, SENSITIVE_KEYS, UNIT_USAGE_KEYS
 
-__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "keep_keys", "kept_attributes"]
+__all__ = ["KEPT_KEYS", "KEPT_PREFIXES", "is_kept", "keep_keys", "kept_attributes"]
 
 #: Keys with these prefixes are always kept (``tokenscale.meta.*`` and tokenscale's own keys).
 KEPT_PREFIXES: Final = ("tokenscale.",)
@@ -89,3 +89,9 @@ def kept_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
             if key not in cache and len(cache) < 65_536:
                 cache[key] = _kept(key)
         return {key: value for key, value in attrs.items() if cache.get(key, False) or _kept(key)}
+
+
+def is_kept(key: str) -> bool:
+    """Whether an attribute ``key`` is stored by default (see the module's docstring)."""
+    kept = _KEPT_CACHE.get(key)
+    return _kept(key) if kept is None else kept

@@ -51,7 +51,7 @@ from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reco
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
-from tokenscale.store.attributes import kept_attributes
+from tokenscale.store.attributes import is_kept, kept_attributes
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -338,6 +338,17 @@ class UsageWriter:
         self._keep_attributes = keep_attributes
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
+
+    def carried(self) -> Callable[[str], bool] | None:
+        """Which attributes a usage event must bring to this writer besides those the mapping reads
+        (:attr:`tokenscale.mapping.MappingOptions.carried`): what it stores, and what the price book
+        prices by; None (every attribute) with ``keep_attributes``."""
+        return None if self._keep_attributes else self._carries
+
+    def _carries(self, key: str) -> bool:
+        if is_kept(key):
+            return True
+        return self._prices is not None and key in self._prices.current().attribute_keys
 
     def backend(self) -> Backend:
         """The back end the schema was created for (read once)."""
