@@ -669,9 +669,7 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         # Without a response id, the span's own context identifies its request (log events
         # emitted inside it carry the same context).
         event.identity = (
-            _request_identity(res, request_id)
-            if request_id
-            else _hash(_prefix(res.tenant, "ctx") + context)
+            _request_identity(res, request_id) if request_id else _hash(_prefix(res.tenant, "ctx") + context)
         )
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
