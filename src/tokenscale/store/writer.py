@@ -559,7 +559,7 @@ def _event_rows(
     default (:func:`tokenscale.store.attributes.kept_attributes`) unless ``keep_attributes``."""
     # orjson: ~10x faster than json here, and NaN/Infinity (which jsonb rejects) become null.
     dumps = orjson.dumps
-    kept = _all_attributes if keep_attributes else kept_attributes
+    kept = _all_attributes if keep_attributes else _KeptBySequence().kept
     return [
         (
             e.time_ns // 1000 - _PG_EPOCH_US,  # _pg_time, inlined
@@ -597,6 +597,23 @@ def _event_rows(
 
 def _all_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     return attrs
+
+
+class _KeptBySequence:
+    """:func:`kept_attributes` (which depends on the keys alone) with the keys kept worked out once
+    per sequence of keys: the events of one export mostly share theirs."""
+
+    __slots__ = ("_plans",)
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def kept(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        sequence = tuple(attrs)
+        keys = self._plans.get(sequence)
+        if keys is None:
+            keys = self._plans[sequence] = tuple(kept_attributes(dict.fromkeys(sequence)))
+        return {key: attrs[key] for key in keys}
 
 
 def _activity_rows(activity: Iterable[ActivityEvent]) -> list[tuple[Any, ...]]:
