@@ -1487,21 +1487,6 @@ def _residual_key(stream: tuple[str, str, str], sk: SubKey, hour: int) -> bytes:
 # --- rollups -------------------------------------------------------------------------------------
 
 
-def _summed(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The column sums of rollup rows (six counts, cost, unpriced, events); a cost is None unless
-    some row has one, and costs are added in the rows' order."""
-    if len(rows) == 1:
-        return rows[0]
-    columns = list(zip(*rows, strict=True))
-    costs = [c for c in columns[6] if c is not None]
-    cost = None
-    if costs:
-        cost = costs[0]
-        for c in costs[1:]:
-            cost += c
-    return (*map(sum, columns[:6]), cost, sum(columns[7]), sum(columns[8]))
-
-
 def _add_to_rollups(
     conn: psycopg.Connection[Any],
     records: list[tuple[UsageEvent, Decimal | None]],
@@ -1514,55 +1499,58 @@ def _add_to_rollups(
     drop to zero are deleted."""
     if not entries and not records:
         return
-    # Each row (its six counts, cost, unpriced requests and events) is listed under its key in each
-    # rollup, then each key's rows are summed column by column: a key of one row (most of a day's
-    # users) is its row; sums of many run in C. Costs are added in the rows' order.
-    daily: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-    hourly: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-    scoped: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-    on_daily = daily.setdefault
-    on_hourly = hourly.setdefault
-    on_scoped = scoped.setdefault
+    daily: dict[tuple[Any, ...], list[Any]] = {}
+    hourly: dict[tuple[Any, ...], list[Any]] = {}
+    scoped: dict[tuple[Any, ...], list[Any]] = {}
 
     def add_to(
-        t: int, tenant: str, tool: str, user_email: str | None, user: str | None,
-        provider: str | None, model: str | None, row: tuple[Any, ...],
+        day: int, hour: int, tenant: str, tool: str, user_email: str | None, user: str | None,
+        provider: str | None, model: str | None, vec: tuple[int, ...], cost: Decimal | None,
+        unpriced: int, events: int,
     ) -> None:  # fmt: skip
-        hour = t // _NS_PER_HOUR * _NS_PER_HOUR
-        on_daily((t // _NS_PER_DAY * _NS_PER_DAY, tenant, tool, user_email, provider, model), []).append(row)
-        on_scoped((hour, tenant, "tool", tool), []).append(row)
-        if model is not None:  # no model or no user: nothing for that scope
-            on_scoped((hour, tenant, "model", model), []).append(row)
-        if user is not None:
-            on_scoped((hour, tenant, "user", user), []).append(row)
-        on_hourly((hour, tenant), []).append(row)
+        for groups, key in (
+            (daily, (day, tenant, tool, user_email, provider, model)),
+            (scoped, (hour, tenant, "tool", tool)),
+            (scoped, (hour, tenant, "model", model)),
+            (scoped, (hour, tenant, "user", user)),
+            (hourly, (hour, tenant)),
+        ):
+            if groups is scoped and key[-1] is None:  # no model or no user: nothing for that scope
+                continue
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [*vec, cost, unpriced, events]
+                continue
+            for i in range(6):
+                g[i] += vec[i]
+            if cost is not None:
+                g[6] = cost if g[6] is None else g[6] + cost
+            g[7] += unpriced
+            g[8] += events
 
     for r, cost in records:
-        requests, tokens = (
-            r.requests,
-            r.input_tokens + r.cache_read_tokens + r.cache_write_tokens + r.output_tokens,
-        )
-        unpriced = _unpriced_requests(
-            requests, tokens, cost, r.cost_source, partial(_has_units, r.attributes)
-        )
-        row = (
-            requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens,
-            r.reasoning_tokens, cost, unpriced, 1,
+        t = r.time_ns
+        vec = (
+            r.requests, r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens,
+            r.reasoning_tokens,
         )  # fmt: skip
-        add_to(r.time_ns, r.tenant, r.tool, r.user_email, r.user_email or r.user_id, r.provider, r.model, row)
-    for e in entries:
+        unpriced = _unpriced_requests(
+            vec[0], vec[1] + vec[2] + vec[3] + vec[4], cost, r.cost_source, partial(_has_units, r.attributes)
+        )
         add_to(
-            e.time_ns, e.tenant, e.tool, e.user_email, e.user_email or e.user_id, e.provider, e.model,
-            (*e.vec, e.cost, e.unpriced, e.events),
+            t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant, r.tool,
+            r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost, unpriced, 1,
+        )  # fmt: skip
+    for e in entries:
+        t = e.time_ns
+        add_to(
+            t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant, e.tool,
+            e.user_email, e.user_email or e.user_id, e.provider, e.model, e.vec, e.cost, e.unpriced,
+            e.events,
         )  # fmt: skip
     conn.execute(_CREATE_ROLLUP_STAGES)
     for stage, groups in zip(_ROLLUP_STAGES, (daily, scoped, hourly), strict=True):
-        _copy(
-            conn,
-            stage.copy,
-            stage.wire_types,
-            [(_pg_time(k[0]), *k[1:], *_summed(rows)) for k, rows in groups.items()],
-        )
+        _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
     if any(e.events < 0 for e in entries):
