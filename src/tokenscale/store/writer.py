@@ -334,6 +334,8 @@ class UsageWriter:
         self._timeout = timeout
         #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
         self._prices = prices
+        #: The price book of the last export written (what ``carried`` reads without any I/O).
+        self._book: PriceBook | None = None
         self._on_commit = on_commit
         self._keep_attributes = keep_attributes
         self._backend: Backend | None = None
@@ -342,13 +344,20 @@ class UsageWriter:
     def carried(self) -> Callable[[str], bool] | None:
         """Which attributes a usage event must bring to this writer besides those the mapping reads
         (:attr:`tokenscale.mapping.MappingOptions.carried`): what it stores, and what the price book
-        prices by; None (every attribute) with ``keep_attributes``."""
+        prices by; None (every attribute) with ``keep_attributes``. The price book is the one the
+        last export was written with (read once at first), so that mapping never waits for the
+        database: a price's new qualifying attribute is carried from the next export on."""
         return None if self._keep_attributes else self._carries
 
     def _carries(self, key: str) -> bool:
         if is_kept(key):
             return True
-        return self._prices is not None and key in self._prices.current().attribute_keys
+        if self._prices is None:
+            return False
+        book = self._book
+        if book is None:
+            book = self._book = self._prices.current()
+        return key in book.attribute_keys
 
     def backend(self) -> Backend:
         """The back end the schema was created for (read once)."""
@@ -407,6 +416,7 @@ class UsageWriter:
                 else:
                     events.append(resolved)
         book = None if self._prices is None else self._prices.current()
+        self._book = book
         if events and book is not None:
             book.apply(events)
         events += result.listed  # stored uncounted and unpriced: what the span reports
