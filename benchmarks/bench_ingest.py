@@ -780,8 +780,12 @@ class _Sink:
 
 
 def stage_costs(workload: Workload, repeat: int) -> dict[str, float]:
-    """Microseconds per stored row of each pure-Python stage of the receiver, on one core."""
+    """Microseconds per stored row of each pure-Python stage of the receiver, on one core (the
+    mapping as the receiver composes it: the writer's carried attributes, the value limits)."""
+    from tokenscale.pipeline import ExportPipeline  # noqa: PLC0415
     from tokenscale.store import writer  # noqa: PLC0415
+
+    pipeline = ExportPipeline(writer.UsageWriter(None))  # type: ignore[arg-type]  # no pool: no I/O
 
     payloads = [t.instance(WARMUP_BASE + k) for k, t in enumerate(workload.templates)]
     n_rows = sum(t.rows for t in workload.templates) * repeat
@@ -791,7 +795,7 @@ def stage_costs(workload: Workload, repeat: int) -> dict[str, float]:
         parsed = [parse(workload.signal, p) for p in payloads]
     t1 = time.perf_counter()
     for _ in range(repeat):
-        results = [map_request(workload.signal, m, "default") for m in parsed]
+        results = [pipeline._map(workload.signal, m, "default") for m in parsed]
     t2 = time.perf_counter()
     for _ in range(repeat):
         for r in results:
@@ -840,12 +844,20 @@ def _start_py_spy(pid: int, label: str) -> _Spy | None:
 
 #: Where GIL-holding samples go, by the first matching frame (innermost first).
 _BUCKETS: Final = (
-    ("protobuf decode", ("deserialize (tokenscale/receiver/grpc_server.py)", "decode_request (")),
+    (
+        "protobuf decode",
+        (
+            "_parse (tokenscale/receiver/grpc_server.py)",
+            "deserialize (tokenscale/receiver/grpc_server.py)",
+            "decode_request (",
+        ),
+    ),
     ("row encoding + JSON (writer._rows)", ("_rows (tokenscale/store/writer.py)",)),
     ("COPY write_row (psycopg)", ("write_row (psycopg",)),
     ("other psycopg / SQL round trips", ("(psycopg/", "(psycopg_pool/")),
-    ("mapping: attribute dicts", ("attributes (tokenscale/mapping/_values.py)",)),
-    ("mapping: dedupe digests", ("_digest (tokenscale/mapping/_core.py)",)),
+    ("writer: other Python", ("(tokenscale/store/",)),
+    ("limits", ("(tokenscale/mapping/limits.py)",)),
+    ("mapping: attribute dicts", ("(tokenscale/mapping/_values.py)",)),
     ("mapping: other", ("(tokenscale/mapping/",)),
     ("HTTP server (uvicorn/h11/starlette)", ("(uvicorn/", "(h11/", "(starlette/")),
     ("gRPC server + asyncio", ("(grpc/", "(asyncio/")),

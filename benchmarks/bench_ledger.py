@@ -40,7 +40,15 @@ from psycopg import sql
 
 from benchmarks._common import REPO, RESULTS_DIR, BenchOutput, Context, cpu_seconds, postgres_cpu_seconds
 from benchmarks._servers import DbServer, database
-from benchmarks.bench_ingest import GenArgs, base_ns_today, load_generator, sizes_for
+from benchmarks.bench_ingest import (
+    GenArgs,
+    _profile_note,
+    _start_py_spy,
+    _stop_py_spy,
+    base_ns_today,
+    load_generator,
+    sizes_for,
+)
 
 __all__ = ["NAME", "LedgerResult", "measure_tree", "run"]
 
@@ -118,6 +126,8 @@ class LedgerResult:
     #: Exports refused (e.g. by admission control: the generator does not retry); not in ``spans``.
     errors: int = 0
     error_samples: tuple[str, ...] = ()
+    #: With ``--profile``: where the receiver's GIL-holding samples went (py-spy).
+    profile: dict[str, Any] | None = None
 
     @property
     def cpu_us_per_span(self) -> float:
@@ -220,10 +230,17 @@ def _compressed(url: str) -> tuple[int, int]:
 
 
 def _send(
-    ctx: Context, tree: Path, url: str, label: str, base_ns: int, postmaster_pid: int | None
-) -> tuple[dict[str, Any], float, float]:
+    ctx: Context,
+    tree: Path,
+    url: str,
+    label: str,
+    base_ns: int,
+    postmaster_pid: int | None,
+    profile: bool = False,
+) -> tuple[dict[str, Any], float, float, dict[str, Any] | None]:
     """Spans from the load generator to a receiver of ``tree``: (the generator's report, the
-    receiver's and PostgreSQL's CPU seconds over the timed window)."""
+    receiver's and PostgreSQL's CPU seconds over the timed window, and with ``profile`` py-spy's
+    summary of the receiver's GIL-holding samples in it)."""
     sizes = sizes_for(ctx)
     log_dir = RESULTS_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -241,11 +258,13 @@ def _send(
             base_ns=base_ns,
         )
         with load_generator(args) as gen:
+            spy = _start_py_spy(pid, f"ledger-{label}") if profile else None
             r0, p0 = cpu_seconds(pid), postgres_cpu_seconds(postmaster_pid) if postmaster_pid else 0.0
             gen.go()
             report = gen.result(timeout=1800)
             r1, p1 = cpu_seconds(pid), postgres_cpu_seconds(postmaster_pid) if postmaster_pid else 0.0
-    return report, r1 - r0, p1 - p0
+            summary = _stop_py_spy(spy, report["t_end"] - report["t_start"]) if spy else None
+    return report, r1 - r0, p1 - p0, summary
 
 
 def measure_tree(
@@ -253,8 +272,8 @@ def measure_tree(
 ) -> LedgerResult:
     base_ns = base_ns_today()
     with database(server, f"ledger_{label}", migrate=False) as url:
-        report, receiver_cpu, postgres_cpu = _send(
-            ctx, tree, url, f"{server.backend}-{label}", base_ns, server.postmaster_pid
+        report, receiver_cpu, postgres_cpu, profile = _send(
+            ctx, tree, url, f"{server.backend}-{label}", base_ns, server.postmaster_pid, ctx.profile
         )
         rows, (heap, toast, index, total) = _sizes(url)
     seconds = report["t_end"] - report["t_start"]
@@ -274,6 +293,7 @@ def measure_tree(
         total_bytes=total,
         errors=report["errors"],
         error_samples=tuple(report["error_samples"]),
+        profile=profile,
     )
     if community_url:
         with _community_database(community_url, f"ledger_{label}") as curl:
@@ -316,6 +336,8 @@ def run(ctx: Context, server: DbServer) -> BenchOutput:
             }
         )
     for res in results:
+        if res.profile and res.profile.get("samples"):
+            out.notes.append(_profile_note(f"{server.backend} {res.tree} receiver", res.profile))
         if res.errors:
             out.notes.append(
                 f"{server.backend} {res.tree}: {res.errors} export(s) refused and not counted in the "

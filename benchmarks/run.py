@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "writer": "benchmarks.bench_writer",
     "ledger": "benchmarks.bench_ledger",
     "alerts": "benchmarks.bench_alerts",
+    "pipeline": "benchmarks.bench_pipeline",
 }
 
 

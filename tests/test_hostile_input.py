@@ -80,9 +80,16 @@ def _rows(url: str, session: str) -> list[tuple[Any, ...]]:
 
 BAD_SPAN_ATTRIBUTES: dict[str, tuple[dict[str, Any], str]] = {
     "nul-in-model": ({"gen_ai.request.model": "gpt\x00-4o"}, "model: contains a NUL"),
-    "nul-in-free-attribute": ({"app.note": "a\x00b"}, "attribute 'app.note': contains a NUL"),
+    # Attributes that are stored (``tokenscale.*``): what the ledger does not store is not checked.
+    "nul-in-free-attribute": (
+        {"tokenscale.meta.note": "a\x00b"},
+        "attribute 'tokenscale.meta.note': contains a NUL",
+    ),
     "nul-in-attribute-name": ({"app\x00note": "x"}, "attribute name"),
-    "nul-in-nested-value": ({"app.list": ["ok", "b\x00d"]}, "attribute 'app.list': contains a NUL"),
+    "nul-in-nested-value": (
+        {"tokenscale.meta.list": ["ok", "b\x00d"]},
+        "attribute 'tokenscale.meta.list': contains a NUL",
+    ),
     "long-model": ({"gen_ai.request.model": LONG}, "model: 3000 bytes"),
     "long-session": ({"session.id": LONG}, "session_id: 3000 bytes"),
     "long-user-email": ({"user.email": LONG}, "user_email: 3000 bytes"),
@@ -119,6 +126,26 @@ def test_bad_span_is_rejected_naming_the_field_and_good_one_stored(
     # Sent three times with the same ids: stored once, exactly as sent.
     assert _rows(url, good_session) == [("gpt-4o", 7, 20, Decimal("0.0002175000"), True)]
     assert _rows(url, f"bad-{case}") == []
+
+
+def test_a_nul_in_an_attribute_the_ledger_does_not_store_is_not_looked_at(
+    stack: tuple[Sender, str],
+) -> None:
+    """An attribute that is neither stored, read by the mapping nor priced is never read from the
+    request (docs/mapping.md): a NUL in it rejects nothing, and nothing of it is stored."""
+    sender, url = stack
+    session = f"free-nul-{secrets.token_hex(4)}"
+    document = spans_export(
+        [semconv_span({"session.id": session, "app.note": "a\x00b", "app.list": ["ok", "b\x00d"]})]
+    )
+    for transport, code, answer in sender.every_transport("traces", document):
+        assert _partial(transport, code, answer) == (0, ""), transport
+    assert _rows(url, session) == [("gpt-4o", 100, 20, Decimal("0.0004500000"), True)]
+    with psycopg.connect(url) as conn:
+        stored = conn.execute(
+            "SELECT attributes FROM tokenscale.usage_events WHERE session_id = %s", (session,)
+        ).fetchall()
+    assert [sorted(a) for (a,) in stored] == [["otel.trace_id"]]
 
 
 def test_overlong_service_name_in_the_resource_rejects_its_items(stack: tuple[Sender, str]) -> None:

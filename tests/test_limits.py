@@ -84,3 +84,34 @@ def test_text_is_measured_in_utf8_bytes() -> None:
             assert message in str(exc)
         else:
             raise AssertionError(bad)
+
+
+def test_arrays_of_scalars_are_checked_like_single_values() -> None:
+    """Arrays (``finish_reasons``) are checked in the fast path too: their strings for NUL and
+    surrogates, never cut; deeper nesting and odd values take the careful path, same answers."""
+    ok = [
+        _event(attributes={"f": ["stop", "length"], "n": [1, 2.5, True], "s": "x" * 8}),
+        _event(attributes={"f": ["é" * 8, "x" * 8]}),  # non-ASCII, and longer than the limit: kept
+        _event(attributes={"f": [], "g": [None, "a"], "h": [["a"], {"k": "b"}]}),
+    ]
+    bad = [
+        _event(attributes={"f": ["stop", "a\x00b"]}),
+        _event(attributes={"f": ["stop", "\ud800"]}),
+        _event(attributes={"f": [["a\x00"]]}),
+        _event(attributes={"f": ["ok"], "k\x00": 1}),
+        _event(attributes={"f": ["ok"], "user.id": ["u"]}),
+    ]
+    result = enforce_limits(MappingResult(events=[*ok, *bad]), Limits(max_attribute_bytes=8))
+    assert result.events == ok
+    assert [e.attributes for e in result.events] == [
+        {"f": ["stop", "length"], "n": [1, 2.5, True], "s": "x" * 8},
+        {"f": ["é" * 8, "x" * 8]},
+        {"f": [], "g": [None, "a"], "h": [["a"], {"k": "b"}]},
+    ]
+    assert result.errors == [
+        "gen_ai.span record: attribute 'f': contains a NUL character",
+        "gen_ai.span record: attribute 'f': not valid Unicode text (lone surrogate)",
+        "gen_ai.span record: attribute 'f': contains a NUL character",
+        "gen_ai.span record: attribute name 'k\\x00': contains a NUL character",
+        "gen_ai.span record: attribute 'user.id': an array, not a single value",
+    ]

@@ -6,6 +6,7 @@ write (:mod:`tokenscale.store`) -> aggregate (in the database).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -91,6 +92,18 @@ def _reject_older(result: MappingResult, late_data_days: int, now_ns: int) -> No
         )
 
 
+def _carried_by(writer: ResultWriter, options: MappingOptions, limits: Limits) -> MappingOptions:
+    """``options`` with the attributes an event carries narrowed to what ``writer`` needs of them
+    (its ``carried()``, where it says; :attr:`MappingOptions.carried`), unless they already say."""
+    carried = getattr(writer, "carried", None)
+    if options.carried is not None or not callable(carried):
+        return options
+    predicate = carried()
+    if predicate is None:
+        return options
+    return dataclasses.replace(options, carried=predicate, carry_all_above=limits.max_attributes)
+
+
 class ExportPipeline:
     """Maps an export request and commits its rows before the export is acknowledged.
 
@@ -109,7 +122,7 @@ class ExportPipeline:
         late_data_days: int | None = None,
     ) -> None:
         self._writer = writer
-        self._options = options or MappingOptions()
+        self._options = _carried_by(writer, options or MappingOptions(), limits)
         self._limits = limits
         self.spool = spool
         self._down_until = 0.0

@@ -21,15 +21,23 @@ a corpus of mutated captures.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Any, Final, TypeVar
 
-from tokenscale.mapping._values import attributes, attributes_of, keys_of, selected_attributes
+from tokenscale.mapping._values import (
+    attributes,
+    attributes_of,
+    carried_attributes,
+    keys_of,
+    selected_attributes,
+)
+from tokenscale.mapping.limits import IDENTITY_KEYS
 from tokenscale.mapping.model import ActivityEvent, CumulativePoint, MappingResult, Signal, UsageEvent
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import (
@@ -153,6 +161,15 @@ class MappingOptions:
 
     #: Keep prompts, responses and command lines in ``attributes`` (off by default).
     capture_content: bool = False
+    #: Which attributes the usage events of spans and log records carry besides those the mapping
+    #: reads (identity, model, usage, ...; see ``_READ_KEYS``): ``None`` carries every attribute; a
+    #: predicate (the writer's: what it stores or prices by) leaves the values of the others unread.
+    #: Metric points always carry all (their series key is made of all of them).
+    carried: Callable[[str], bool] | None = None
+    #: With ``carried``: a record with more attributes than this (its resource's kept ones included)
+    #: carries them all, so that the limit on attributes per row cuts it as without ``carried``
+    #: (the pipeline sets it to ``Limits.max_attributes``).
+    carry_all_above: int = 128
 
 
 DEFAULT_OPTIONS: Final = MappingOptions()
@@ -338,15 +355,42 @@ _RECORD_KEYS: Final = frozenset(
 )
 
 
+class _Carry:
+    """Which attributes the events of one export carry (:attr:`MappingOptions.carried`), each key
+    decided once per export."""
+
+    __slots__ = ("carried", "known", "limit", "plans")
+
+    def __init__(self, carried: Callable[[str], bool], limit: int) -> None:
+        self.carried = carried
+        self.limit = limit
+        self.known: dict[str, bool] = {}
+        #: The positions carried of each sequence of keys seen (see ``carried_attributes``).
+        self.plans: dict[tuple[str, ...], list[int]] = {}
+
+    def decide(self, key: str) -> bool:
+        # A key holding a NUL is carried, so that the limits reject its record as they would anyway.
+        return key in _READ_KEYS or "\x00" in key or self.carried(key)
+
+    def carries(self, key: str) -> bool:
+        carried = self.known.get(key)
+        if carried is None:
+            carried = self.known[key] = self.decide(key)
+        return carried
+
+
 class _Resource:
     """What every record under one OTLP resource shares, resolved once."""
 
     __slots__ = (
         "attrs",
         "capture_content",
+        "carry",
         "conversation",
         "email",
+        "full",
         "kept",
+        "kept_count",
         "key",
         "seeds",
         "service_name",
@@ -357,7 +401,9 @@ class _Resource:
         "user_id",
     )
 
-    def __init__(self, resource: Any, tenant: str, options: MappingOptions) -> None:
+    def __init__(
+        self, resource: Any, tenant: str, options: MappingOptions, carry: _Carry | None = None
+    ) -> None:
         attrs = attributes(resource.attributes)
         self.attrs = attrs
         self.tenant = tenant
@@ -380,6 +426,31 @@ class _Resource:
         # Users and sessions are told apart inside the stream (mapping.ledger subkeys).
         instance = _text(attrs.get("service.instance.id")) or ""
         self.stream = f"{self.service_name}\x1f{instance}" if instance else self.service_name
+        self.kept_count = len(self.kept)
+        #: This resource with every attribute carried: for a record too large for ``carry``.
+        self.full = self
+        self.carry: _Carry | None = None
+        if carry is not None:
+            full = copy.copy(self)
+            full.full = full
+            self.full = full
+            self.carry = carry
+            self.kept = {k: v for k, v in self.kept.items() if carry.carries(k)}
+            self.seeds = _RECORD_KEYS.isdisjoint(self.kept)
+
+    def record_attributes(self, keys: list[str], kvs: list[Any]) -> tuple[_Resource, bool, dict[str, Any]]:
+        """A span's or log record's attribute dict (see :meth:`seed`), with the resource its event
+        is to be built with (:attr:`full` if the record carries all its attributes after all) and
+        whether the dict is seeded."""
+        carry = self.carry
+        res = self
+        if carry is not None:
+            if len(kvs) + self.kept_count + _ADDED_KEYS <= carry.limit:
+                seed = self.seed()
+                return self, seed is not None, carried_attributes(keys, kvs, seed, carry.plans, carry.carries)
+            res = self.full
+        seed = res.seed()
+        return res, seed is not None, attributes_of(keys, kvs, seed)
 
     def seed(self) -> dict[str, Any] | None:
         """What a span's or log record's attribute dict starts as: a copy of ``kept`` if it
@@ -396,6 +467,29 @@ class _Resource:
             for key in SENSITIVE_KEYS.intersection(attrs):
                 del kept[key]  # only the record can hold it: the resource's kept has none
         return kept
+
+
+#: Every key the span and log paths read from a record's or its resource's attributes, and those
+#: the limits check (:data:`tokenscale.mapping.limits.IDENTITY_KEYS`): always carried.
+_READ_KEYS: Final = frozenset(
+    {
+        *_RECORD_KEYS,
+        *IDENTITY_KEYS,
+        *UNIT_USAGE_KEYS,
+        *(key for rule in LOG_RULES.values() for key in rule.identity_keys),
+        *(key for f in AGENT_SPAN.fields for key in f.keys),
+        *AGENT_SPAN.model_keys,
+    }
+)
+
+
+#: The attributes the mapping adds to a span's or log record's event at most (``otel.trace_id``,
+#: ``otel.span_id``, ``model.raw``).
+_ADDED_KEYS: Final = 3
+
+
+def _carry(options: MappingOptions) -> _Carry | None:
+    return None if options.carried is None else _Carry(options.carried, options.carry_all_above)
 
 
 def _without_content(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -495,8 +589,9 @@ def map_traces(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTI
     """Usage events from spans that carry one request's usage each."""
     result = MappingResult()
     events = result.events
+    carry = _carry(options)
     for resource_spans in request.resource_spans:
-        res = _Resource(resource_spans.resource, tenant, options)
+        res = _Resource(resource_spans.resource, tenant, options, carry)
         for scope_spans in resource_spans.scope_spans:
             semconv = (
                 TOKENSCALE_SPAN
@@ -530,8 +625,8 @@ def _has_usage_key(keys: list[str]) -> bool:
 def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | None:
     if span.name == CLAUDE_SPAN.carrier:
         rule = CLAUDE_SPAN
-        seed = res.seed()
-        attrs = attributes(span.attributes, seed)
+        kvs = list(span.attributes)
+        res, seeded, attrs = res.record_attributes(keys_of(kvs), kvs)
     else:
         # Only spans with usage keys are worth an attribute dict; the keys are read once for both.
         kvs = list(span.attributes)
@@ -543,11 +638,10 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
             if kvs[keys.index(_OPERATION_KEY)].value.string_value not in NON_USAGE_OPERATIONS:
                 return None
         rule = semconv
-        seed = res.seed()
-        attrs = attributes_of(keys, kvs, seed)
+        res, seeded, attrs = res.record_attributes(keys, kvs)
         operation = attrs.get(_OPERATION_KEY)
         if type(operation) is str and operation in NON_USAGE_OPERATIONS:  # an array is not hashable
-            return _listed_span_event(span, attrs, seed is not None, res)
+            return _listed_span_event(span, attrs, seeded, res)
     start = span.start_time_unix_nano
     end = span.end_time_unix_nano
     time_ns = end or start
@@ -559,12 +653,14 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         if rule is CLAUDE_SPAN or UNIT_USAGE_KEYS.isdisjoint(attrs):
             return None
         usage = ([0, 0, 0, 0, 0, 0], None)  # units only (speech, whisper): one request, no tokens
-    dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + span.trace_id + _SEP + span.span_id + _SEP)
+    trace_id: bytes = span.trace_id
+    context = trace_id + _SEP + span.span_id
+    dedupe_key = _hash(_prefix(res.tenant, rule.carrier) + context + _SEP)
     request_id = _first_text(attrs, _SPAN_REQUEST_ID_KEYS)
     error_type = None
     if "error.type" in attrs or span.status.code == _STATUS_ERROR:
         error_type = _text(attrs.get("error.type")) or "_OTHER"
-    event = _event(res, attrs, seed is not None, rule, time_ns, dedupe_key, 1, usage)
+    event = _event(res, attrs, seeded, rule, time_ns, dedupe_key, 1, usage)
     event.request_id = request_id
     if rule.carrier in MIRROR_CARRIERS.get(res.tool, ()):
         event.aggregate = True
@@ -573,16 +669,14 @@ def _span_event(span: Any, semconv: SpanRule, res: _Resource) -> UsageEvent | No
         # Without a response id, the span's own context identifies its request (log events
         # emitted inside it carry the same context).
         event.identity = (
-            _request_identity(res, request_id)
-            if request_id
-            else _hash(_prefix(res.tenant, "ctx") + span.trace_id + _SEP + span.span_id)
+            _request_identity(res, request_id) if request_id else _hash(_prefix(res.tenant, "ctx") + context)
         )
     if start and end >= start:
         event.duration_ms = (end - start) / 1e6
     event.error_type = error_type
-    if span.trace_id:
+    if trace_id:
         # The OTLP trace id, for the read APIs' traceId (an app's own tokenscale.meta.trace_id wins).
-        event.attributes[OTEL_TRACE_ID_KEY] = span.trace_id.hex()
+        event.attributes[OTEL_TRACE_ID_KEY] = trace_id.hex()
     price_event(event, per_request=True)
     return event
 
@@ -619,8 +713,9 @@ def _listed_span_event(span: Any, attrs: dict[str, Any], seeded: bool, res: _Res
 def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTIONS) -> MappingResult:
     """Usage events from log events that carry one request's usage each."""
     result = MappingResult()
+    carry = _carry(options)
     for resource_logs in request.resource_logs:
-        res = _Resource(resource_logs.resource, tenant, options)
+        res = _Resource(resource_logs.resource, tenant, options, carry)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 name, keys, kvs = _event_name(record, res.tool)
@@ -636,13 +731,12 @@ def map_logs(request: Any, tenant: str, options: MappingOptions = DEFAULT_OPTION
                 rule = LOG_RULES.get(name)
                 if rule is None:
                     continue
-                seed = res.seed()
                 if keys is None:
-                    attrs = attributes(record.attributes, seed)
-                else:
-                    attrs = attributes_of(keys, kvs, seed)
+                    kvs = list(record.attributes)
+                    keys = keys_of(kvs)
+                record_res, seeded, attrs = res.record_attributes(keys, kvs)
                 try:
-                    event = _log_event(record, attrs, seed is not None, rule, res)
+                    event = _log_event(record, attrs, seeded, rule, record_res)
                 except _RecordError as exc:
                     result.reject(f"log event {name!r}: {exc}")
                     continue

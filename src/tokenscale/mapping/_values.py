@@ -8,11 +8,11 @@ oneof. Empty and zero values and the rare kinds go through ``WhichOneof`` in :fu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
-__all__ = ["attributes", "attributes_of", "keys_of", "selected_attributes", "value"]
+__all__ = ["attributes", "attributes_of", "carried_attributes", "keys_of", "selected_attributes", "value"]
 
 _KEY = attrgetter("key")
 
@@ -71,4 +71,25 @@ def selected_attributes(keys: Sequence[str], kvs: Sequence[Any], wanted: frozens
         if key in wanted:
             v = kv.value
             out[key] = v.string_value or v.int_value or v.double_value or value(v)
+    return out
+
+
+def carried_attributes(
+    keys: list[str],
+    kvs: Sequence[Any],
+    into: dict[str, Any] | None,
+    plans: dict[tuple[str, ...], list[int]],
+    carries: Callable[[str], bool],
+) -> dict[str, Any]:
+    """:func:`attributes_of` restricted to the keys ``carries`` says: the values of the others are
+    never read (no Python object is made of them). The positions to read are worked out once per
+    sequence of keys (the records of one export mostly share theirs) and kept in ``plans``."""
+    out: dict[str, Any] = {} if into is None else into
+    sequence = tuple(keys)
+    plan = plans.get(sequence)
+    if plan is None:
+        plan = plans[sequence] = [i for i, key in enumerate(keys) if carries(key)]
+    for i in plan:
+        v = kvs[i].value
+        out[keys[i]] = v.string_value or v.int_value or v.double_value or value(v)
     return out

@@ -105,6 +105,7 @@ _ACTIVITY_TEXT: Final = (
 _KIND: Final[dict[type, str]] = {list: "an array", dict: "a key-value list", bytes: "bytes"}
 _NESTED: Final = frozenset({list, dict})
 _STR: Final = frozenset({str})
+_SCALARS: Final = frozenset({str, int, float, bool})
 _USAGE_TEXT_OF: Final = attrgetter(*_USAGE_TEXT)
 _ACTIVITY_TEXT_OF: Final = attrgetter(*_ACTIVITY_TEXT)
 _USAGE_NUMBERS: Final = ("requests", *TOKEN_FIELDS)
@@ -231,22 +232,31 @@ class _Checker:
     def attributes(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """``attrs`` checked, with overlong values cut and excess attributes dropped."""
         limits = self.limits
-        for key in IDENTITY_KEYS.intersection(attrs):
-            kind = _KIND.get(type(attrs[key]))
-            if kind is not None:
-                raise LimitError(f"attribute {key!r}: {kind}, not a single value")
+        values = list(attrs.values())
+        kinds = set(map(type, values))
+        if not kinds.isdisjoint(_KIND):  # some value is not a scalar: none may be an identity's
+            for key in IDENTITY_KEYS.intersection(attrs):
+                kind = _KIND.get(type(attrs[key]))
+                if kind is not None:
+                    raise LimitError(f"attribute {key!r}: {kind}, not a single value")
         if len(attrs) > limits.max_attributes:
             self.note(
                 f"{len(attrs)} attributes on one record, more than the limit of {limits.max_attributes}: "
                 "the rest were dropped"
             )
             attrs = dict(list(attrs.items())[: limits.max_attributes])
-        values = list(attrs.values())
-        kinds = set(map(type, values))
-        if kinds.isdisjoint(_NESTED):
+            values = list(attrs.values())
+            kinds = set(map(type, values))
+        inner: list[Any] = []
+        flat = kinds.isdisjoint(_NESTED)
+        if list in kinds and dict not in kinds:
+            # Arrays of scalars (finish reasons, ...): their strings are checked with the rest.
+            inner = [x for v in values if type(v) is list for x in v]
+            flat = _SCALARS.issuperset(map(type, inner))
+        if flat:
             strings = values if kinds == _STR else [v for v in values if type(v) is str]
-            joined = "".join(strings) + "".join(attrs)
-            # The common case, checked in C: ASCII, no NUL, no long or nested value.
+            joined = "".join(strings) + "".join(attrs) + "".join(x for x in inner if type(x) is str)
+            # The common case, checked in C: ASCII, no NUL, no long or deeply nested value.
             if (
                 "\x00" not in joined
                 and joined.isascii()

@@ -212,6 +212,13 @@ class PriceBook:
 
     def __init__(self, prices: Iterable[CustomPrice] = ()) -> None:
         self.prices: tuple[CustomPrice, ...] = tuple(prices)
+        #: Every attribute a price reads: its units' counts and the parameters they are qualified by.
+        self.attribute_keys: frozenset[str] = frozenset(
+            key
+            for price in self.prices
+            for unit, rules in price.unit_rules.items()
+            for key in (unit, *(param for qualifiers, _ in rules for param, _ in qualifiers))
+        )
         # model -> [(specificity, starts, prices)], most specific first; starts sorted.
         groups: dict[tuple[str, str | None, str | None], list[CustomPrice]] = {}
         for price in self.prices:

@@ -25,6 +25,7 @@ __all__ = [
     "ENVIRONMENT_KEY",
     "KEPT_KEYS",
     "KEPT_PREFIXES",
+    "is_kept",
     "keep_keys",
     "kept_attributes",
     "stored_columns",
@@ -125,3 +126,9 @@ def stored_columns(attrs: dict[str, Any]) -> tuple[dict[str, Any], bytes | None,
     if environment is not None:
         del rest[ENVIRONMENT_KEY]
     return rest, trace_id, environment
+
+
+def is_kept(key: str) -> bool:
+    """Whether an attribute ``key`` is stored by default (see the module's docstring)."""
+    kept = _KEPT_CACHE.get(key)
+    return _kept(key) if kept is None else kept

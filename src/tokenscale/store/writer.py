@@ -51,7 +51,7 @@ from tokenscale.mapping.ledger import SubKey, Target, Vec, add, compatible, reco
 from tokenscale.mapping.pricebook import PriceBook
 from tokenscale.mapping.pricing import price_event
 from tokenscale.mapping.rules import AGENT_SPAN, UNIT_USAGE_KEYS
-from tokenscale.store.attributes import kept_attributes, stored_columns
+from tokenscale.store.attributes import is_kept, kept_attributes, stored_columns
 from tokenscale.store.backend import Backend, recorded_backend
 from tokenscale.store.refresh import CommitListener
 
@@ -348,10 +348,30 @@ class UsageWriter:
         self._timeout = timeout
         #: The operator's price book (``tokenscale prices``), applied to each export's usage events.
         self._prices = prices
+        #: The price book of the last export written (what ``carried`` reads without any I/O).
+        self._book: PriceBook | None = None
         self._on_commit = on_commit
         self._keep_attributes = keep_attributes
         self._backend: Backend | None = None
         self._partitions: set[date] = set()
+
+    def carried(self) -> Callable[[str], bool] | None:
+        """Which attributes a usage event must bring to this writer besides those the mapping reads
+        (:attr:`tokenscale.mapping.MappingOptions.carried`): what it stores, and what the price book
+        prices by; None (every attribute) with ``keep_attributes``. The price book is the one the
+        last export was written with (read once at first), so that mapping never waits for the
+        database: a price's new qualifying attribute is carried from the next export on."""
+        return None if self._keep_attributes else self._carries
+
+    def _carries(self, key: str) -> bool:
+        if is_kept(key):
+            return True
+        if self._prices is None:
+            return False
+        book = self._book
+        if book is None:
+            book = self._book = self._prices.current()
+        return key in book.attribute_keys
 
     def backend(self) -> Backend:
         """The back end the schema was created for (read once)."""
@@ -410,6 +430,7 @@ class UsageWriter:
                 else:
                     events.append(resolved)
         book = None if self._prices is None else self._prices.current()
+        self._book = book
         if events and book is not None:
             book.apply(events)
         events += result.listed  # stored uncounted and unpriced: what the span reports
@@ -563,7 +584,7 @@ def _event_rows(
     default (:func:`tokenscale.store.attributes.kept_attributes`) unless ``keep_attributes``."""
     # orjson: ~10x faster than json here, and NaN/Infinity (which jsonb rejects) become null.
     dumps = orjson.dumps
-    kept = _all_attributes if keep_attributes else kept_attributes
+    kept = _all_attributes if keep_attributes else _KeptBySequence().kept
     return [
         (
             e.time_ns // 1000 - _PG_EPOCH_US,  # _pg_time, inlined
@@ -605,6 +626,23 @@ def _event_rows(
 
 def _all_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     return attrs
+
+
+class _KeptBySequence:
+    """:func:`kept_attributes` (which depends on the keys alone) with the keys kept worked out once
+    per sequence of keys: the events of one export mostly share theirs."""
+
+    __slots__ = ("_plans",)
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def kept(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        sequence = tuple(attrs)
+        keys = self._plans.get(sequence)
+        if keys is None:
+            keys = self._plans[sequence] = tuple(kept_attributes(dict.fromkeys(sequence)))
+        return {key: attrs[key] for key in keys}
 
 
 def _activity_rows(activity: Iterable[ActivityEvent]) -> list[tuple[Any, ...]]:
