@@ -143,9 +143,11 @@ def test_a_nul_in_an_attribute_the_ledger_does_not_store_is_not_looked_at(
     assert _rows(url, session) == [("gpt-4o", 100, 20, Decimal("0.0004500000"), True)]
     with psycopg.connect(url) as conn:
         stored = conn.execute(
-            "SELECT attributes FROM tokenscale.usage_events WHERE session_id = %s", (session,)
+            "SELECT attributes, trace_id IS NOT NULL FROM tokenscale.usage_events WHERE session_id = %s",
+            (session,),
         ).fetchall()
-    assert [sorted(a) for (a,) in stored] == [["otel.trace_id"]]
+    # Nothing of the free attributes: the trace id is in its own column (migration 0081).
+    assert [(sorted(a), traced) for (a, traced) in stored] == [([], True)]
 
 
 def test_overlong_service_name_in_the_resource_rejects_its_items(stack: tuple[Sender, str]) -> None:
