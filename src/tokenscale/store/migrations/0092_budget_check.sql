@@ -91,6 +91,9 @@ DECLARE
     v_tool text;
     v_model text;
     v_user text;
+    b_id text[];
+    b_unit text[];
+    b_limit numeric[];
     w_scope text[];
     w_value text[];
     w_seconds int[];
@@ -114,11 +117,11 @@ BEGIN
         NULL::numeric, NULL::int, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::numeric,
         NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric,
         NULL::numeric;
-    RETURN QUERY
-    SELECT 'window'::text, v_now, v_grains, w.id, w.scope, w.scope_value, w.unit, w.limit_value,
-           w.window_seconds, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::numeric,
-           NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric,
-           NULL::numeric
+    SELECT array_agg(w.id ORDER BY w.id, w.position), array_agg(w.scope ORDER BY w.id, w.position),
+           array_agg(w.scope_value ORDER BY w.id, w.position), array_agg(w.unit ORDER BY w.id, w.position),
+           array_agg(w.limit_value ORDER BY w.id, w.position),
+           array_agg(w.window_seconds ORDER BY w.id, w.position)
+    INTO b_id, w_scope, w_value, b_unit, b_limit, w_seconds
     FROM (
         SELECT b.id::text AS id, b.scope, b.scope_value, sw.unit, sw.limit_value, sw.window_seconds,
                sw.position
@@ -129,39 +132,30 @@ BEGIN
                coalesce(c.window_days, p_company_days) * 86400, 0
         FROM (SELECT 1) AS one LEFT JOIN tokenscale.budgets c ON c.tenant = p_tenant
         WHERE coalesce(c.token_limit, p_company_limit) IS NOT NULL
-    ) AS w
-    ORDER BY w.id, w.position;
-    -- The windows' distinct (scope value, length), from the rows just returned.
-    SELECT array_agg(d.scope), array_agg(d.scope_value), array_agg(d.window_seconds)
-    INTO w_scope, w_value, w_seconds
-    FROM (
-        SELECT DISTINCT b.scope, b.scope_value, sw.window_seconds
-        FROM tokenscale.scoped_budgets b JOIN tokenscale.scoped_budget_windows sw ON sw.budget_id = b.id
-        WHERE b.tenant = p_tenant AND (b.scope, b.scope_value) IN (SELECT * FROM unnest(p_scopes, p_values))
-        UNION
-        SELECT 'tenant', '', coalesce(c.window_days, p_company_days) * 86400
-        FROM (SELECT 1) AS one LEFT JOIN tokenscale.budgets c ON c.tenant = p_tenant
-        WHERE coalesce(c.token_limit, p_company_limit) IS NOT NULL
-    ) AS d;
+    ) AS w;
+    RETURN QUERY
+    SELECT 'window'::text, v_now, v_grains, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
+           NULL::timestamptz, NULL::timestamptz, NULL::numeric, NULL::numeric, NULL::numeric,
+           NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
+    FROM unnest(b_id, w_scope, w_value, b_unit, b_limit, w_seconds) AS w (id, scope, value, unit, lim, seconds);
     IF w_scope IS NULL THEN
         RETURN;
     END IF;
-    -- The rollup ranges and the event ranges of the tenant, tool, model and user windows.
-    SELECT array_agg(x.part), array_agg(x.scope), array_agg(x.value), array_agg(x.lo), array_agg(x.hi)
-    INTO r_part, r_scope, r_value, r_lo, r_hi
+    -- The rollup ranges and the event ranges of the tenant, tool, model and user windows (a range
+    -- several windows share once), from one cut of each distinct window.
+    SELECT array_agg(x.part) FILTER (WHERE x.part <> 'raw'), array_agg(x.scope) FILTER (WHERE x.part <> 'raw'),
+           array_agg(x.value) FILTER (WHERE x.part <> 'raw'), array_agg(x.lo) FILTER (WHERE x.part <> 'raw'),
+           array_agg(x.hi) FILTER (WHERE x.part <> 'raw'),
+           array_agg(x.lo) FILTER (WHERE x.part = 'raw'), array_agg(x.hi) FILTER (WHERE x.part = 'raw')
+    INTO r_part, r_scope, r_value, r_lo, r_hi, e_lo, e_hi
     FROM (
         SELECT DISTINCT CASE WHEN p.grain = 'hour' AND w.scope = 'tenant' THEN 'tenant_hour' ELSE p.grain END
-                        AS part, w.scope, w.value, p.lo, p.hi
-        FROM unnest(w_scope, w_value, w_seconds) AS w (scope, value, seconds)
+                        AS part,
+                        CASE WHEN p.grain = 'raw' THEN '' ELSE w.scope END AS scope,
+                        CASE WHEN p.grain = 'raw' THEN '' ELSE w.value END AS value, p.lo, p.hi
+        FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
         CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, v_grains) AS p
-        WHERE (w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'))) AND p.grain <> 'raw'
-    ) AS x;
-    SELECT array_agg(x.lo), array_agg(x.hi) INTO e_lo, e_hi
-    FROM (
-        SELECT DISTINCT p.lo, p.hi
-        FROM unnest(w_scope, w_value, w_seconds) AS w (scope, value, seconds)
-        CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, v_grains) AS p
-        WHERE (w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'))) AND p.grain = 'raw'
+        WHERE w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'))
     ) AS x;
     IF r_part IS NOT NULL OR e_lo IS NOT NULL THEN
         RETURN QUERY
@@ -179,7 +173,7 @@ BEGIN
     END IF;
     -- Whole windows of events: team windows, and without grains tool, model and user windows.
     FOR scan IN
-        SELECT w.scope, w.value, max(w.seconds) AS longest, array_agg(w.seconds) AS lengths
+        SELECT w.scope, w.value, array_agg(DISTINCT w.seconds) AS lengths
         FROM unnest(w_scope, w_value, w_seconds) AS w (scope, value, seconds)
         WHERE w.scope = 'team' OR (NOT v_grains AND w.scope IN ('tool', 'model', 'user'))
         GROUP BY w.scope, w.value
