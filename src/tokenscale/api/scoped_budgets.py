@@ -437,9 +437,6 @@ _BUDGET_CHECK: Final = (
     "%(now)s::timestamptz, %(team_key)s, %(company_limit)s::numeric, %(company_days)s::int)"
 )
 
-#: Column pair (tokens, USD) of each scope in an event range's row of budget_check.
-_RAW_COLUMN: Final = {"tenant": 12, "tool": 14, "model": 16, "user": 18}
-
 
 def check_budgets(
     conn: Connection,
@@ -457,7 +454,7 @@ def check_budgets(
     window is exceeded (used >= limit). The tenant's company budget (``tokenscale.budgets``, else
     ``company_budget``) is one more tenant window, id :data:`COMPANY_BUDGET_ID`. ``now`` defaults
     to the database's clock; every window ends at that same instant. One round trip: a call of
-    ``tokenscale.budget_check`` (one statement, one snapshot), whose rows are put together here.
+    ``tokenscale.budget_check`` (one statement, one snapshot), which sums each window in the database.
     """
     keys: list[tuple[str, str]] = [("tenant", "")]
     for scope in SCOPES[1:]:
@@ -477,50 +474,24 @@ def check_budgets(
         },
     ).fetchall()
     checked_at: datetime = rows[0][1].astimezone(UTC)
-    grains = bool(rows[0][2])
-    windows: list[tuple[str, Scope, str | None, Unit, Decimal, int]] = []
-    rollup: dict[tuple[str, str, str, datetime, datetime], tuple[Decimal, Decimal]] = {}
-    raw: dict[tuple[datetime, datetime], Sequence[Any]] = {}
-    scanned: dict[tuple[str, str, int], tuple[Decimal, Decimal]] = {}
-    for row in rows[1:]:
-        kind = row[0]
-        if kind == "window":
-            unit = row[6]
-            windows.append(
-                (row[3], row[4], row[5] or None, unit, _stored_limit(Decimal(row[7]), unit), row[8])
-            )
-        elif kind == "rollup":
-            rollup[(row[9], row[4], row[5], row[10], row[11])] = (Decimal(row[12]), Decimal(row[13]))
-        elif kind == "raw":
-            raw[(row[10], row[11])] = row
-        else:  # "scan": a whole window of events
-            scanned[(row[4], row[5], row[8])] = (Decimal(row[12]), Decimal(row[13]))
     statuses = []
-    for budget_id, scope, value, unit, limit, seconds in windows:
-        if (scope, value or "", seconds) in scanned:
-            tokens, usd = scanned[(scope, value or "", seconds)]
-        else:
-            tokens, usd = Decimal(0), Decimal(0)
-            for grain, lo, hi in window_pieces(
-                checked_at - timedelta(seconds=seconds), checked_at, grains=grains
-            ):
-                if grain == "raw":
-                    row = raw[(lo, hi)]
-                    tokens += Decimal(row[_RAW_COLUMN[scope]])
-                    usd += Decimal(row[_RAW_COLUMN[scope] + 1])
-                else:
-                    part = "tenant_hour" if grain == "hour" and scope == "tenant" else grain
-                    piece_tokens, piece_usd = rollup[(part, scope, value or "", lo, hi)]
-                    tokens += piece_tokens
-                    usd += piece_usd
+    for row in rows[1:]:
+        budget_id: str = row[3]
+        window_scope: Scope = row[4]
+        scope_value: str | None = row[5] or None
+        unit: Unit = row[6]
+        seconds: int = row[8]
+        tokens, usd, missing = row[12], row[13], row[14]
+        if tokens is None or missing != 0:  # every piece of a window has its sum: never otherwise
+            raise RuntimeError(f"budget check: window {budget_id} {seconds}s read incompletely")
         statuses.append(
             WindowStatus(
                 budget_id,
-                scope,
-                value,
+                window_scope,
+                scope_value,
                 unit,
-                limit,
-                tokens if unit == "tokens" else usd,
+                _stored_limit(Decimal(row[7]), unit),
+                Decimal(tokens) if unit == "tokens" else Decimal(usd),
                 seconds,
                 checked_at - timedelta(seconds=seconds),
                 checked_at,
@@ -534,7 +505,7 @@ def check_budgets(
     }
 
 
-# --- a window's usage from the rollups ------------------------------------------------------------
+# --- how a window is cut into rollup buckets and events (tokenscale.window_pieces in SQL) ---------
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _FIVE_MINUTES: Final = timedelta(minutes=5)

@@ -59,20 +59,18 @@ BEGIN
 END
 $$;
 
--- The budget check in one call: rows of five kinds, which tokenscale.api.scoped_budgets puts
--- together (it cuts each window into the same pieces as window_pieces does here):
+-- The budget check in one call (tokenscale.api.scoped_budgets.check_budgets). Rows of two kinds:
 --   'now':    checked_at (p_now, else the database's clock) and grains (whether the writer keeps the
 --             scoped rollups here: TimescaleDB community does not);
 --   'window': one per window of every budget of p_tenant whose (scope, scope value) is among
---             (p_scopes[i], p_values[i]) (a tenant budget: scope 'tenant', value ''), and the
---             company budget (tokenscale.budgets, else p_company_limit tokens over p_company_days);
---   'rollup': tokens and USD of one range of rollup buckets (part 'day', 'hour', 'tenant_hour',
---             '5min') of one scope value, for the tenant, tool, model and user windows (tenant
---             windows only without grains);
---   'raw':    tokens and USD of one range of events, the tenant's (t0, c0), the tool's (t1, c1), the
---             model's (t2, c2) and the user's (t3, c3): the windows' partial edges;
---   'scan':   tokens and USD of one whole window of events of a scope value (team windows: events
---             whose attributes hold p_team_key = the team; without grains, tool, model and user).
+--             (p_scopes[i], p_values[i]) (a tenant budget: scope 'tenant', value ''), and of the
+--             company budget (tokenscale.budgets, else p_company_limit tokens over p_company_days),
+--             with its tokens (t0) and USD (c0) in the window ending checked_at, and the number of
+--             its pieces that found no sum (t1: always 0; the caller refuses anything else).
+-- Tenant, tool, model and user windows are the sums of their pieces (window_pieces): rollup ranges
+-- and the events of their partial edges, each range read once by budget_usage. Team windows
+-- (events whose attributes hold p_team_key = the team) and, without grains, tool, model and user
+-- windows sum their events.
 CREATE FUNCTION tokenscale.budget_check(
     p_tenant text, p_scopes text[], p_values text[], p_now timestamptz, p_team_key text,
     p_company_limit numeric, p_company_days int
@@ -104,6 +102,19 @@ DECLARE
     r_hi timestamptz[];
     e_lo timestamptz[];
     e_hi timestamptz[];
+    k_scope text[];
+    k_value text[];
+    k_seconds int[];
+    k_part text[];
+    k_lo timestamptz[];
+    k_hi timestamptz[];
+    x_scope text[] := '{}';
+    x_value text[] := '{}';
+    x_seconds int[] := '{}';
+    x_t numeric[] := '{}';
+    x_c numeric[] := '{}';
+    v_t numeric;
+    v_c numeric;
     k int;
     scan record;
 BEGIN
@@ -133,44 +144,28 @@ BEGIN
         FROM (SELECT 1) AS one LEFT JOIN tokenscale.budgets c ON c.tenant = p_tenant
         WHERE coalesce(c.token_limit, p_company_limit) IS NOT NULL
     ) AS w;
-    RETURN QUERY
-    SELECT 'window'::text, v_now, v_grains, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
-           NULL::timestamptz, NULL::timestamptz, NULL::numeric, NULL::numeric, NULL::numeric,
-           NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
-    FROM unnest(b_id, w_scope, w_value, b_unit, b_limit, w_seconds) AS w (id, scope, value, unit, lim, seconds);
     IF w_scope IS NULL THEN
         RETURN;
     END IF;
-    -- The rollup ranges and the event ranges of the tenant, tool, model and user windows (a range
-    -- several windows share once), from one cut of each distinct window.
-    SELECT array_agg(x.part) FILTER (WHERE x.part <> 'raw'), array_agg(x.scope) FILTER (WHERE x.part <> 'raw'),
-           array_agg(x.value) FILTER (WHERE x.part <> 'raw'), array_agg(x.lo) FILTER (WHERE x.part <> 'raw'),
-           array_agg(x.hi) FILTER (WHERE x.part <> 'raw'),
-           array_agg(x.lo) FILTER (WHERE x.part = 'raw'), array_agg(x.hi) FILTER (WHERE x.part = 'raw')
+    -- Each distinct tenant, tool, model and user window cut once (tokenscale.window_pieces).
+    SELECT array_agg(w.scope), array_agg(w.value), array_agg(w.seconds),
+           array_agg(CASE WHEN x.grain = 'hour' AND w.scope = 'tenant' THEN 'tenant_hour' ELSE x.grain END),
+           array_agg(x.lo), array_agg(x.hi)
+    INTO k_scope, k_value, k_seconds, k_part, k_lo, k_hi
+    FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
+    CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, v_grains) AS x
+    WHERE w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'));
+    -- The rollup ranges and the event ranges to read, each once however many windows share it.
+    SELECT array_agg(r.part) FILTER (WHERE r.part <> 'raw'), array_agg(r.scope) FILTER (WHERE r.part <> 'raw'),
+           array_agg(r.value) FILTER (WHERE r.part <> 'raw'), array_agg(r.lo) FILTER (WHERE r.part <> 'raw'),
+           array_agg(r.hi) FILTER (WHERE r.part <> 'raw'),
+           array_agg(r.lo) FILTER (WHERE r.part = 'raw'), array_agg(r.hi) FILTER (WHERE r.part = 'raw')
     INTO r_part, r_scope, r_value, r_lo, r_hi, e_lo, e_hi
     FROM (
-        SELECT DISTINCT CASE WHEN p.grain = 'hour' AND w.scope = 'tenant' THEN 'tenant_hour' ELSE p.grain END
-                        AS part,
-                        CASE WHEN p.grain = 'raw' THEN '' ELSE w.scope END AS scope,
-                        CASE WHEN p.grain = 'raw' THEN '' ELSE w.value END AS value, p.lo, p.hi
-        FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
-        CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, v_grains) AS p
-        WHERE w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'))
-    ) AS x;
-    IF r_part IS NOT NULL OR e_lo IS NOT NULL THEN
-        RETURN QUERY
-        SELECT CASE WHEN u.part = 'raw' THEN 'raw' ELSE 'rollup' END, v_now, v_grains, NULL::text,
-               CASE WHEN u.part = 'raw' THEN NULL ELSE r_scope[u.i + 1] END,
-               CASE WHEN u.part = 'raw' THEN NULL ELSE r_value[u.i + 1] END,
-               NULL::text, NULL::numeric, NULL::int, u.part,
-               CASE WHEN u.part = 'raw' THEN e_lo[u.i + 1] ELSE r_lo[u.i + 1] END,
-               CASE WHEN u.part = 'raw' THEN e_hi[u.i + 1] ELSE r_hi[u.i + 1] END,
-               u.t0, u.c0, u.t1, u.c1, u.t2, u.c2, u.t3, u.c3
-        FROM tokenscale.budget_usage(p_tenant, v_tool, v_model, v_user,
-                                     coalesce(r_part, '{}'), coalesce(r_scope, '{}'), coalesce(r_value, '{}'),
-                                     coalesce(r_lo, '{}'), coalesce(r_hi, '{}'),
-                                     coalesce(e_lo, '{}'), coalesce(e_hi, '{}')) AS u;
-    END IF;
+        SELECT DISTINCT k.part, CASE WHEN k.part = 'raw' THEN '' ELSE k.scope END AS scope,
+                        CASE WHEN k.part = 'raw' THEN '' ELSE k.value END AS value, k.lo, k.hi
+        FROM unnest(k_part, k_scope, k_value, k_lo, k_hi) AS k (part, scope, value, lo, hi)
+    ) AS r;
     -- Whole windows of events: team windows, and without grains tool, model and user windows.
     FOR scan IN
         SELECT w.scope, w.value, array_agg(DISTINCT w.seconds) AS lengths
@@ -180,30 +175,67 @@ BEGIN
     LOOP
         FOR k IN 1 .. cardinality(scan.lengths) LOOP
             IF scan.scope = 'team' THEN
-                RETURN QUERY
-                SELECT 'scan'::text, v_now, v_grains, NULL::text, scan.scope, scan.value, NULL::text,
-                       NULL::numeric, scan.lengths[k], NULL::text, NULL::timestamptz, NULL::timestamptz,
-                       coalesce(sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens), 0),
-                       coalesce(sum(e.cost_usd), 0), NULL::numeric, NULL::numeric, NULL::numeric,
-                       NULL::numeric, NULL::numeric, NULL::numeric
+                SELECT coalesce(sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens), 0),
+                       coalesce(sum(e.cost_usd), 0)
+                INTO v_t, v_c
                 FROM tokenscale.usage_events e
                 WHERE e.tenant = p_tenant AND e.counted
                   AND e.time >= v_now - scan.lengths[k] * INTERVAL '1 second' AND e.time <= v_now
                   AND e.attributes @> jsonb_build_object(p_team_key, scan.value);
             ELSE
-                RETURN QUERY
-                SELECT 'scan'::text, v_now, v_grains, NULL::text, scan.scope, scan.value, NULL::text,
-                       NULL::numeric, scan.lengths[k], NULL::text, NULL::timestamptz, NULL::timestamptz,
-                       coalesce(sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens), 0),
-                       coalesce(sum(e.cost_usd), 0), NULL::numeric, NULL::numeric, NULL::numeric,
-                       NULL::numeric, NULL::numeric, NULL::numeric
+                SELECT coalesce(sum(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens + e.output_tokens), 0),
+                       coalesce(sum(e.cost_usd), 0)
+                INTO v_t, v_c
                 FROM tokenscale.usage_events e
                 WHERE e.tenant = p_tenant AND e.counted
                   AND e.time >= v_now - scan.lengths[k] * INTERVAL '1 second' AND e.time <= v_now
                   AND CASE scan.scope WHEN 'tool' THEN e.tool = scan.value WHEN 'model' THEN e.model = scan.value
                                       ELSE coalesce(e.user_email, e.user_id) = scan.value END;
             END IF;
+            x_scope := x_scope || scan.scope;
+            x_value := x_value || scan.value;
+            x_seconds := x_seconds || scan.lengths[k];
+            x_t := x_t || v_t;
+            x_c := x_c || v_c;
         END LOOP;
     END LOOP;
+    -- Every window with the sum of its pieces (and how many pieces found no sum: none).
+    RETURN QUERY
+    WITH s AS (
+        SELECT * FROM tokenscale.budget_usage(
+            p_tenant, v_tool, v_model, v_user, coalesce(r_part, '{}'), coalesce(r_scope, '{}'),
+            coalesce(r_value, '{}'), coalesce(r_lo, '{}'), coalesce(r_hi, '{}'), coalesce(e_lo, '{}'),
+            coalesce(e_hi, '{}'))
+    ), sums AS (
+        SELECT CASE WHEN s.part = 'raw' THEN 'raw' ELSE r_part[s.i + 1] END AS part,
+               CASE WHEN s.part = 'raw' THEN '' ELSE r_scope[s.i + 1] END AS scope,
+               CASE WHEN s.part = 'raw' THEN '' ELSE r_value[s.i + 1] END AS value,
+               CASE WHEN s.part = 'raw' THEN e_lo[s.i + 1] ELSE r_lo[s.i + 1] END AS lo,
+               CASE WHEN s.part = 'raw' THEN e_hi[s.i + 1] ELSE r_hi[s.i + 1] END AS hi,
+               s.t0, s.c0, s.t1, s.c1, s.t2, s.c2, s.t3, s.c3
+        FROM s
+    ), per_window AS (
+        SELECT k.scope, k.value, k.seconds,
+               sum(CASE WHEN k.part <> 'raw' OR k.scope = 'tenant' THEN m.t0 WHEN k.scope = 'tool' THEN m.t1
+                        WHEN k.scope = 'model' THEN m.t2 ELSE m.t3 END) AS t,
+               sum(CASE WHEN k.part <> 'raw' OR k.scope = 'tenant' THEN m.c0 WHEN k.scope = 'tool' THEN m.c1
+                        WHEN k.scope = 'model' THEN m.c2 ELSE m.c3 END) AS c,
+               count(*) FILTER (WHERE m.part IS NULL) AS missing
+        FROM unnest(k_scope, k_value, k_seconds, k_part, k_lo, k_hi) AS k (scope, value, seconds, part, lo, hi)
+        LEFT JOIN sums m ON m.part = k.part AND m.lo = k.lo AND m.hi = k.hi
+             AND m.scope = CASE WHEN k.part = 'raw' THEN '' ELSE k.scope END
+             AND m.value = CASE WHEN k.part = 'raw' THEN '' ELSE k.value END
+        GROUP BY k.scope, k.value, k.seconds
+        UNION ALL
+        SELECT x.scope, x.value, x.seconds, x.t, x.c, 0
+        FROM unnest(x_scope, x_value, x_seconds, x_t, x_c) AS x (scope, value, seconds, t, c)
+    )
+    SELECT 'window'::text, v_now, v_grains, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
+           NULL::timestamptz, NULL::timestamptz, pw.t, pw.c, pw.missing::numeric, NULL::numeric,
+           NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
+    FROM unnest(b_id, w_scope, w_value, b_unit, b_limit, w_seconds) WITH ORDINALITY
+        AS w (id, scope, value, unit, lim, seconds, n)
+    LEFT JOIN per_window pw ON pw.scope = w.scope AND pw.value = w.value AND pw.seconds = w.seconds
+    ORDER BY w.n;
 END
 $$;
