@@ -144,21 +144,24 @@ SELECT {bucket}, tenant, k.scope, k.value,
                         AND input_tokens + cache_read_tokens + cache_write_tokens + output_tokens > 0), 0),
        count(*)
 FROM tokenscale.usage_events
-CROSS JOIN LATERAL (VALUES {scopes}('tool', tool), ('model', model), ('user', coalesce(user_email, user_id)))
-    AS k (scope, value)
+CROSS JOIN LATERAL (VALUES {scopes}) AS k (scope, value)
 WHERE counted AND k.value IS NOT NULL AND time >= %(from)s AND time < %(to)s
 GROUP BY 1, 2, 3, 4
 """
 
 
+#: The scopes of usage_scope_hourly's day and 5-minute grains.
+_FINE_SCOPES: Final = "('tenant', ''), ('tool', tool), ('model', model)"
 #: usage_scope_hourly (the budget check's tool, model and user hours) and its day and 5-minute grains
-#: (also per tenant).
+#: (tenant, tool and model).
 _BUILD_SCOPED: Final = (
-    _build_scoped("usage_scope_hourly", "date_trunc('hour', time, 'UTC')", ""),
-    _build_scoped("usage_scope_daily", "date_trunc('day', time, 'UTC')", "('tenant', ''), "),
     _build_scoped(
-        "usage_scope_5min", "date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01Z')", "('tenant', ''), "
+        "usage_scope_hourly",
+        "date_trunc('hour', time, 'UTC')",
+        "('tool', tool), ('model', model), ('user', coalesce(user_email, user_id))",
     ),
+    _build_scoped("usage_scope_daily", "date_trunc('day', time, 'UTC')", _FINE_SCOPES),
+    _build_scoped("usage_scope_5min", "date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01Z')", _FINE_SCOPES),
 )
 
 _SUMS: Final = (

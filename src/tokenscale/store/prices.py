@@ -341,8 +341,8 @@ WHERE h.hour = s.hour AND h.tenant = s.tenant
 
 #: The unit keys (billable units: images, audio seconds, ...) as an SQL array's elements.
 _UNIT_KEYS: Final = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
-# usage_scope_hourly (tool, model, user per hour) and its day and 5-minute grains (which also keep
-# the tenant as a scope): the cost and unpriced count of every group a repriced row belongs to,
+# usage_scope_hourly (tool, model, user per hour) and its day and 5-minute grains (tenant, tool,
+# model): the cost and unpriced count of every group a repriced row belongs to,
 # summed again from its counted rows (after _APPLY).
 _SCOPED_BUCKET: Final = {
     "usage_scope_hourly": ("hour", "date_trunc('hour', e.time, 'UTC')", "1 hour"),
@@ -355,8 +355,7 @@ WITH touched AS (
     SELECT DISTINCT {bucket_of} AS bucket, e.tenant, k.scope, k.value
     FROM tokenscale_reprice r
     JOIN tokenscale.usage_events e ON e.dedupe_key = r.dedupe_key AND e.time = r.time
-    CROSS JOIN LATERAL (VALUES {tenant_scope}('tool', e.tool), ('model', e.model),
-                               ('user', coalesce(e.user_email, e.user_id))) AS k (scope, value)
+    CROSS JOIN LATERAL (VALUES {scopes}) AS k (scope, value)
     WHERE e.counted AND k.value IS NOT NULL
 ), fresh AS (
     SELECT t.bucket, t.tenant, t.scope, t.value, sum(e.cost_usd) AS cost_usd,
@@ -385,7 +384,9 @@ _ROLLUP_SCOPED: Final = tuple(
         bucket=bucket,
         bucket_of=bucket_of,
         width=width,
-        tenant_scope="" if table == "usage_scope_hourly" else "('tenant', ''), ",
+        scopes="('tool', e.tool), ('model', e.model), ('user', coalesce(e.user_email, e.user_id))"
+        if table == "usage_scope_hourly"
+        else "('tenant', ''), ('tool', e.tool), ('model', e.model)",
     )
     for table, (bucket, bucket_of, width) in _SCOPED_BUCKET.items()
 )

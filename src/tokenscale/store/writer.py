@@ -264,8 +264,9 @@ _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
 #: Per hour and tool, model or user (email, else id): the budget check's whole hours.
 _SCOPED: Final = _Rollup("usage_scope_hourly", "hour", ("tenant", "scope", "scope_value"))
-#: The same per UTC day and per 5-minute bucket, also with the tenant as a scope: the budget check's
-#: whole days and the whole 5 minutes at its windows' edges (migration 0090).
+#: The same per UTC day and per 5-minute bucket for the tenant, tool and model scopes (not per user: an
+#: export of many users' spans would add two rows per span): the budget check's whole days and the
+#: whole 5 minutes at its windows' edges (migration 0090).
 _SCOPED_DAILY: Final = _Rollup("usage_scope_daily", "day", ("tenant", "scope", "scope_value"))
 _SCOPED_5MIN: Final = _Rollup("usage_scope_5min", "start", ("tenant", "scope", "scope_value"))
 #: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups);
@@ -1609,11 +1610,9 @@ def _add_to_rollups(
             (scoped_daily, (day, tenant, "tenant", "")),
             (scoped_daily, (day, tenant, "tool", tool)),
             (scoped_daily, (day, tenant, "model", model)),
-            (scoped_daily, (day, tenant, "user", user)),
             (scoped_5min, (five_min, tenant, "tenant", "")),
             (scoped_5min, (five_min, tenant, "tool", tool)),
             (scoped_5min, (five_min, tenant, "model", model)),
-            (scoped_5min, (five_min, tenant, "user", user)),
             (hourly, (hour, tenant)),
         ):
             if (

@@ -3,16 +3,19 @@
 -- events they count, like usage_hourly and usage_scope_hourly:
 --   usage_scope_daily: per UTC day,
 --   usage_scope_5min:  per 5-minute bucket (start a multiple of 5 minutes since the epoch),
--- each per tenant (scope 'tenant', value '') and per tool, model and user (email, else id).
--- A rolling window [now - W, now] is read as whole days from usage_scope_daily, the whole hours
--- around them from usage_hourly / usage_scope_hourly, the whole 5-minute buckets at both ends from
--- usage_scope_5min, and only the events of the two partial 5-minute buckets at its edges from
--- usage_events: a 30-day window reads ~30 + 46 + 22 rows per scope value instead of 720 hours and
--- up to two hours of the tenant's events (docs/performance.md, "Budget checks").
+-- each per tenant (scope 'tenant', value ''), per tool and per model: scopes of a few values, so an
+-- export adds a few rows. Not per user: an export of an app's spans for many users would add two
+-- rows per span (measured: 1.3-1.5x the writer's CPU per row); user windows are read from
+-- usage_scope_hourly's whole hours and the events of their partial edge hours.
+-- A tenant, tool or model window [now - W, now] is read as whole days from usage_scope_daily, the
+-- whole hours around them from usage_hourly / usage_scope_hourly, the whole 5-minute buckets at both
+-- ends from usage_scope_5min, and only the events of the two partial 5-minute buckets at its edges
+-- from usage_events: a 30-day window reads ~30 + 46 + 22 rows instead of 720 hours and up to two
+-- hours of the tenant's events (docs/performance.md, "Scoped budget check, second step").
 CREATE TABLE tokenscale.usage_scope_daily (
     day                timestamptz      NOT NULL,
     tenant             text             NOT NULL,
-    scope              text             NOT NULL CHECK (scope IN ('tenant', 'tool', 'model', 'user')),
+    scope              text             NOT NULL CHECK (scope IN ('tenant', 'tool', 'model')),
     scope_value        text             NOT NULL,
     requests           bigint           NOT NULL,
     input_tokens       bigint           NOT NULL,
@@ -30,7 +33,7 @@ CREATE UNIQUE INDEX usage_scope_daily_key ON tokenscale.usage_scope_daily (tenan
 CREATE TABLE tokenscale.usage_scope_5min (
     start              timestamptz      NOT NULL,
     tenant             text             NOT NULL,
-    scope              text             NOT NULL CHECK (scope IN ('tenant', 'tool', 'model', 'user')),
+    scope              text             NOT NULL CHECK (scope IN ('tenant', 'tool', 'model')),
     scope_value        text             NOT NULL,
     requests           bigint           NOT NULL,
     input_tokens       bigint           NOT NULL,
@@ -56,8 +59,7 @@ SELECT date_trunc('day', e.time, 'UTC'), e.tenant, k.scope, k.value,
                 THEN greatest(e.requests, 1) ELSE 0 END),
        count(*)
 FROM tokenscale.usage_events e
-CROSS JOIN LATERAL (VALUES ('tenant', ''), ('tool', e.tool), ('model', e.model),
-                           ('user', coalesce(e.user_email, e.user_id))) AS k (scope, value)
+CROSS JOIN LATERAL (VALUES ('tenant', ''), ('tool', e.tool), ('model', e.model)) AS k (scope, value)
 WHERE e.counted AND k.value IS NOT NULL
 GROUP BY 1, 2, 3, 4;
 
@@ -71,7 +73,6 @@ SELECT date_bin('5 minutes', e.time, TIMESTAMPTZ '1970-01-01 00:00:00+00'), e.te
                 THEN greatest(e.requests, 1) ELSE 0 END),
        count(*)
 FROM tokenscale.usage_events e
-CROSS JOIN LATERAL (VALUES ('tenant', ''), ('tool', e.tool), ('model', e.model),
-                           ('user', coalesce(e.user_email, e.user_id))) AS k (scope, value)
+CROSS JOIN LATERAL (VALUES ('tenant', ''), ('tool', e.tool), ('model', e.model)) AS k (scope, value)
 WHERE e.counted AND k.value IS NOT NULL
 GROUP BY 1, 2, 3, 4;

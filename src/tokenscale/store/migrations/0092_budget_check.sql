@@ -67,8 +67,9 @@ $$;
 --             company budget (tokenscale.budgets, else p_company_limit tokens over p_company_days),
 --             with its tokens (t0) and USD (c0) in the window ending checked_at, and the number of
 --             its pieces that found no sum (t1: always 0; the caller refuses anything else).
--- Tenant, tool, model and user windows are the sums of their pieces (window_pieces): rollup ranges
--- and the events of their partial edges, each range read once by budget_usage. Team windows
+-- Tenant, tool, model and user windows are the sums of their pieces (window_pieces; user windows
+-- cut into whole hours and partial edge hours only): rollup ranges and the events of their partial
+-- edges, each range read once by budget_usage. Team windows
 -- (events whose attributes hold p_team_key = the team) and, without grains, tool, model and user
 -- windows sum their events.
 CREATE FUNCTION tokenscale.budget_check(
@@ -153,7 +154,9 @@ BEGIN
            array_agg(x.lo), array_agg(x.hi)
     INTO k_scope, k_value, k_seconds, k_part, k_lo, k_hi
     FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
-    CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, v_grains) AS x
+    -- user windows: whole hours and partial edge hours (no finer grains per user)
+    CROSS JOIN LATERAL tokenscale.window_pieces(
+        v_now - w.seconds * INTERVAL '1 second', v_now, v_grains AND w.scope <> 'user') AS x
     WHERE w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'));
     -- The rollup ranges and the event ranges to read, each once however many windows share it.
     SELECT array_agg(r.part) FILTER (WHERE r.part <> 'raw'), array_agg(r.scope) FILTER (WHERE r.part <> 'raw'),
