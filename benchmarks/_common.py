@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "postgres_cpu_seconds",
     "proc_stat",
     "rss_kib",
+    "run_in_tree",
     "write_json",
 ]
 
@@ -222,3 +224,20 @@ def rss_kib(pid: int) -> tuple[int, int]:
     except OSError:
         pass
     return rss, hwm
+
+
+def run_in_tree(src: Path, script: str, args: Sequence[str], what: str) -> dict[str, Any]:
+    """Run ``script`` (``python -c``) with ``src`` alone on ``PYTHONPATH`` (a tree's ``src/``: this
+    one's or a baseline's) and return the JSON object its last line of output prints."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        cwd=tempfile.gettempdir(),  # not the repository: PYTHONPATH alone says which tree is imported
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {what} of {src} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result

@@ -19,15 +19,10 @@ reported: other work on the machine only ever slows a round. The numbers are mic
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks._common import REPO, BenchOutput, Context
+from benchmarks._common import REPO, BenchOutput, Context, run_in_tree
 from benchmarks._servers import DbServer
 from benchmarks.bench_ledger import baseline_tree
 
@@ -68,19 +63,7 @@ _SIGNALS: Final = ("traces", "logs", "metrics")
 
 
 def _measure(src: Path, signal: str, quick: bool, rounds: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _STAGES, signal, "1" if quick else "0", str(rounds), str(REPO)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tempfile.gettempdir(),  # not the repository: PYTHONPATH alone says which tree is imported
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the pipeline of {src} failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_in_tree(src, _STAGES, [signal, "1" if quick else "0", str(rounds), str(REPO)], "pipeline")
 
 
 def run(ctx: Context, server: DbServer) -> BenchOutput:

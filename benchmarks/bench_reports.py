@@ -150,18 +150,13 @@ GROUP BY 1, 2, 3, 4
 """
 
 
-#: The scopes of usage_scope_hourly's day and 5-minute grains.
-_FINE_SCOPES: Final = "('tenant', ''), ('tool', tool), ('model', model)"
-#: usage_scope_hourly (the budget check's tool, model and user hours) and its day and 5-minute grains
-#: (tenant, tool and model).
+#: usage_scope_hourly (the budget check's tool, model and user hours).
 _BUILD_SCOPED: Final = (
     _build_scoped(
         "usage_scope_hourly",
         "date_trunc('hour', time, 'UTC')",
         "('tool', tool), ('model', model), ('user', coalesce(user_email, user_id))",
     ),
-    _build_scoped("usage_scope_daily", "date_trunc('day', time, 'UTC')", _FINE_SCOPES),
-    _build_scoped("usage_scope_5min", "date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01Z')", _FINE_SCOPES),
 )
 
 _SUMS: Final = (
@@ -339,8 +334,7 @@ def generate(url: str, ds: DataSet, start: datetime, log: Callable[[str], None])
             if hourly and str(hourly[0]) == "r":
                 conn.execute("VACUUM ANALYZE tokenscale.usage_hourly")
             if scoped is not None and scoped[0] is not None:
-                for table in ("usage_scope_hourly", "usage_scope_daily", "usage_scope_5min"):
-                    conn.execute(f"VACUUM ANALYZE tokenscale.{table}")
+                conn.execute("VACUUM ANALYZE tokenscale.usage_scope_hourly")
 
     _parallel([analyze_events, vacuum_daily])
     timings["analyze_s"] = time.monotonic() - t0

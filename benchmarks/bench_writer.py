@@ -19,15 +19,10 @@ each (default 2), and the best of each is reported: other work on the machine on
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks._common import REPO, BenchOutput, Context
+from benchmarks._common import REPO, BenchOutput, Context, run_in_tree
 from benchmarks._servers import DbServer, database
 from benchmarks.bench_ledger import baseline_tree
 
@@ -69,19 +64,7 @@ print(json.dumps({"rows": rows, "wall": wall, "client": client, "server": server
 
 
 def _measure(src: Path, url: str, signal: str, exports: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _WRITER, url, signal, str(exports), str(REPO)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tempfile.gettempdir(),  # not the repository: PYTHONPATH alone says which tree is imported
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the writer of {src} failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_in_tree(src, _WRITER, [url, signal, str(exports), str(REPO)], "writer")
 
 
 def run(ctx: Context, server: DbServer) -> BenchOutput:

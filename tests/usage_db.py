@@ -155,19 +155,3 @@ def _assert_rollups_match_events(url: str) -> None:
                 "GROUP BY 1, 2, 3, 4 HAVING sum(events) <> 0"
             ).fetchall()
             assert sorted(map(repr, rollup)) == sorted(map(repr, raw)), "usage_scope_hourly"
-            # Its day and 5-minute grains: the tenant, the tool and the model (not the user).
-            for table, bucket, raw_bucket in (
-                ("usage_scope_daily", "day", "date_trunc('day', time, 'UTC')"),
-                ("usage_scope_5min", "start", "date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01Z')"),
-            ):
-                raw = conn.execute(
-                    f"SELECT {raw_bucket}, tenant, k.scope, k.value, {raw_sums} "
-                    "FROM tokenscale.usage_events CROSS JOIN LATERAL (VALUES ('tenant', ''), ('tool', tool), "
-                    "('model', model)) AS k (scope, value) "
-                    "WHERE counted AND k.value IS NOT NULL GROUP BY 1, 2, 3, 4"
-                ).fetchall()
-                rollup = conn.execute(
-                    f"SELECT {bucket}, tenant, scope, scope_value, {rollup_sums} FROM tokenscale.{table} "
-                    "GROUP BY 1, 2, 3, 4 HAVING sum(events) <> 0"
-                ).fetchall()
-                assert sorted(map(repr, rollup)) == sorted(map(repr, raw)), table

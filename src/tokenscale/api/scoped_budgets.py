@@ -20,21 +20,16 @@ What each scope counts (counted usage events of the tenant only):
 Tokens are input + cache reads + cache writes + output (reasoning is part of output); USD is the
 events' priced cost (an unpriced event adds nothing to a USD window).
 
-Reads, in one round trip (``tokenscale.budget_check``, migrations 0090-0092): the budgets that
+Reads, in one round trip (``tokenscale.budget_check``, migrations 0091 and 0092): the budgets that
 apply through the index on (tenant, scope, scope_value), so the number defined does not matter;
-then each tenant, tool and model window [now - W, now] from the coarsest rollup buckets that fit
-it (:func:`window_pieces`): whole UTC days from ``usage_scope_daily``, the whole hours around them
-from ``usage_hourly`` or ``usage_scope_hourly``, the whole 5-minute buckets at both ends from
-``usage_scope_5min`` (all kept exact by the writer in the same transaction as the events), and only
-the events of its partial first and last 5 minutes from ``usage_events``: a 30-day window reads at
-most 30 + 46 + 22 rollup rows and about ten minutes of the tenant's events, however much usage it
-holds. User windows (no finer grains per user: they would cost the writer two rows per span of an
-export of many users) read ``usage_scope_hourly``'s whole hours and the events of their partial
-first and last hours. The function's plans are generic and kept for the session.
-Team windows (an attribute, not a rollup key) and, on TimescaleDB community (no scoped rollups:
-tenant windows from the ``usage_hourly`` continuous aggregate's whole hours and the events of the
-partial edge hours), tool, model and user windows read their events in the window from
-``usage_events``.
+then each tenant, tool, model and user window [now - W, now] as its whole UTC hours from
+``usage_hourly`` or ``usage_scope_hourly`` (kept exact by the writer in the same transaction as the
+events) and the events of its partial first and last hours from ``usage_events``
+(:func:`window_pieces` with ``grains=False``), every range read once however many windows share it,
+and every window summed in the database. Its plans are generic and kept for the session. Team
+windows (an attribute, not a rollup key) and, on TimescaleDB community (no ``usage_scope_hourly``:
+tenant windows from the ``usage_hourly`` continuous aggregate's whole hours), tool, model and user
+windows read their events in the window from ``usage_events``.
 """
 
 from __future__ import annotations

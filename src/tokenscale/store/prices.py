@@ -341,13 +341,10 @@ WHERE h.hour = s.hour AND h.tenant = s.tenant
 
 #: The unit keys (billable units: images, audio seconds, ...) as an SQL array's elements.
 _UNIT_KEYS: Final = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
-# usage_scope_hourly (tool, model, user per hour) and its day and 5-minute grains (tenant, tool,
-# model): the cost and unpriced count of every group a repriced row belongs to,
-# summed again from its counted rows (after _APPLY).
+# usage_scope_hourly (tool, model, user per hour): the cost and unpriced count of every group a
+# repriced row belongs to, summed again from its counted rows (after _APPLY).
 _SCOPED_BUCKET: Final = {
     "usage_scope_hourly": ("hour", "date_trunc('hour', e.time, 'UTC')", "1 hour"),
-    "usage_scope_daily": ("day", "date_trunc('day', e.time, 'UTC')", "1 day"),
-    "usage_scope_5min": ("start", "date_bin('5 minutes', e.time, TIMESTAMPTZ '1970-01-01Z')", "5 minutes"),
 }
 _ROLLUP_SCOPED_SQL: Final = (
     """

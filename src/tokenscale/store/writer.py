@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 _NS_PER_DAY: Final = 86_400 * 10**9
 _NS_PER_HOUR: Final = 3_600 * 10**9
-_NS_PER_5MIN: Final = 300 * 10**9
 _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_US: Final = 946_684_800 * 10**6  # 2000-01-01, the origin of binary timestamps
 _COST_QUANTUM: Final = Decimal("1e-10")  # usage_events.cost_usd is numeric(20, 10)
@@ -264,20 +263,8 @@ _DAILY: Final = _Rollup("usage_daily", "day", ("tenant", "tool", "user_email", "
 _HOURLY: Final = _Rollup("usage_hourly", "hour", ("tenant",))
 #: Per hour and tool, model or user (email, else id): the budget check's whole hours.
 _SCOPED: Final = _Rollup("usage_scope_hourly", "hour", ("tenant", "scope", "scope_value"))
-#: The same per UTC day and per 5-minute bucket for the tenant, tool and model scopes (not per user: an
-#: export of many users' spans would add two rows per span): the budget check's whole days and the
-#: whole 5 minutes at its windows' edges (migration 0090).
-_SCOPED_DAILY: Final = _Rollup("usage_scope_daily", "day", ("tenant", "scope", "scope_value"))
-_SCOPED_5MIN: Final = _Rollup("usage_scope_5min", "start", ("tenant", "scope", "scope_value"))
-#: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups);
-#: the tenant's rows of the day and 5-minute grains just before it, for the same reason.
-_ROLLUP_STAGES: Final = (
-    _DAILY.stage(),
-    _SCOPED.stage(),
-    _SCOPED_DAILY.stage(),
-    _SCOPED_5MIN.stage(),
-    _HOURLY.stage(),
-)
+#: usage_hourly last: its few rows are shared by every export of a tenant (see _add_to_rollups).
+_ROLLUP_STAGES: Final = (_DAILY.stage(), _SCOPED.stage(), _HOURLY.stage())
 #: Both rollup staging tables, in one round trip (they persist for the session once created).
 _CREATE_ROLLUP_STAGES: Final = b"; ".join([stage.create for stage in _ROLLUP_STAGES])
 
@@ -1585,39 +1572,29 @@ def _add_to_rollups(
     entries: list[_Entry],
 ) -> None:
     """Add new counted ``records`` (with their stored cost) and ``entries`` to ``usage_daily``,
-    ``usage_scope_hourly`` (and its day and 5-minute grains) and ``usage_hourly``: summed here per
-    bucket and key, COPYed into staging tables, then one upsert per rollup in key order
-    (``usage_hourly``, whose few rows every export of a tenant shares, last: its row locks are then
-    held only until the commit). Rows whose events drop to zero are deleted."""
+    ``usage_scope_hourly`` and ``usage_hourly``: summed here per bucket and key, COPYed into staging
+    tables, then one upsert per rollup in key order (``usage_hourly``, whose few rows every export
+    of a tenant shares, last: its row locks are then held only until the commit). Rows whose events
+    drop to zero are deleted."""
     if not entries and not records:
         return
     daily: dict[tuple[Any, ...], list[Any]] = {}
     hourly: dict[tuple[Any, ...], list[Any]] = {}
     scoped: dict[tuple[Any, ...], list[Any]] = {}
-    scoped_daily: dict[tuple[Any, ...], list[Any]] = {}
-    scoped_5min: dict[tuple[Any, ...], list[Any]] = {}
 
     def add_to(
         day: int, hour: int, tenant: str, tool: str, user_email: str | None, user: str | None,
         provider: str | None, model: str | None, vec: tuple[int, ...], cost: Decimal | None,
-        unpriced: int, events: int, five_min: int,
+        unpriced: int, events: int,
     ) -> None:  # fmt: skip
         for groups, key in (
             (daily, (day, tenant, tool, user_email, provider, model)),
             (scoped, (hour, tenant, "tool", tool)),
             (scoped, (hour, tenant, "model", model)),
             (scoped, (hour, tenant, "user", user)),
-            (scoped_daily, (day, tenant, "tenant", "")),
-            (scoped_daily, (day, tenant, "tool", tool)),
-            (scoped_daily, (day, tenant, "model", model)),
-            (scoped_5min, (five_min, tenant, "tenant", "")),
-            (scoped_5min, (five_min, tenant, "tool", tool)),
-            (scoped_5min, (five_min, tenant, "model", model)),
             (hourly, (hour, tenant)),
         ):
-            if (
-                groups is not daily and groups is not hourly and key[-1] is None
-            ):  # no model or no user: nothing for that scope
+            if groups is scoped and key[-1] is None:  # no model or no user: nothing for that scope
                 continue
             g = groups.get(key)
             if g is None:
@@ -1642,26 +1619,22 @@ def _add_to_rollups(
         add_to(
             t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, r.tenant, r.tool,
             r.user_email, r.user_email or r.user_id, r.provider, r.model, vec, cost, unpriced, 1,
-            t // _NS_PER_5MIN * _NS_PER_5MIN,
         )  # fmt: skip
     for e in entries:
         t = e.time_ns
         add_to(
             t // _NS_PER_DAY * _NS_PER_DAY, t // _NS_PER_HOUR * _NS_PER_HOUR, e.tenant, e.tool,
             e.user_email, e.user_email or e.user_id, e.provider, e.model, e.vec, e.cost, e.unpriced,
-            e.events, t // _NS_PER_5MIN * _NS_PER_5MIN,
+            e.events,
         )  # fmt: skip
     conn.execute(_CREATE_ROLLUP_STAGES)
-    for stage, groups in zip(_ROLLUP_STAGES, (daily, scoped, scoped_daily, scoped_5min, hourly), strict=True):
+    for stage, groups in zip(_ROLLUP_STAGES, (daily, scoped, hourly), strict=True):
         _copy(conn, stage.copy, stage.wire_types, [(_pg_time(k[0]), *k[1:], *g) for k, g in groups.items()])
     for stage in _ROLLUP_STAGES:
         conn.execute(stage.upsert)
     # Only a group whose events this export lowers can drop to zero (a residual that moves within
     # its hour takes one event out and puts one back: nothing to delete).
-    for rollup, groups in (
-        (_DAILY, daily), (_SCOPED, scoped), (_SCOPED_DAILY, scoped_daily), (_SCOPED_5MIN, scoped_5min),
-        (_HOURLY, hourly),
-    ):  # fmt: skip
+    for rollup, groups in ((_DAILY, daily), (_SCOPED, scoped), (_HOURLY, hourly)):
         tenants = sorted({k[1] for k, g in groups.items() if g[8] < 0})
         if tenants:
             conn.execute(rollup.drop_empty_sql(), (tenants,))

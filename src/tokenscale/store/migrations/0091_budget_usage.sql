@@ -1,7 +1,6 @@
 -- The budget check's reads (tokenscale.api.scoped_budgets): the tokens and USD of each range of a
--- check's windows, in one call. Rollup ranges (part 'day': usage_scope_daily, 'hour':
--- usage_scope_hourly, 'tenant_hour': usage_hourly, '5min': usage_scope_5min; each an index range of
--- one scope value's buckets) give one row each, (part, position in the arrays, tokens, USD). Each
+-- check's windows, in one call. Rollup ranges (part 'hour': usage_scope_hourly, 'tenant_hour':
+-- usage_hourly; each an index range of one scope value's hours) give one row each, (part, position in the arrays, tokens, USD). Each
 -- range of events (the partial edges of the windows) gives one row (part 'raw', its position) with
 -- the tenant's, the tool's, the model's and the user's tokens and USD.
 --
@@ -25,20 +24,6 @@ AS $$
 DECLARE
     k int;
 BEGIN
-    IF 'day' = ANY (r_part) THEN
-        RETURN QUERY
-        SELECT 'day'::text, (r.n - 1)::int, s.t, s.c, NULL::numeric, NULL::numeric, NULL::numeric,
-               NULL::numeric, NULL::numeric, NULL::numeric
-        FROM unnest(r_part, r_scope, r_value, r_lo, r_hi) WITH ORDINALITY AS r (part, scope, value, lo, hi, n)
-        CROSS JOIN LATERAL (
-            SELECT coalesce(sum(x.input_tokens + x.cache_read_tokens + x.cache_write_tokens + x.output_tokens), 0) AS t,
-                   coalesce(sum(x.cost_usd), 0) AS c
-            FROM tokenscale.usage_scope_daily x
-            WHERE x.tenant = p_tenant AND x.scope = r.scope AND x.scope_value = r.value
-              AND x.day >= r.lo AND x.day < r.hi
-        ) AS s
-        WHERE r.part = 'day';
-    END IF;
     IF 'hour' = ANY (r_part) THEN
         RETURN QUERY
         SELECT 'hour'::text, (r.n - 1)::int, s.t, s.c, NULL::numeric, NULL::numeric, NULL::numeric,
@@ -52,20 +37,6 @@ BEGIN
               AND x.hour >= r.lo AND x.hour < r.hi
         ) AS s
         WHERE r.part = 'hour';
-    END IF;
-    IF '5min' = ANY (r_part) THEN
-        RETURN QUERY
-        SELECT '5min'::text, (r.n - 1)::int, s.t, s.c, NULL::numeric, NULL::numeric, NULL::numeric,
-               NULL::numeric, NULL::numeric, NULL::numeric
-        FROM unnest(r_part, r_scope, r_value, r_lo, r_hi) WITH ORDINALITY AS r (part, scope, value, lo, hi, n)
-        CROSS JOIN LATERAL (
-            SELECT coalesce(sum(x.input_tokens + x.cache_read_tokens + x.cache_write_tokens + x.output_tokens), 0) AS t,
-                   coalesce(sum(x.cost_usd), 0) AS c
-            FROM tokenscale.usage_scope_5min x
-            WHERE x.tenant = p_tenant AND x.scope = r.scope AND x.scope_value = r.value
-              AND x.start >= r.lo AND x.start < r.hi
-        ) AS s
-        WHERE r.part = '5min';
     END IF;
     IF 'tenant_hour' = ANY (r_part) THEN
         RETURN QUERY

@@ -3,9 +3,12 @@
 -- clock when NULL), read as budget_usage (migration 0091) reads them.
 --
 -- tokenscale.window_pieces is tokenscale.api.scoped_budgets.window_pieces: the window [lo, hi]
--- (both ends included) as ranges [lo, hi) of events ('raw') and whole rollup buckets ('5min',
--- 'hour', 'day'; with p_grains false only 'raw' and 'hour'). The tests hold the two to the same
--- answers.
+-- (both ends included) as ranges [lo, hi) of events ('raw') and whole rollup buckets. budget_check
+-- cuts with p_grains false: whole hours, and the events of the partial first and last hours. With
+-- p_grains true also whole days and 5-minute buckets (rollups of those grains are not kept: per
+-- user they cost the writer two rows per span of an export of many users, and per tenant, tool and
+-- model they are rows every export of the tenant updates; docs/performance.md). The tests hold the
+-- two to the same answers.
 CREATE FUNCTION tokenscale.window_pieces(p_lo timestamptz, p_hi timestamptz, p_grains boolean)
 RETURNS TABLE (grain text, lo timestamptz, hi timestamptz)
 LANGUAGE plpgsql IMMUTABLE STRICT
@@ -60,18 +63,17 @@ END
 $$;
 
 -- The budget check in one call (tokenscale.api.scoped_budgets.check_budgets). Rows of two kinds:
---   'now':    checked_at (p_now, else the database's clock) and grains (whether the writer keeps the
---             scoped rollups here: TimescaleDB community does not);
+--   'now':    checked_at (p_now, else the database's clock) and whether the writer keeps the
+--             scoped rollups here (usage_scope_hourly; TimescaleDB community does not);
 --   'window': one per window of every budget of p_tenant whose (scope, scope value) is among
 --             (p_scopes[i], p_values[i]) (a tenant budget: scope 'tenant', value ''), and of the
 --             company budget (tokenscale.budgets, else p_company_limit tokens over p_company_days),
 --             with its tokens (t0) and USD (c0) in the window ending checked_at, and the number of
 --             its pieces that found no sum (t1: always 0; the caller refuses anything else).
--- Tenant, tool, model and user windows are the sums of their pieces (window_pieces; user windows
--- cut into whole hours and partial edge hours only): rollup ranges and the events of their partial
--- edges, each range read once by budget_usage. Team windows
--- (events whose attributes hold p_team_key = the team) and, without grains, tool, model and user
--- windows sum their events.
+-- Tenant, tool, model and user windows are the sums of their pieces (window_pieces: whole hours
+-- from usage_hourly or usage_scope_hourly, the events of the partial first and last hours), each
+-- range read once by budget_usage. Team windows (events whose attributes hold p_team_key = the
+-- team) and, without scoped rollups, tool, model and user windows sum their events.
 CREATE FUNCTION tokenscale.budget_check(
     p_tenant text, p_scopes text[], p_values text[], p_now timestamptz, p_team_key text,
     p_company_limit numeric, p_company_days int
@@ -86,7 +88,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
-    v_grains boolean := to_regclass('tokenscale.usage_scope_5min') IS NOT NULL;
+    v_scoped boolean := to_regclass('tokenscale.usage_scope_hourly') IS NOT NULL;
     v_tool text;
     v_model text;
     v_user text;
@@ -125,7 +127,7 @@ BEGIN
         ELSIF p_scopes[k] = 'user' THEN v_user := p_values[k];
         END IF;
     END LOOP;
-    RETURN QUERY SELECT 'now'::text, v_now, v_grains, NULL::text, NULL::text, NULL::text, NULL::text,
+    RETURN QUERY SELECT 'now'::text, v_now, v_scoped, NULL::text, NULL::text, NULL::text, NULL::text,
         NULL::numeric, NULL::int, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::numeric,
         NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric,
         NULL::numeric;
@@ -154,10 +156,8 @@ BEGIN
            array_agg(x.lo), array_agg(x.hi)
     INTO k_scope, k_value, k_seconds, k_part, k_lo, k_hi
     FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
-    -- user windows: whole hours and partial edge hours (no finer grains per user)
-    CROSS JOIN LATERAL tokenscale.window_pieces(
-        v_now - w.seconds * INTERVAL '1 second', v_now, v_grains AND w.scope <> 'user') AS x
-    WHERE w.scope = 'tenant' OR (v_grains AND w.scope IN ('tool', 'model', 'user'));
+    CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, false) AS x
+    WHERE w.scope = 'tenant' OR (v_scoped AND w.scope IN ('tool', 'model', 'user'));
     -- The rollup ranges and the event ranges to read, each once however many windows share it.
     SELECT array_agg(r.part) FILTER (WHERE r.part <> 'raw'), array_agg(r.scope) FILTER (WHERE r.part <> 'raw'),
            array_agg(r.value) FILTER (WHERE r.part <> 'raw'), array_agg(r.lo) FILTER (WHERE r.part <> 'raw'),
@@ -169,11 +169,11 @@ BEGIN
                         CASE WHEN k.part = 'raw' THEN '' ELSE k.value END AS value, k.lo, k.hi
         FROM unnest(k_part, k_scope, k_value, k_lo, k_hi) AS k (part, scope, value, lo, hi)
     ) AS r;
-    -- Whole windows of events: team windows, and without grains tool, model and user windows.
+    -- Whole windows of events: team windows, and without scoped rollups tool, model and user windows.
     FOR scan IN
         SELECT w.scope, w.value, array_agg(DISTINCT w.seconds) AS lengths
         FROM unnest(w_scope, w_value, w_seconds) AS w (scope, value, seconds)
-        WHERE w.scope = 'team' OR (NOT v_grains AND w.scope IN ('tool', 'model', 'user'))
+        WHERE w.scope = 'team' OR (NOT v_scoped AND w.scope IN ('tool', 'model', 'user'))
         GROUP BY w.scope, w.value
     LOOP
         FOR k IN 1 .. cardinality(scan.lengths) LOOP
@@ -233,7 +233,7 @@ BEGIN
         SELECT x.scope, x.value, x.seconds, x.t, x.c, 0
         FROM unnest(x_scope, x_value, x_seconds, x_t, x_c) AS x (scope, value, seconds, t, c)
     )
-    SELECT 'window'::text, v_now, v_grains, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
+    SELECT 'window'::text, v_now, v_scoped, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
            NULL::timestamptz, NULL::timestamptz, pw.t, pw.c, pw.missing::numeric, NULL::numeric,
            NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
     FROM unnest(b_id, w_scope, w_value, b_unit, b_limit, w_seconds) WITH ORDINALITY
