@@ -1,7 +1,8 @@
-"""The budget check reads a window from rollup buckets of three grains (days, hours, 5 minutes) and
-only the events of its partial edges: the decomposition covers every window exactly, and a check is
-exact against raw sums when events sit on, and a microsecond either side of, the grains' boundaries
-and the windows' edges. Every back end (TimescaleDB community: hours only)."""
+"""The budget check cuts a window into whole rollup buckets and the events of its partial edges
+(tokenscale.window_pieces; the check uses whole hours, the cut also knows days and 5 minutes): the
+cut covers every window exactly, the database's cut equals the service's, and a check is exact
+against raw sums when events sit on, and a microsecond either side of, day, hour and 5-minute
+boundaries and the windows' edges. Every back end."""
 
 from __future__ import annotations
 
