@@ -1,8 +1,7 @@
-"""The budget check cuts a window into whole rollup buckets and the events of its partial edges
-(tokenscale.window_pieces; the check uses whole hours, the cut also knows days and 5 minutes): the
-cut covers every window exactly, the database's cut equals the service's, and a check is exact
-against raw sums when events sit on, and a microsecond either side of, day, hour and 5-minute
-boundaries and the windows' edges. Every back end."""
+"""The budget check cuts a window into whole hours and the events of its partial edges
+(tokenscale.window_pieces): the cut covers every window exactly once, and a check is exact against
+raw sums when events sit on, and a microsecond either side of, day, hour and 5-minute boundaries and
+the windows' edges. Every back end."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from otlp_clients import background_loop, grpc_export, running
-from tokenscale.api.scoped_budgets import BudgetWindow, Identity, check_budgets, create_budget, window_pieces
+from tokenscale.api.scoped_budgets import BudgetWindow, Identity, check_budgets, create_budget
 from tokenscale.pipeline import ExportPipeline
 from tokenscale.receiver.server import Receiver
 from tokenscale.store import migrate
@@ -30,37 +29,19 @@ from usage_db import assert_rollups_match_events
 
 US = timedelta(microseconds=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-STEP = {"5min": timedelta(minutes=5), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+HOUR = timedelta(hours=1)
 TOKENS = "input_tokens + cache_read_tokens + cache_write_tokens + output_tokens"
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    hi_us=st.integers(min_value=0, max_value=200 * 365 * 86400 * 10**6),
-    hours=st.integers(min_value=1, max_value=366 * 24),
-    grains=st.booleans(),
-)
-def test_pieces_cover_the_window_once_each_aligned_to_its_grain(hi_us: int, hours: int, grains: bool) -> None:
-    hi = EPOCH + timedelta(microseconds=hi_us)
-    lo = hi - timedelta(hours=hours)
-    pieces = window_pieces(lo, hi, grains=grains)
-    assert pieces[0][1] == lo and pieces[-1][2] == hi + US  # [lo, hi], both ends included
-    for (_, _, end), (_, start, _) in itertools.pairwise(pieces):
-        assert end == start  # contiguous: nothing counted twice, nothing left out
-    raw = [p for p in pieces if p[0] == "raw"]
-    assert 1 <= len(raw) <= 2
-    edge = STEP["5min"] if grains else STEP["hour"]
-    assert all(end - start <= edge + US for _, start, end in raw)  # a whole 1-hour window: raw
-    for grain, start, end in pieces:
-        assert start < end
-        if grain != "raw":
-            step = STEP[grain]
-            assert (start - EPOCH) % step == timedelta(0) and (end - EPOCH) % step == timedelta(0)
-    buckets = {g: sum((e - s) // STEP[g] for g2, s, e in pieces if g2 == g) for g in STEP}
-    if grains:  # a check reads at most this many rollup rows per scope value and window
-        assert buckets["day"] <= 366 and buckets["hour"] <= 46 and buckets["5min"] <= 22
-    else:
-        assert set(p[0] for p in pieces) <= {"raw", "hour"}
+def reference_cut(lo: datetime, hi: datetime) -> list[tuple[str, datetime, datetime]]:
+    """[lo, hi] as the events of its partial first hour, its whole hours and the events of its
+    partial last hour (ranges [start, end), empty ones left out); one range of events when no whole
+    hour fits."""
+    a = EPOCH + -((EPOCH - lo) // HOUR) * HOUR  # the first whole hour's start (ceiling)
+    b = EPOCH + (hi - EPOCH) // HOUR * HOUR  # the last partial hour's start (floor)
+    if a >= b:
+        return [("raw", lo, hi + US)]
+    return [p for p in (("raw", lo, a), ("hour", a, b), ("raw", b, hi + US)) if p[1] < p[2]]
 
 
 @pytest.fixture
@@ -71,21 +52,32 @@ def migrated(db_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     hi_us=st.integers(min_value=0, max_value=200 * 365 * 86400 * 10**6),
     hours=st.integers(min_value=1, max_value=366 * 24),
-    grains=st.booleans(),
 )
-def test_the_database_cuts_windows_as_the_service_does(
-    migrated: psycopg.Connection[Any], hi_us: int, hours: int, grains: bool
+def test_the_database_cuts_each_window_once_into_whole_hours_and_edges(
+    migrated: psycopg.Connection[Any], hi_us: int, hours: int
 ) -> None:
-    """tokenscale.window_pieces (SQL, which chooses the ranges budget_check reads) and window_pieces
-    (Python, which puts a check's answer together from them) cut every window alike."""
+    """tokenscale.window_pieces (which chooses the ranges budget_check reads) covers every window
+    once, in contiguous ranges, whole hours aligned to UTC hours, and equals the reference cut."""
     hi = EPOCH + timedelta(microseconds=hi_us)
     lo = hi - timedelta(hours=hours)
-    rows = migrated.execute("SELECT * FROM tokenscale.window_pieces(%s, %s, %s)", (lo, hi, grains)).fetchall()
-    assert [(g, a, b) for g, a, b in rows] == window_pieces(lo, hi, grains=grains)
+    pieces = [
+        (g, a, b) for g, a, b in migrated.execute("SELECT * FROM tokenscale.window_pieces(%s, %s)", (lo, hi))
+    ]
+    assert pieces[0][1] == lo and pieces[-1][2] == hi + US  # [lo, hi], both ends included
+    for (_, _, end), (_, start, _) in itertools.pairwise(pieces):
+        assert end == start  # contiguous: nothing counted twice, nothing left out
+    raw = [p for p in pieces if p[0] == "raw"]
+    assert 1 <= len(raw) <= 2
+    assert all(end - start <= HOUR + US for _, start, end in raw)  # a whole 1-hour window: raw
+    for grain, start, end in pieces:
+        assert start < end and grain in ("raw", "hour")
+        if grain == "hour":
+            assert (start - EPOCH) % HOUR == timedelta(0) and (end - EPOCH) % HOUR == timedelta(0)
+    assert pieces == reference_cut(lo, hi)
 
 
 @pytest.fixture(scope="module")

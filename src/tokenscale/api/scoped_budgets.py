@@ -25,7 +25,7 @@ apply through the index on (tenant, scope, scope_value), so the number defined d
 then each tenant, tool, model and user window [now - W, now] as its whole UTC hours from
 ``usage_hourly`` or ``usage_scope_hourly`` (kept exact by the writer in the same transaction as the
 events) and the events of its partial first and last hours from ``usage_events``
-(:func:`window_pieces` with ``grains=False``), every range read once however many windows share it,
+(``tokenscale.window_pieces``), every range read once however many windows share it,
 and every window summed in the database. Its plans are generic and kept for the session. Team
 windows (an attribute, not a rollup key) and, on TimescaleDB community (no ``usage_scope_hourly``:
 tenant windows from the ``usage_hourly`` continuous aggregate's whole hours), tool, model and user
@@ -473,12 +473,12 @@ def check_budgets(
     checked_at: datetime = rows[0][1].astimezone(UTC)
     statuses = []
     for row in rows[1:]:
-        budget_id: str = row[3]
-        window_scope: Scope = row[4]
-        scope_value: str | None = row[5] or None
-        unit: Unit = row[6]
-        seconds: int = row[8]
-        tokens, usd, missing = row[12], row[13], row[14]
+        budget_id: str = row[2]
+        window_scope: Scope = row[3]
+        scope_value: str | None = row[4] or None
+        unit: Unit = row[5]
+        seconds: int = row[7]
+        tokens, usd, missing = row[8], row[9], row[10]
         if tokens is None or missing != 0:  # every piece of a window has its sum: never otherwise
             raise RuntimeError(f"budget check: window {budget_id} {seconds}s read incompletely")
         statuses.append(
@@ -487,7 +487,7 @@ def check_budgets(
                 window_scope,
                 scope_value,
                 unit,
-                _stored_limit(Decimal(row[7]), unit),
+                _stored_limit(Decimal(row[6]), unit),
                 Decimal(tokens) if unit == "tokens" else Decimal(usd),
                 seconds,
                 checked_at - timedelta(seconds=seconds),
@@ -500,55 +500,3 @@ def check_budgets(
         "checkedAt": iso(checked_at),
         "windows": [s.as_json() for s in statuses],
     }
-
-
-# --- how a window is cut into rollup buckets and events (tokenscale.window_pieces in SQL) ---------
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_FIVE_MINUTES: Final = timedelta(minutes=5)
-_HOUR: Final = timedelta(hours=1)
-_DAY: Final = timedelta(days=1)
-#: The resolution of timestamptz: ``time < hi + _TICK`` is ``time <= hi``.
-_TICK: Final = timedelta(microseconds=1)
-
-#: A part of a window: a grain ("raw", "5min", "hour", "day") and its range [lo, hi).
-_Piece = tuple[str, datetime, datetime]
-
-
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    return _EPOCH + (moment - _EPOCH) // step * step
-
-
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    floor = _floor(moment, step)
-    return floor if floor == moment else floor + step
-
-
-def window_pieces(lo: datetime, hi: datetime, *, grains: bool = True) -> list[_Piece]:
-    """The window [lo, hi] (both ends included) as disjoint ranges [start, end) of the coarsest
-    rollup buckets that fit: the events of its partial first and last 5 minutes, then whole 5-minute
-    buckets up to the first whole hour, whole hours up to the first whole UTC day, whole days, and
-    the same back down at its end. Without ``grains`` (TimescaleDB community: hours only), the
-    events of its partial first and last hours and its whole hours. Empty ranges are left out."""
-    if not grains:
-        a, b = _ceil(lo, _HOUR), _floor(hi, _HOUR)
-        if a >= b:
-            return [("raw", lo, hi + _TICK)]
-        return [p for p in (("raw", lo, a), ("hour", a, b), ("raw", b, hi + _TICK)) if p[1] < p[2]]
-    a, b = _ceil(lo, _FIVE_MINUTES), _floor(hi, _FIVE_MINUTES)
-    if a >= b:
-        return [("raw", lo, hi + _TICK)]
-    h1 = min(_ceil(a, _HOUR), b)
-    h2 = max(_floor(b, _HOUR), h1)
-    d1 = min(_ceil(h1, _DAY), h2)
-    d2 = max(_floor(h2, _DAY), d1)
-    pieces = [
-        ("raw", lo, a),
-        ("5min", a, h1),
-        ("hour", h1, d1),
-        ("day", d1, d2),
-        ("hour", d2, h2),
-        ("5min", h2, b),
-        ("raw", b, hi + _TICK),
-    ]
-    return [p for p in pieces if p[1] < p[2]]

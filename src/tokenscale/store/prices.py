@@ -343,19 +343,17 @@ WHERE h.hour = s.hour AND h.tenant = s.tenant
 _UNIT_KEYS: Final = ", ".join(f"'{key}'" for key in sorted(UNIT_USAGE_KEYS))
 # usage_scope_hourly (tool, model, user per hour): the cost and unpriced count of every group a
 # repriced row belongs to, summed again from its counted rows (after _APPLY).
-_SCOPED_BUCKET: Final = {
-    "usage_scope_hourly": ("hour", "date_trunc('hour', e.time, 'UTC')", "1 hour"),
-}
-_ROLLUP_SCOPED_SQL: Final = (
+_ROLLUP_SCOPED: Final = (
     """
 WITH touched AS (
-    SELECT DISTINCT {bucket_of} AS bucket, e.tenant, k.scope, k.value
+    SELECT DISTINCT date_trunc('hour', e.time) AS hour, e.tenant, k.scope, k.value
     FROM tokenscale_reprice r
     JOIN tokenscale.usage_events e ON e.dedupe_key = r.dedupe_key AND e.time = r.time
-    CROSS JOIN LATERAL (VALUES {scopes}) AS k (scope, value)
+    CROSS JOIN LATERAL (VALUES ('tool', e.tool), ('model', e.model),
+                               ('user', coalesce(e.user_email, e.user_id))) AS k (scope, value)
     WHERE e.counted AND k.value IS NOT NULL
 ), fresh AS (
-    SELECT t.bucket, t.tenant, t.scope, t.value, sum(e.cost_usd) AS cost_usd,
+    SELECT t.hour, t.tenant, t.scope, t.value, sum(e.cost_usd) AS cost_usd,
            sum(CASE WHEN e.cost_usd IS NULL AND e.cost_source IS NULL
                          AND (e.input_tokens + e.cache_read_tokens + e.cache_write_tokens
                               + e.output_tokens > 0 OR e.attributes ?| ARRAY["""
@@ -364,28 +362,15 @@ WITH touched AS (
                     THEN greatest(e.requests, 1) ELSE 0 END) AS unpriced
     FROM touched t
     JOIN tokenscale.usage_events e ON e.tenant = t.tenant AND e.counted
-        AND e.time >= t.bucket AND e.time < t.bucket + INTERVAL '{width}'
-        AND CASE t.scope WHEN 'tenant' THEN TRUE WHEN 'tool' THEN e.tool = t.value
-                         WHEN 'model' THEN e.model = t.value
+        AND e.time >= t.hour AND e.time < t.hour + INTERVAL '1 hour'
+        AND CASE t.scope WHEN 'tool' THEN e.tool = t.value WHEN 'model' THEN e.model = t.value
                          ELSE coalesce(e.user_email, e.user_id) = t.value END
     GROUP BY 1, 2, 3, 4
 )
-UPDATE tokenscale.{table} h SET cost_usd = f.cost_usd, unpriced_events = f.unpriced
+UPDATE tokenscale.usage_scope_hourly h SET cost_usd = f.cost_usd, unpriced_events = f.unpriced
 FROM fresh f
-WHERE h.tenant = f.tenant AND h.scope = f.scope AND h.scope_value = f.value AND h.{bucket} = f.bucket
+WHERE h.tenant = f.tenant AND h.scope = f.scope AND h.scope_value = f.value AND h.hour = f.hour
 """
-)
-_ROLLUP_SCOPED: Final = tuple(
-    _ROLLUP_SCOPED_SQL.format(
-        table=table,
-        bucket=bucket,
-        bucket_of=bucket_of,
-        width=width,
-        scopes="('tool', e.tool), ('model', e.model), ('user', coalesce(e.user_email, e.user_id))"
-        if table == "usage_scope_hourly"
-        else "('tenant', ''), ('tool', e.tool), ('model', e.model)",
-    )
-    for table, (bucket, bucket_of, width) in _SCOPED_BUCKET.items()
 )
 
 
@@ -554,8 +539,7 @@ def _write_changes(
                 copy.write_row((*group_key, delta, moved))
     conn.execute(_ROLLUP_DAILY)
     conn.execute(_ROLLUP_HOURLY)
-    for statement in _ROLLUP_SCOPED:
-        conn.execute(statement)
+    conn.execute(_ROLLUP_SCOPED)
 
 
 # --- unpriced usage ------------------------------------------------------------------------------

@@ -2,14 +2,11 @@
 -- the budgets that apply to an identity, each with its tokens and USD at p_now (the database's
 -- clock when NULL), read as budget_usage (migration 0091) reads them.
 --
--- tokenscale.window_pieces is tokenscale.api.scoped_budgets.window_pieces: the window [lo, hi]
--- (both ends included) as ranges [lo, hi) of events ('raw') and whole rollup buckets. budget_check
--- cuts with p_grains false: whole hours, and the events of the partial first and last hours. With
--- p_grains true also whole days and 5-minute buckets (rollups of those grains are not kept: per
--- user they cost the writer two rows per span of an export of many users, and per tenant, tool and
--- model they are rows every export of the tenant updates; docs/performance.md). The tests hold the
--- two to the same answers.
-CREATE FUNCTION tokenscale.window_pieces(p_lo timestamptz, p_hi timestamptz, p_grains boolean)
+-- tokenscale.window_pieces: the window [lo, hi] (both ends included) as ranges [lo, hi) of whole
+-- hours ('hour') and of the events of its partial first and last hours ('raw'); a window within one
+-- hour is one range of events. (Finer rollup grains, days and 5-minute buckets, were measured and
+-- not kept: see docs/performance.md.) The tests hold it to a reference cut.
+CREATE FUNCTION tokenscale.window_pieces(p_lo timestamptz, p_hi timestamptz)
 RETURNS TABLE (grain text, lo timestamptz, hi timestamptz)
 LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
@@ -17,59 +14,29 @@ AS $$
 DECLARE
     epoch CONSTANT timestamptz := TIMESTAMPTZ '1970-01-01 00:00:00+00';
     tick CONSTANT interval := INTERVAL '1 microsecond';
-    a timestamptz;
-    b timestamptz;
-    h1 timestamptz;
-    h2 timestamptz;
-    d1 timestamptz;
-    d2 timestamptz;
+    a timestamptz := date_bin('1 hour', p_lo, epoch);
+    b timestamptz := date_bin('1 hour', p_hi, epoch);
 BEGIN
-    IF NOT p_grains THEN
-        a := date_bin('1 hour', p_lo, epoch);
-        IF a < p_lo THEN a := a + INTERVAL '1 hour'; END IF;
-        b := date_bin('1 hour', p_hi, epoch);
-        IF a >= b THEN
-            RETURN QUERY SELECT 'raw'::text, p_lo, p_hi + tick;
-            RETURN;
-        END IF;
-        RETURN QUERY
-        SELECT v.g, v.l, v.h FROM (VALUES ('raw'::text, p_lo, a), ('hour', a, b), ('raw', b, p_hi + tick))
-            AS v (g, l, h)
-        WHERE v.l < v.h;
-        RETURN;
-    END IF;
-    a := date_bin('5 minutes', p_lo, epoch);
-    IF a < p_lo THEN a := a + INTERVAL '5 minutes'; END IF;
-    b := date_bin('5 minutes', p_hi, epoch);
+    IF a < p_lo THEN a := a + INTERVAL '1 hour'; END IF;
     IF a >= b THEN
         RETURN QUERY SELECT 'raw'::text, p_lo, p_hi + tick;
         RETURN;
     END IF;
-    h1 := date_bin('1 hour', a, epoch);
-    IF h1 < a THEN h1 := h1 + INTERVAL '1 hour'; END IF;
-    h1 := least(h1, b);
-    h2 := greatest(date_bin('1 hour', b, epoch), h1);
-    d1 := date_bin('1 day', h1, epoch);
-    IF d1 < h1 THEN d1 := d1 + INTERVAL '1 day'; END IF;
-    d1 := least(d1, h2);
-    d2 := greatest(date_bin('1 day', h2, epoch), d1);
     RETURN QUERY
-    SELECT v.g, v.l, v.h
-    FROM (VALUES (1, 'raw'::text, p_lo, a), (2, '5min', a, h1), (3, 'hour', h1, d1), (4, 'day', d1, d2),
-                 (5, 'hour', d2, h2), (6, '5min', h2, b), (7, 'raw', b, p_hi + tick)) AS v (n, g, l, h)
+    SELECT v.g, v.l, v.h FROM (VALUES (1, 'raw'::text, p_lo, a), (2, 'hour', a, b), (3, 'raw', b, p_hi + tick))
+        AS v (n, g, l, h)
     WHERE v.l < v.h
     ORDER BY v.n;
 END
 $$;
 
 -- The budget check in one call (tokenscale.api.scoped_budgets.check_budgets). Rows of two kinds:
---   'now':    checked_at (p_now, else the database's clock) and whether the writer keeps the
---             scoped rollups here (usage_scope_hourly; TimescaleDB community does not);
+--   'now':    checked_at (p_now, else the database's clock);
 --   'window': one per window of every budget of p_tenant whose (scope, scope value) is among
 --             (p_scopes[i], p_values[i]) (a tenant budget: scope 'tenant', value ''), and of the
 --             company budget (tokenscale.budgets, else p_company_limit tokens over p_company_days),
---             with its tokens (t0) and USD (c0) in the window ending checked_at, and the number of
---             its pieces that found no sum (t1: always 0; the caller refuses anything else).
+--             with its tokens and USD in the window ending checked_at, and the number of its pieces
+--             that found no sum (missing: always 0; the caller refuses anything else).
 -- Tenant, tool, model and user windows are the sums of their pieces (window_pieces: whole hours
 -- from usage_hourly or usage_scope_hourly, the events of the partial first and last hours), each
 -- range read once by budget_usage. Team windows (events whose attributes hold p_team_key = the
@@ -77,10 +44,9 @@ $$;
 CREATE FUNCTION tokenscale.budget_check(
     p_tenant text, p_scopes text[], p_values text[], p_now timestamptz, p_team_key text,
     p_company_limit numeric, p_company_days int
-) RETURNS TABLE (kind text, checked_at timestamptz, grains boolean, budget_id text, scope text,
-                 scope_value text, unit text, limit_value numeric, window_seconds int, part text,
-                 lo timestamptz, hi timestamptz, t0 numeric, c0 numeric, t1 numeric, c1 numeric,
-                 t2 numeric, c2 numeric, t3 numeric, c3 numeric)
+) RETURNS TABLE (kind text, checked_at timestamptz, budget_id text, scope text, scope_value text,
+                 unit text, limit_value numeric, window_seconds int, tokens numeric, usd numeric,
+                 missing bigint)
 LANGUAGE plpgsql STABLE
 SET jit = off
 SET plan_cache_mode = force_generic_plan
@@ -127,10 +93,8 @@ BEGIN
         ELSIF p_scopes[k] = 'user' THEN v_user := p_values[k];
         END IF;
     END LOOP;
-    RETURN QUERY SELECT 'now'::text, v_now, v_scoped, NULL::text, NULL::text, NULL::text, NULL::text,
-        NULL::numeric, NULL::int, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::numeric,
-        NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric,
-        NULL::numeric;
+    RETURN QUERY SELECT 'now'::text, v_now, NULL::text, NULL::text, NULL::text, NULL::text,
+        NULL::numeric, NULL::int, NULL::numeric, NULL::numeric, NULL::bigint;
     SELECT array_agg(w.id ORDER BY w.id, w.position), array_agg(w.scope ORDER BY w.id, w.position),
            array_agg(w.scope_value ORDER BY w.id, w.position), array_agg(w.unit ORDER BY w.id, w.position),
            array_agg(w.limit_value ORDER BY w.id, w.position),
@@ -156,7 +120,7 @@ BEGIN
            array_agg(x.lo), array_agg(x.hi)
     INTO k_scope, k_value, k_seconds, k_part, k_lo, k_hi
     FROM (SELECT DISTINCT * FROM unnest(w_scope, w_value, w_seconds)) AS w (scope, value, seconds)
-    CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now, false) AS x
+    CROSS JOIN LATERAL tokenscale.window_pieces(v_now - w.seconds * INTERVAL '1 second', v_now) AS x
     WHERE w.scope = 'tenant' OR (v_scoped AND w.scope IN ('tool', 'model', 'user'));
     -- The rollup ranges and the event ranges to read, each once however many windows share it.
     SELECT array_agg(r.part) FILTER (WHERE r.part <> 'raw'), array_agg(r.scope) FILTER (WHERE r.part <> 'raw'),
@@ -233,9 +197,7 @@ BEGIN
         SELECT x.scope, x.value, x.seconds, x.t, x.c, 0
         FROM unnest(x_scope, x_value, x_seconds, x_t, x_c) AS x (scope, value, seconds, t, c)
     )
-    SELECT 'window'::text, v_now, v_scoped, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, NULL::text,
-           NULL::timestamptz, NULL::timestamptz, pw.t, pw.c, pw.missing::numeric, NULL::numeric,
-           NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric
+    SELECT 'window'::text, v_now, w.id, w.scope, w.value, w.unit, w.lim, w.seconds, pw.t, pw.c, pw.missing
     FROM unnest(b_id, w_scope, w_value, b_unit, b_limit, w_seconds) WITH ORDINALITY
         AS w (id, scope, value, unit, lim, seconds, n)
     LEFT JOIN per_window pw ON pw.scope = w.scope AND pw.value = w.value AND pw.seconds = w.seconds
