@@ -107,6 +107,19 @@ class Service:
     def check(self, key: str, **identity: str) -> BudgetCheck:
         return check_budgets(self.url, api_key=key, timeout=30, **identity)
 
+    def wait_for_usage(self, key: str, user: str, tokens: int) -> None:
+        """Until ``user``'s usage in the check is exactly ``tokens`` (the run's export has arrived)."""
+        deadline = time.monotonic() + 60
+        used = -1.0
+        while time.monotonic() < deadline:
+            windows = self.check(key, user=user).windows
+            used = windows[0].used if windows else -1.0
+            if used == tokens:
+                return
+            assert used < tokens, f"the check counts {used} tokens, the API reported {tokens}"
+            time.sleep(0.25)
+        raise AssertionError(f"the check counts {used} tokens after 60 s, the API reported {tokens}")
+
     def replay(self, label: str, key: str) -> None:
         """Send every export of a captured run to ``/v1/<signal>`` over OTLP/HTTP, as it was sent."""
         for signal_name, raw, meta in capture_bodies(label):

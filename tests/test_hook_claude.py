@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,20 +144,6 @@ def service(tsdb_server: Server) -> Iterator[Service]:
             running.stop()
 
 
-def _wait_for_usage(service: Service, key: str, tokens: int) -> None:
-    """Until the user's usage in the check is exactly ``tokens`` (the run's export has arrived)."""
-    deadline = time.monotonic() + 60
-    used = -1.0
-    while time.monotonic() < deadline:
-        windows = service.check(key, user=USER_ID).windows
-        used = windows[0].used if windows else -1.0
-        if used == tokens:
-            return
-        assert used < tokens, f"the check counts {used} tokens, the API reported {tokens}"
-        time.sleep(0.25)
-    raise AssertionError(f"the check counts {used} tokens after 60 s, the API reported {tokens}")
-
-
 def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
     api: FakeAnthropic, service: Service, tmp_path: Path
 ) -> None:
@@ -186,7 +171,7 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
     assert [call.answered_tool_use for call in calls] == [True, False]
     assert calls[1].tool_results == ["(Bash completed with no output)"]
     # Its usage arrives over OTLP, under the user.id the hook also reads: exactly what the API reported.
-    _wait_for_usage(service, key, api.tokens)
+    service.wait_for_usage(key, USER_ID, api.tokens)
     assert api.tokens == 2 * TOKENS_PER_CALL
 
     # 2. One token left: a plain prompt still goes through, with a warning, and spends the budget.
@@ -207,7 +192,7 @@ def test_claude_code_runs_until_its_users_budget_is_spent_then_is_blocked(
         f"UserPromptSubmit says: tokenscale: 99% of a budget used: user {USER_ID}: {used} of {limit} "
         f"tokens in the last 24 h (budget {budget['id']})."
     ]
-    _wait_for_usage(service, key, api.tokens)
+    service.wait_for_usage(key, USER_ID, api.tokens)
     spent = api.tokens
     assert spent == 3 * TOKENS_PER_CALL
     assert service.check(key, user=USER_ID).allowed is False

@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,19 +119,6 @@ def service(pg_server: Server) -> Iterator[Service]:
             running.stop()
 
 
-def _wait_for_usage(service: Service, key: str, tokens: int) -> None:
-    deadline = time.monotonic() + 60
-    used = -1.0
-    while time.monotonic() < deadline:
-        windows = service.check(key, user=INSTALLATION_ID).windows
-        used = windows[0].used if windows else -1.0
-        if used == tokens:
-            return
-        assert used < tokens, f"the check counts {used} tokens, the API reported {tokens}"
-        time.sleep(0.25)
-    raise AssertionError(f"the check counts {used} tokens after 60 s, the API reported {tokens}")
-
-
 def test_gemini_cli_runs_until_its_users_budget_is_spent_then_is_blocked_and_fails_open(
     api: FakeGemini, service: Service, tmp_path: Path
 ) -> None:
@@ -156,7 +142,7 @@ def test_gemini_cli_runs_until_its_users_budget_is_spent_then_is_blocked_and_fai
     assert [call.answered_tool_call for call in calls] == [False, True, False]  # routing, turn, reply
     assert [r["name"] for r in calls[2].function_responses] == ["run_shell_command"]
     # Its usage arrives over OTLP under the installation.id the hook also reads, exactly.
-    _wait_for_usage(service, key, api.tokens)
+    service.wait_for_usage(key, INSTALLATION_ID, api.tokens)
     assert api.tokens == 3 * TOKENS_PER_CALL
 
     # 2. Spent (used == limit): the next prompt is denied before any API call.
